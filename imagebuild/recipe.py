@@ -1,0 +1,391 @@
+"""Recipes: TOML files in ``recipes/`` that may ``extends`` another recipe.
+
+Loading merges the chain (tables merge key by key, anything else is replaced by the child), validates
+every key against the dataclasses below, and returns a frozen ``Recipe`` that round-trips through JSON.
+Errors name the file that set the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from .errors import RecipeError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+PACKAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+:_@-]*$")
+# The classic golden-image set every recipe gets unless it says otherwise.
+BASE_PACKAGES = ("net-tools", "lrzsz", "screen", "tree", "vim", "wget")
+
+
+class Backend(StrEnum):
+    BOOTSTRAP = "bootstrap"  # VM-less: mmdebstrap builds the tree on the host
+    VM = "vm"                # unattended install (kickstart/preseed) in a guest
+
+
+class Firmware(StrEnum):
+    BIOS = "bios"
+    UEFI = "uefi"
+
+
+class Family(StrEnum):
+    DEBIAN = "debian"
+    EL = "el"
+
+
+@dataclass(frozen=True)
+class Image:
+    """What the artifact is and how an image store should describe it."""
+    os_distro: str                     # Glance os_distro (libosinfo short id family), e.g. debian, centos
+    os_version: str                    # e.g. "12", "7"
+    family: Family                     # decides the package manager and config file layouts
+    disk_gib: int = 3                  # virtual size of the disk
+    os_type: str = "linux"
+    firmware: Firmware = Firmware.BIOS
+    machine_type: str = "pc"
+    min_ram_mib: int = 512
+    compat: str = "1.1"                # qcow2 compat level of the artifact
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """The VM-less installer: mmdebstrap builds the root tree on the host."""
+    suite: str = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+    security_mirror: str = ""
+    variant: str = "minbase"
+    components: tuple[str, ...] = ("main",)
+    include: tuple[str, ...] = ()      # system packages: kernel, bootloader, ssh, networking
+
+
+@dataclass(frozen=True)
+class VMInstall:
+    """The unattended installer in a guest (kickstart for anaconda, preseed for debian-installer)."""
+    template: str = ""                 # answer-file template under kickstart/
+    variables: dict[str, str] = field(default_factory=dict)
+    tree_url: str = ""                 # install tree with .treeinfo (EL) or netboot dir (Debian)
+    kernel: str = ""                   # path inside the tree; empty = from .treeinfo
+    initrd: str = ""
+    kernel_sha256: str = ""
+    initrd_sha256: str = ""
+    memory_mib: int = 2048
+    vcpus: int = 2
+    inactivity_seconds: int = 600
+    timeout_seconds: int = 5400
+    root_password_env: str = "IMAGEBUILD_ROOT_PASSWORD"
+    root_password_file: str = ""
+
+
+@dataclass(frozen=True)
+class Install:
+    backend: Backend
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
+    vm: VMInstall = field(default_factory=VMInstall)
+
+
+@dataclass(frozen=True)
+class Packages:
+    base: tuple[str, ...] = BASE_PACKAGES
+    extra: tuple[str, ...] = ()        # what the recipe adds on top of the base set
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.base + self.extra))
+
+
+@dataclass(frozen=True)
+class Customize:
+    disable: tuple[str, ...] = ()      # generalization steps to skip, by name
+
+
+@dataclass(frozen=True)
+class BootTest:
+    enabled: bool = True
+    memory_mib: int = 1024
+    vcpus: int = 2
+    timeout_seconds: int = 180         # for KVM; multiplied by tcg_factor under TCG
+    tcg_factor: int = 4
+    allow_failed_units: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Glance:
+    visibility: str = "private"
+    tags: tuple[str, ...] = ()
+    properties: dict[str, str] = field(default_factory=dict)
+    keep: int = 0                      # rotation: keep the newest N of this recipe (0 = keep all)
+
+
+@dataclass(frozen=True)
+class Publish:
+    glance: Glance = field(default_factory=Glance)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    image: Image
+    install: Install
+    version: str = "1"
+    abstract: bool = False             # a base to extend, not to build
+    extends: str = ""
+    packages: Packages = field(default_factory=Packages)
+    customize: Customize = field(default_factory=Customize)
+    boot_test: BootTest = field(default_factory=BootTest)
+    publish: Publish = field(default_factory=Publish)
+    sources: tuple[str, ...] = ()      # the files merged into this recipe, child first
+
+    def to_json(self) -> str:
+        return json.dumps(to_data(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        data = json.loads(text)
+        return from_data(cls, data, origins={}, default_file="<json>")
+
+
+# -- generic (de)serialisation -------------------------------------------------------------------
+
+def to_data(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, StrEnum):
+        return str(obj)
+    if isinstance(obj, tuple | list):
+        return [to_data(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_data(v) for k, v in obj.items()}
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "table of strings"
+    if isinstance(tp, type) and issubclass(tp, StrEnum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    if dataclasses.is_dataclass(tp):
+        return "table"
+    return {str: "string", int: "integer", bool: "boolean", float: "number"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str, origins: dict[str, str], default_file: str) -> Any:
+    def fail(msg: str) -> RecipeError:
+        return RecipeError(msg, file=_origin(origins, key, default_file), key=key)
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise fail(f"expected a table, got {type(value).__name__}")
+        return from_data(tp, value, origins=origins, default_file=default_file, prefix=key + ".")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise fail(f"expected {_type_name(tp)}, got {type(value).__name__}")
+        item_tp = typing.get_args(tp)[0]
+        return tuple(_convert(item_tp, v, f"{key}[{i}]", origins, default_file) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str | int | bool) for v in value.values()):
+            raise fail("expected a table of strings")
+        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, StrEnum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise fail(f"expected {_type_name(tp)}, got {value!r}") from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail(f"expected a boolean, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(f"expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail(f"expected a string, got {value!r}")
+        return value
+    raise fail(f"unsupported type {tp}")  # pragma: no cover - a schema bug
+
+
+def _origin(origins: dict[str, str], key: str, default_file: str) -> str:
+    probe = re.sub(r"\[\d+\]", "", key)
+    while probe:
+        if probe in origins:
+            return origins[probe]
+        probe = probe.rpartition(".")[0]
+    return default_file
+
+
+def from_data(cls: Any, data: dict[str, Any], *, origins: dict[str, str], default_file: str,
+              prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise RecipeError(f"unknown key (known keys here: {known})",
+                              file=_origin(origins, prefix + key, default_file), key=prefix + key)
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], prefix + name, origins, default_file)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RecipeError("required key is missing", file=default_file, key=prefix + name)
+    return cls(**kwargs)
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+def recipe_dirs() -> list[Path]:
+    """Where recipes are looked up: $IMAGEBUILD_RECIPE_PATH (colon-separated), then recipes/."""
+    extra = [Path(p) for p in os.environ.get("IMAGEBUILD_RECIPE_PATH", "").split(":") if p]
+    return extra + [PROJECT_ROOT / "recipes"]
+
+
+def find_recipe(name: str, dirs: list[Path] | None = None) -> Path:
+    if name.endswith(".toml") or "/" in name:
+        path = Path(name)
+        if not path.is_file():
+            raise RecipeError("no such recipe file", file=path)
+        return path
+    if not NAME_RE.match(name):
+        raise RecipeError(f"'{name}' is not a valid recipe name (lower-case letters, digits, . _ -)")
+    for d in dirs or recipe_dirs():
+        path = d / f"{name}.toml"
+        if path.is_file():
+            return path
+    known = ", ".join(list_recipes(dirs)) or "none"
+    raise RecipeError(f"no recipe named '{name}' (known recipes: {known})")
+
+
+def list_recipes(dirs: list[Path] | None = None, *, include_abstract: bool = True) -> list[str]:
+    names: dict[str, None] = {}
+    for d in dirs or recipe_dirs():
+        for p in sorted(d.glob("*.toml")):
+            names.setdefault(p.stem, None)
+    if include_abstract:
+        return list(names)
+    return [n for n in names if not load_recipe(n, dirs).abstract]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise RecipeError(f"not valid TOML: {exc}", file=path,
+                          line=int(m.group(1)) if m else None) from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read: {exc.strerror}", file=path) from None
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any], origins: dict[str, str], file: str,
+           prefix: str = "") -> dict[str, Any]:
+    out = dict(base)
+    for key, value in child.items():
+        dotted = prefix + key
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, origins, file, dotted + ".")
+        else:
+            out[key] = value
+            _mark(value, dotted, origins, file)
+    return out
+
+
+def _mark(value: Any, dotted: str, origins: dict[str, str], file: str) -> None:
+    origins[dotted] = file
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _mark(v, f"{dotted}.{k}", origins, file)
+
+
+def load_recipe(name: str, dirs: list[Path] | None = None) -> Recipe:
+    """Resolve ``name`` (a recipe name or a path to a .toml file) into a validated Recipe."""
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    seen: list[str] = []
+    path = find_recipe(name, dirs)
+    while True:
+        key = str(path.resolve())
+        if key in seen:
+            cycle = " -> ".join(Path(s).stem for s in seen + [key])
+            raise RecipeError(f"'extends' makes a cycle: {cycle}", file=path, key="extends")
+        seen.append(key)
+        data = _read_toml(path)
+        chain.append((path, data))
+        parent = data.get("extends", "")
+        if not parent:
+            break
+        if not isinstance(parent, str):
+            raise RecipeError("expected a string (the name of a recipe)", file=path, key="extends")
+        try:
+            path = find_recipe(parent, [path.parent] + (dirs or recipe_dirs()))
+        except RecipeError as exc:
+            raise RecipeError(f"parent recipe not found: {exc}", file=path, key="extends") from None
+
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for path, data in reversed(chain):
+        data = dict(data)
+        data.pop("abstract", None) if path != chain[0][0] else None  # abstract is never inherited
+        merged = _merge(merged, data, origins, str(path))
+    leaf = chain[0][0]
+    merged["name"] = leaf.stem
+    merged["sources"] = [str(p) for p, _ in chain]
+    merged.setdefault("description", "")
+    recipe: Recipe = from_data(Recipe, merged, origins=origins, default_file=str(leaf))
+    validate(recipe, origins, str(leaf))
+    return recipe
+
+
+def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
+    """Rules beyond types, each naming the key."""
+    def check(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise RecipeError(msg, file=_origin(origins, key, leaf), key=key)
+
+    check(NAME_RE.match(recipe.name) is not None, "name", "recipe file names must be lower-case")
+    check(1 <= recipe.image.disk_gib <= 2048, "image.disk_gib", "must be between 1 and 2048")
+    check(recipe.image.compat in ("0.10", "1.1"), "image.compat", "must be '0.10' or '1.1'")
+    check(recipe.image.min_ram_mib >= 128, "image.min_ram_mib", "must be at least 128")
+    for group in ("base", "extra"):
+        for i, pkg in enumerate(getattr(recipe.packages, group)):
+            check(PACKAGE_RE.match(pkg) is not None, f"packages.{group}[{i}]",
+                  f"'{pkg}' is not a valid package name")
+    for i, pkg in enumerate(recipe.install.bootstrap.include):
+        check(PACKAGE_RE.match(pkg) is not None, f"install.bootstrap.include[{i}]",
+              f"'{pkg}' is not a valid package name")
+    bt = recipe.boot_test
+    check(bt.memory_mib >= 256, "boot_test.memory_mib", "must be at least 256")
+    check(1 <= bt.vcpus <= 64, "boot_test.vcpus", "must be between 1 and 64")
+    check(bt.timeout_seconds >= 10, "boot_test.timeout_seconds", "must be at least 10")
+    check(bt.tcg_factor >= 1, "boot_test.tcg_factor", "must be at least 1")
+    if recipe.abstract:
+        return
+    if recipe.install.backend is Backend.BOOTSTRAP:
+        check(recipe.image.family is Family.DEBIAN, "install.backend",
+              "the bootstrap backend builds Debian-family images only (mmdebstrap)")
+        b = recipe.install.bootstrap
+        check(bool(re.match(r"^https?://", b.mirror)), "install.bootstrap.mirror", "must be an http(s) URL")
+        check(b.suite not in ("stable", "testing", "unstable", "oldstable"), "install.bootstrap.suite",
+              "name the release (e.g. 'bookworm'), not a moving alias: the image must be reproducible")
+        check(b.variant in ("minbase", "important", "required", "standard", "apt", "essential"),
+              "install.bootstrap.variant", f"unknown mmdebstrap variant '{b.variant}'")
+    else:
+        check(bool(recipe.install.vm.template), "install.vm.template",
+              "a VM install needs an answer-file template")
+    check(recipe.image.firmware is Firmware.BIOS, "image.firmware",
+          "only BIOS (MBR) images are built so far")
