@@ -26,6 +26,13 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 PACKAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+:_@-]*$")
 # The classic golden-image set every recipe gets unless it says otherwise.
 BASE_PACKAGES = ("net-tools", "lrzsz", "screen", "tree", "vim", "wget")
+GLANCE_VISIBILITIES = ("private", "shared", "community", "public")
+# Image attributes Glance owns or imagebuild sets from the artifact; recipes may not set them as properties.
+GLANCE_RESERVED = frozenset({
+    "id", "name", "status", "visibility", "protected", "os_hidden", "owner", "tags", "disk_format",
+    "container_format", "min_disk", "min_ram", "size", "virtual_size", "checksum", "os_hash_algo",
+    "os_hash_value", "locations", "direct_url", "created_at", "updated_at", "file", "schema", "self",
+    "stores"})
 
 
 class Backend(StrEnum):
@@ -120,15 +127,27 @@ class BootTest:
 
 @dataclass(frozen=True)
 class Glance:
-    visibility: str = "private"
+    visibility: str = "private"        # private, shared, community or public
     tags: tuple[str, ...] = ()
-    properties: dict[str, str] = field(default_factory=dict)
+    properties: dict[str, str] = field(default_factory=dict)  # extra or overriding hw_*/os_* properties
     keep: int = 0                      # rotation: keep the newest N of this recipe (0 = keep all)
+    latest_tag: str = ""               # a tag moved to the newest image of this recipe ("" = none)
+    method: str = "auto"               # auto (import where offered), glance-direct or upload
+    timeout_seconds: int = 1800        # for the image to become active after the bytes are sent
+
+
+@dataclass(frozen=True)
+class Ovirt:
+    storage_domain: str = ""           # where the disk is created (or $OVIRT_STORAGE_DOMAIN)
+    template: bool = False             # also make a template from the uploaded disk
+    cluster: str = "Default"           # the cluster the template belongs to
+    timeout_seconds: int = 1800
 
 
 @dataclass(frozen=True)
 class Publish:
     glance: Glance = field(default_factory=Glance)
+    ovirt: Ovirt = field(default_factory=Ovirt)
 
 
 @dataclass(frozen=True)
@@ -373,6 +392,22 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
     check(1 <= bt.vcpus <= 64, "boot_test.vcpus", "must be between 1 and 64")
     check(bt.timeout_seconds >= 10, "boot_test.timeout_seconds", "must be at least 10")
     check(bt.tcg_factor >= 1, "boot_test.tcg_factor", "must be at least 1")
+    gl = recipe.publish.glance
+    check(gl.visibility in GLANCE_VISIBILITIES, "publish.glance.visibility",
+          "must be one of " + ", ".join(GLANCE_VISIBILITIES))
+    check(gl.keep >= 0, "publish.glance.keep", "must be 0 (keep all) or more")
+    check(gl.method in ("auto", "glance-direct", "upload"), "publish.glance.method",
+          "must be 'auto', 'glance-direct' or 'upload'")
+    check(gl.timeout_seconds >= 10, "publish.glance.timeout_seconds", "must be at least 10")
+    for i, tag in enumerate(gl.tags + ((gl.latest_tag,) if gl.latest_tag else ())):
+        check(0 < len(tag) <= 255 and tag.strip() == tag, f"publish.glance.tags[{i}]",
+              f"'{tag}' is not a usable Glance tag (1-255 characters, no outer spaces)")
+    for key in gl.properties:
+        check(key not in GLANCE_RESERVED and not key.startswith(("imagebuild_", "os_glance")),
+              f"publish.glance.properties.{key}",
+              "is set by Glance or by imagebuild itself (provenance) and cannot be overridden")
+    check(recipe.publish.ovirt.timeout_seconds >= 10, "publish.ovirt.timeout_seconds",
+          "must be at least 10")
     if recipe.abstract:
         return
     if recipe.install.backend is Backend.BOOTSTRAP:
