@@ -91,6 +91,7 @@ class VMInstall:
     timeout_seconds: int = 5400
     root_password_env: str = "IMAGEBUILD_ROOT_PASSWORD"
     root_password_file: str = ""
+    kernel_args: tuple[str, ...] = ()  # appended to the installer's kernel command line
 
 
 @dataclass(frozen=True)
@@ -420,7 +421,39 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
         check(b.variant in ("minbase", "important", "required", "standard", "apt", "essential"),
               "install.bootstrap.variant", f"unknown mmdebstrap variant '{b.variant}'")
     else:
-        check(bool(recipe.install.vm.template), "install.vm.template",
-              "a VM install needs an answer-file template")
+        _validate_vm(recipe, check)
     check(recipe.image.firmware is Firmware.BIOS, "image.firmware",
           "only BIOS (MBR) images are built so far")
+
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _validate_vm(recipe: Recipe, check: Any) -> None:
+    """The VM backend's rules (answer-file contents are checked by ``answerfile.validate_recipe``)."""
+    vm = recipe.install.vm
+    check(bool(vm.template), "install.vm.template", "a VM install needs an answer-file template")
+    suffix = ".ks.j2" if recipe.image.family is Family.EL else ".preseed.j2"
+    check(vm.template.endswith(suffix), "install.vm.template",
+          f"a {recipe.image.family} install takes a '*{suffix}' template, not '{vm.template}'")
+    check(bool(re.match(r"^(https?|file)://", vm.tree_url)), "install.vm.tree_url",
+          "must be the http(s) or file URL of an install tree")
+    for key in ("kernel", "initrd"):
+        path = getattr(vm, key)
+        check(not path.startswith("/") and ".." not in path.split("/"), f"install.vm.{key}",
+              "must be a path inside the install tree")
+    for key in ("kernel_sha256", "initrd_sha256"):
+        value = getattr(vm, key)
+        check(value == "" or SHA256_RE.match(value) is not None, f"install.vm.{key}",
+              "must be a sha256 (64 lower-case hex digits)")
+    for name in vm.variables:
+        check(VARIABLE_RE.match(name) is not None, f"install.vm.variables.{name}",
+              "variable names are identifiers (letters, digits, _)")
+    check(vm.memory_mib >= 512, "install.vm.memory_mib", "must be at least 512")
+    check(1 <= vm.vcpus <= 64, "install.vm.vcpus", "must be between 1 and 64")
+    check(vm.inactivity_seconds >= 30, "install.vm.inactivity_seconds", "must be at least 30")
+    check(vm.timeout_seconds > vm.inactivity_seconds, "install.vm.timeout_seconds",
+          "must be longer than install.vm.inactivity_seconds")
+    check(VARIABLE_RE.match(vm.root_password_env) is not None, "install.vm.root_password_env",
+          "must be the name of an environment variable")
