@@ -1,0 +1,423 @@
+"""What every image store shares: the artifact a publish is allowed to send, and how bytes are sent.
+
+``load_published_artifact`` is the gate: it reads ``manifest.json``, re-hashes the qcow2 and compares
+sha256 (and sha512) with the manifest, asks qemu-img what the file is (format named, no backing file,
+virtual size as recorded), and refuses an image whose boot test did not pass unless ``force`` is given,
+in which case the artifact says so and every store records it.
+
+``UploadStream`` is the body of an upload: a file-like object that reads the file in fixed chunks (so
+memory stays flat whatever the image size), reports progress, can be rate-limited, and lets a signal
+handler interrupt it between chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import PublishError, ToolMissing
+from ..events import NULL_REPORTER, Reporter
+from ..run import run
+
+MANIFEST = "manifest.json"
+RECORD = "published.jsonl"
+CHUNK_SIZE = 4 * 1024 * 1024
+GIB = 1024 ** 3
+QCOW2_MAGIC = b"QFI\xfb"
+_HEX = {"sha256": re.compile(r"^[0-9a-f]{64}$"), "sha512": re.compile(r"^[0-9a-f]{128}$")}
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """How an image store should describe the guest (from the recipe the artifact was built from)."""
+    os_distro: str
+    os_version: str
+    os_type: str = "linux"
+    machine_type: str = "pc"
+    firmware: str = "bios"
+    min_ram_mib: int = 512
+    guest_agent: bool = False
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified build output, ready to publish."""
+    output_dir: Path
+    path: Path
+    recipe: str
+    recipe_version: str
+    build_id: str
+    finished: str                      # ISO 8601, from the manifest
+    format: str
+    virtual_size: int
+    file_size: int
+    sha256: str
+    sha512: str
+    manifest_sha256: str
+    image: ImageFacts
+    boot_test: str                     # "passed", "failed" or "not-run"
+    boot_test_accelerator: str = ""
+    forced: bool = False               # published although the boot test did not pass
+    publish_settings: dict[str, Any] = field(default_factory=dict)  # the recipe's [publish], as built
+
+    @property
+    def serial(self) -> str:
+        """The build's date and serial: the build id without the recipe name in front."""
+        prefix = self.recipe + "-"
+        return self.build_id[len(prefix):] if self.build_id.startswith(prefix) else self.build_id
+
+    @property
+    def versioned_name(self) -> str:
+        return f"{self.recipe}-v{self.recipe_version}-{self.serial}"
+
+    @property
+    def min_disk_gib(self) -> int:
+        return max(1, math.ceil(self.virtual_size / GIB))
+
+    def provenance(self) -> dict[str, str]:
+        """Properties that say where an image came from; stores attach them verbatim."""
+        return {
+            "imagebuild_recipe": self.recipe,
+            "imagebuild_recipe_version": self.recipe_version,
+            "imagebuild_build_id": self.build_id,
+            "imagebuild_built": self.finished,
+            "imagebuild_sha256": self.sha256,
+            "imagebuild_manifest_sha256": self.manifest_sha256,
+            "imagebuild_boot_test": self.boot_test,
+            "imagebuild_forced": "true" if self.forced else "false",
+        }
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    target: str                        # "glance" or "ovirt"
+    image_id: str
+    name: str
+    created: bool                      # False: the same artifact was already there (a no-op)
+    forced: bool
+    location: str = ""                 # the store's endpoint or engine URL (never credentials)
+    method: str = ""                   # e.g. glance-direct, upload, imageio
+    rotated: tuple[str, ...] = ()      # ids deleted by rotation
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rotated"] = list(self.rotated)
+        return data
+
+
+# -- the gate ------------------------------------------------------------------------------------
+
+def _get(data: dict[str, Any], dotted: str, kind: type | tuple[type, ...], manifest: Path) -> Any:
+    value: Any = data
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise PublishError(f"{manifest}: '{dotted}' is missing; is this a manifest from a build?")
+        value = value[part]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise PublishError(f"{manifest}: '{dotted}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def hash_file(path: Path, algorithms: tuple[str, ...] = ("sha256", "sha512"),
+              progress: Callable[[int], None] | None = None) -> dict[str, str]:
+    """Hash a file once for several algorithms, in chunks."""
+    hashers = {a: hashlib.new(a) for a in algorithms}
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            for h in hashers.values():
+                h.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return {a: h.hexdigest() for a, h in hashers.items()}
+
+
+def _qemu_img_info(path: Path, reporter: Reporter) -> dict[str, Any]:
+    try:
+        res = run(["qemu-img", "info", "--output=json", "-f", "qcow2", path], reporter=reporter,
+                  timeout=120, purpose="check what the artifact is before publishing it")
+    except ToolMissing as exc:
+        raise PublishError(str(exc)) from None
+    return json.loads(res.stdout)
+
+
+def load_published_artifact(output_dir: Path | str, *, force: bool = False,
+                            reporter: Reporter = NULL_REPORTER) -> Artifact:
+    """Read and verify a build's output folder; raise ``PublishError`` if it must not be published.
+
+    ``force`` lets an image whose boot test failed or did not run through (and is recorded as such);
+    it never lets through an artifact whose bytes differ from its manifest.
+    """
+    out = Path(output_dir)
+    manifest_path = out / MANIFEST
+    try:
+        raw = manifest_path.read_bytes()
+    except FileNotFoundError:
+        raise PublishError(f"no {MANIFEST} in {out}: build the recipe first (invoke build)") from None
+    except OSError as exc:
+        raise PublishError(f"cannot read {manifest_path}: {exc.strerror}") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise PublishError(f"{manifest_path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema") != 1:
+        raise PublishError(f"{manifest_path}: unknown manifest schema {data.get('schema')!r} (expected 1)"
+                           if isinstance(data, dict) else f"{manifest_path}: not a manifest")
+
+    art = _get(data, "artifact", dict, manifest_path)
+    file_name = _get(data, "artifact.file", str, manifest_path)
+    if "/" in file_name or file_name in ("", ".", ".."):
+        raise PublishError(f"{manifest_path}: artifact.file must be a file name, got {file_name!r}")
+    fmt = _get(data, "artifact.format", str, manifest_path)
+    if fmt != "qcow2":
+        raise PublishError(f"{manifest_path}: artifact.format is {fmt!r}; only qcow2 is published")
+    want = {a: _get(data, f"artifact.{a}", str, manifest_path).lower() for a in ("sha256", "sha512")}
+    for algo, value in want.items():
+        if not _HEX[algo].match(value):
+            raise PublishError(f"{manifest_path}: artifact.{algo} is not a {algo} hex digest")
+    virtual_size = _get(data, "artifact.virtual_size", int, manifest_path)
+    recipe = _get(data, "recipe", dict, manifest_path)
+    image = _get(data, "recipe.image", dict, manifest_path)
+    recipe_name = _get(data, "recipe.name", str, manifest_path)
+    build_id = _get(data, "build_id", str, manifest_path)
+
+    path = out / file_name
+    if not path.is_file():
+        raise PublishError(f"{path} (named by {manifest_path}) does not exist")
+    file_size = path.stat().st_size
+    if art.get("file_size") not in (None, file_size):
+        raise PublishError(f"{path} is {file_size} bytes but the manifest says {art['file_size']}: "
+                           "not the artifact that was built and tested")
+    with open(path, "rb") as f:
+        if f.read(4) != QCOW2_MAGIC:
+            raise PublishError(f"{path} is not a qcow2 file (bad magic)")
+
+    with reporter.step(f"verify {path.name} against its manifest"):
+        progress = Progress(reporter, "hash", file_size)
+        got = hash_file(path, ("sha256", "sha512"), progress.add)
+        progress.done()
+        for algo in ("sha256", "sha512"):
+            if got[algo] != want[algo]:
+                raise PublishError(f"{path}: {algo} is {got[algo]} but the manifest says {want[algo]}: "
+                                   "the file changed after it was built and tested; rebuild it")
+        info = _qemu_img_info(path, reporter)
+        if info.get("format") != "qcow2":
+            raise PublishError(f"{path}: qemu-img reads it as {info.get('format')!r}, not qcow2")
+        if info.get("backing-filename") or info.get("full-backing-filename"):
+            raise PublishError(f"{path} has a backing file ({info.get('backing-filename')}); "
+                               "an image to publish must stand alone")
+        if info.get("virtual-size") != virtual_size:
+            raise PublishError(f"{path}: virtual size {info.get('virtual-size')} differs from the "
+                               f"manifest's {virtual_size}")
+
+    bt = data.get("boot_test")
+    if bt is None:
+        boot_test = "not-run"
+    elif isinstance(bt, dict) and isinstance(bt.get("passed"), bool):
+        boot_test = "passed" if bt["passed"] else "failed"
+    else:
+        raise PublishError(f"{manifest_path}: boot_test must be null or have a boolean 'passed'")
+    forced = False
+    if boot_test != "passed":
+        if not force:
+            what = "failed" if boot_test == "failed" else "was not run"
+            raise PublishError(f"{recipe_name}: the boot test {what} for build {build_id}; "
+                               "only boot-tested images are published "
+                               "(--force publishes anyway and records that it was forced)")
+        forced = True
+        reporter.info(f"⚠ publishing {build_id} although its boot test {boot_test.replace('-', ' ')}"
+                      " (--force); the image is marked imagebuild_forced=true")
+        reporter.event("publish-forced", build_id=build_id, boot_test=boot_test)
+
+    packages = recipe.get("packages") or {}
+    all_packages = list(packages.get("base") or []) + list(packages.get("extra") or [])
+    facts = ImageFacts(
+        os_distro=str(image.get("os_distro") or ""),
+        os_version=str(image.get("os_version") or recipe.get("version") or ""),
+        os_type=str(image.get("os_type") or "linux"),
+        machine_type=str(image.get("machine_type") or "pc"),
+        firmware=str(image.get("firmware") or "bios"),
+        min_ram_mib=int(image.get("min_ram_mib") or 512),
+        guest_agent="qemu-guest-agent" in all_packages,
+    )
+    if not facts.os_distro:
+        raise PublishError(f"{manifest_path}: recipe.image.os_distro is empty")
+    return Artifact(
+        output_dir=out, path=path, recipe=recipe_name, recipe_version=str(recipe.get("version") or "1"),
+        build_id=build_id, finished=str(data.get("finished") or ""), format=fmt,
+        virtual_size=virtual_size, file_size=file_size, sha256=got["sha256"], sha512=got["sha512"],
+        manifest_sha256=hashlib.sha256(raw).hexdigest(), image=facts, boot_test=boot_test,
+        boot_test_accelerator=str(bt.get("accelerator") or "") if isinstance(bt, dict) else "",
+        forced=forced, publish_settings=dict(recipe.get("publish") or {}))
+
+
+def record_publish(artifact: Artifact, result: PublishResult) -> None:
+    """Append what was published (and whether it was forced) to the output folder's record."""
+    entry = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "build_id": artifact.build_id,
+             "sha256": artifact.sha256, "boot_test": artifact.boot_test, **result.to_json()}
+    with open(artifact.output_dir / RECORD, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+# -- progress and streaming ------------------------------------------------------------------------
+
+class Progress:
+    """A progress bar on a terminal, a line every 25% otherwise, and events for machines."""
+
+    def __init__(self, reporter: Reporter, what: str, total: int) -> None:
+        self.reporter = reporter
+        self.what = what
+        self.total = max(total, 1)
+        self.done_bytes = 0
+        self.start = time.monotonic()
+        self._last_event = 0.0
+        self._last_quarter = 0
+        self._tty = bool(getattr(reporter.stream, "isatty", lambda: False)())
+        reporter.event("progress", what=what, done=0, total=total)
+
+    def add(self, n: int) -> None:
+        self.done_bytes += n
+        now = time.monotonic()
+        if now - self._last_event >= 0.5:
+            self._last_event = now
+            self.reporter.event("progress", what=self.what, done=self.done_bytes, total=self.total)
+            if self._tty:
+                self._draw(now)
+        quarter = self.done_bytes * 4 // self.total
+        if not self._tty and quarter > self._last_quarter and quarter < 4:
+            self._last_quarter = quarter
+            self.reporter.info(f"{self.what}: {quarter * 25}% ({self._rate(now)})")
+
+    def _rate(self, now: float) -> str:
+        secs = max(now - self.start, 1e-6)
+        mib = 2**20
+        done, total = self.done_bytes / mib, self.total / mib
+        return f"{done:.0f}/{total:.0f} MiB, {done / secs:.1f} MiB/s"
+
+    def _draw(self, now: float) -> None:
+        width = 30
+        filled = int(width * self.done_bytes / self.total)
+        bar = "#" * filled + "-" * (width - filled)
+        self.reporter.stream.write(f"\r  {self.what} [{bar}] {100 * self.done_bytes // self.total:3d}% "
+                                   f"{self._rate(now)}  ")
+        self.reporter.stream.flush()
+
+    def done(self) -> None:
+        now = time.monotonic()
+        if self._tty:
+            self._draw(now)
+            self.reporter.stream.write("\n")
+        self.reporter.event("progress", what=self.what, done=self.done_bytes, total=self.total)
+        self.reporter.log(f"{self.what}: {self._rate(now)} in {now - self.start:.1f}s")
+
+
+class UploadStream(io.RawIOBase):
+    """The request body of an upload: reads ``path`` in chunks, never more than one in memory.
+
+    ``len()`` gives the size so HTTP clients send a Content-Length (no chunked encoding). Reads may be
+    rate-limited (bytes per second). ``sha512`` is computed over exactly the bytes handed out, so an
+    upload can tell "the file changed under us" from "the store stored other bytes".
+    """
+
+    def __init__(self, path: Path, progress: Progress | None = None, *, rate_limit: int | None = None,
+                 chunk_size: int = CHUNK_SIZE) -> None:
+        super().__init__()
+        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self.size = os.fstat(self._f.fileno()).st_size
+        self.progress = progress
+        self.rate_limit = rate_limit
+        self.chunk_size = chunk_size
+        self.sent = 0
+        self._hash = hashlib.sha512()
+        self._start = time.monotonic()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0 or n > self.chunk_size:
+            n = self.chunk_size
+        data = self._f.read(n)
+        if data:
+            self.sent += len(data)
+            self._hash.update(data)
+            if self.progress:
+                self.progress.add(len(data))
+            if self.rate_limit:
+                ahead = self.sent / self.rate_limit - (time.monotonic() - self._start)
+                if ahead > 0:
+                    time.sleep(ahead)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def __iter__(self) -> Iterator[bytes]:  # type: ignore[override]
+        while chunk := self.read(self.chunk_size):
+            yield chunk
+
+    @property
+    def sha512(self) -> str:
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+# -- cleanup that a second Ctrl-C must not cut short -------------------------------------------------
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while cleaning up a half-made remote object; deliver them afterwards.
+
+    Without this, a second Ctrl-C during the delete of a half-uploaded image would leave it behind.
+    Only the main thread can block signals for the process's Python handlers; elsewhere it is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5,
+               max_interval: float = 5.0) -> Any:
+    """Poll ``check`` (returns a truthy value when done, raises to fail) with backoff, up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise PublishError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+        interval = min(interval * 1.5, max_interval)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for an SDK error, without request bodies (which could hold credentials)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{type(exc).__name__}: {text}"

@@ -1,0 +1,316 @@
+"""Publish to OpenStack Glance (Images API v2) through openstacksdk.
+
+Credentials and endpoints come from the ecosystem's conventions only: ``clouds.yaml`` (``--cloud NAME``
+or ``OS_CLOUD``) or the ``OS_*`` variables, all read by openstacksdk itself; nothing secret passes
+through imagebuild's arguments or logs.
+
+One publish, in order:
+1. find images carrying our ``imagebuild_sha256``: an ``active`` one whose ``os_hash_value`` is ours
+   makes this a no-op; a leftover of an upload killed too hard to clean up (``queued``, ``saving``,
+   ``uploading``, ``importing``) is deleted;
+2. create the image record (qcow2/bare, versioned name, os_*/hw_* properties, min_disk from the
+   virtual size, min_ram from the recipe, provenance properties), then send the bytes from disk in
+   chunks, through the interoperable import (``glance-direct``) where the cloud offers it, a plain
+   upload otherwise;
+3. wait for ``active`` and compare Glance's own ``size`` and ``os_hash_value`` (sha512) with ours;
+4. move the recipe's ``latest_tag`` to its newest image and rotate to the newest ``keep`` images.
+Any failure or interrupt in 2-3 deletes the image: nothing is left in queued/saving/importing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ImageBuildError, PublishError
+from ..events import Reporter
+from ..recipe import Glance
+from .common import (
+    CHUNK_SIZE,
+    Artifact,
+    Progress,
+    PublishResult,
+    UploadStream,
+    describe_exception,
+    signals_deferred,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from openstack.connection import Connection
+    from openstack.image.v2._proxy import Proxy as Images
+
+# Statuses of an image whose bytes never fully arrived (Glance API v2 image states).
+UNFINISHED = ("queued", "saving", "uploading", "importing")
+FAILED = ("killed", "deleted", "pending_delete", "deactivated")
+
+
+def glance_properties(artifact: Artifact, settings: Glance) -> dict[str, str]:
+    """The image properties: how Nova should run it, then the recipe's extras, then provenance."""
+    facts = artifact.image
+    props = {
+        "os_distro": facts.os_distro,
+        "os_version": facts.os_version,
+        "os_type": facts.os_type,
+        "hw_disk_bus": "virtio",
+        "hw_vif_model": "virtio",
+        "hw_qemu_guest_agent": "yes" if facts.guest_agent else "no",
+        "hw_machine_type": facts.machine_type,
+        "hw_firmware_type": facts.firmware,
+    }
+    props.update(settings.properties)
+    props.update(artifact.provenance())  # last: a recipe cannot fake provenance
+    return props
+
+
+def connect(cloud: str | None) -> Connection:
+    """An openstacksdk connection from clouds.yaml / OS_CLOUD / OS_* (openstacksdk's own rules)."""
+    try:
+        import openstack
+        from openstack import exceptions as os_exc
+    except ImportError:
+        raise PublishError("openstacksdk is not installed: pip install 'imagebuild[publish]'") from None
+    try:
+        conn = openstack.connect(cloud=cloud) if cloud else openstack.connect()
+    except os_exc.ConfigException as exc:
+        where = f"cloud '{cloud}'" if cloud else "the default cloud (OS_CLOUD or OS_* variables)"
+        raise PublishError(f"cannot configure OpenStack access for {where}: {describe_exception(exc)}; "
+                           "see clouds.yaml in docs/publish.md") from None
+    return conn
+
+
+def images_v2(conn: Connection) -> Images:
+    """The cloud's image service, which must speak the Images API v2."""
+    from openstack.image.v2._proxy import Proxy
+
+    images = conn.image
+    if not isinstance(images, Proxy):
+        raise PublishError("this cloud's image service is not Images API v2 (image_api_version: 2)")
+    return images
+
+
+def _list_images(images: Images, **filters: str) -> Iterator[dict[str, Any]]:
+    """Images matching Glance v2 list filters, custom properties included.
+
+    openstacksdk's ``images()`` accepts only the filters it knows; Glance itself filters on any
+    property (``GET /v2/images?imagebuild_sha256=...``), so this asks through the SDK's session.
+    """
+    marker = None
+    while True:
+        params: dict[str, Any] = {"limit": 100, **filters}
+        if marker:
+            params["marker"] = marker
+        resp = images.get("/images", params=params)
+        if resp.status_code != 200:
+            raise PublishError(f"listing Glance images failed: HTTP {resp.status_code}")
+        page = resp.json().get("images", [])
+        yield from page
+        if not page or "next" not in resp.json():
+            return
+        marker = page[-1]["id"]
+
+
+def _delete(images: Images, image_id: str, reporter: Reporter, why: str) -> None:
+    """Delete an image and make sure it is gone; raise if it stays."""
+    from openstack import exceptions as os_exc
+
+    reporter.info(f"deleting Glance image {image_id} ({why})")
+    reporter.event("glance-delete", image_id=image_id, reason=why)
+
+    def gone() -> bool:
+        try:
+            images.delete_image(image_id, ignore_missing=True)
+        except os_exc.ConflictException:
+            return False  # e.g. still being imported: Glance refuses for a moment
+        try:
+            img = images.get_image(image_id)
+        except os_exc.NotFoundException:
+            return True
+        return img.status in ("deleted", "pending_delete")
+
+    wait_until(gone, timeout=120, what=f"Glance to delete image {image_id}", interval=0.5)
+
+
+def _hash_matches(img: Any, artifact: Artifact) -> tuple[bool, str]:
+    """Compare Glance's own record of the bytes with ours: size and os_hash_value."""
+    algo, value = img.hash_algo, img.hash_value
+    if img.size != artifact.file_size:
+        return False, f"Glance stored {img.size} bytes, the artifact has {artifact.file_size}"
+    if not algo or not value:
+        return False, "Glance reports no os_hash_value for the image"
+    if algo == "sha512":
+        ours = artifact.sha512
+    else:  # a cloud configured with another hashing_algorithm: hash the file that way too
+        try:
+            h = hashlib.new(algo)
+        except ValueError:
+            return False, f"Glance hashes with {algo!r}, which this Python cannot compute"
+        with open(artifact.path, "rb") as f:
+            while chunk := f.read(CHUNK_SIZE):
+                h.update(chunk)
+        ours = h.hexdigest()
+    if value != ours:
+        return False, f"Glance's {algo} is {value}, ours is {ours}"
+    return True, ""
+
+
+def _choose_method(settings: Glance, offered: list[str]) -> str:
+    if settings.method == "upload":
+        return "upload"
+    if "glance-direct" in offered:
+        return "glance-direct"
+    if settings.method == "glance-direct":
+        raise PublishError("the recipe asks for the glance-direct import, but this cloud offers only: "
+                           + (", ".join(offered) or "no import methods"))
+    return "upload"
+
+
+def _wait_active(images: Images, image_id: str, method: str, timeout: float) -> Any:
+    def check() -> Any:
+        img = images.get_image(image_id)
+        if img.status == "active":
+            return img
+        if img.status in FAILED:
+            raise PublishError(f"Glance image {image_id} went to '{img.status}' instead of active")
+        props = img.properties or {}
+        failed = props.get("os_glance_failed_import")
+        if method == "glance-direct" and img.status == "queued" and failed:
+            raise PublishError(f"Glance's import of image {image_id} failed (stores: {failed}); "
+                               "see the Glance API log for the reason")
+        return None
+
+    return wait_until(check, timeout=timeout, what=f"Glance image {image_id} to become active")
+
+
+def _upload(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
+            rate_limit: int | None) -> tuple[Any, str]:
+    from openstack import exceptions as os_exc
+    from openstack.image.v2.image import Image
+
+    props = glance_properties(artifact, settings)
+    try:
+        image = Image.new(name=artifact.versioned_name, disk_format="qcow2", container_format="bare",
+                          visibility=settings.visibility, tags=list(settings.tags),
+                          min_disk=artifact.min_disk_gib, min_ram=artifact.image.min_ram_mib,
+                          **props).create(images)
+    except os_exc.SDKException as exc:
+        raise PublishError(f"Glance refused to create image {artifact.versioned_name}: "
+                           f"{describe_exception(exc)}") from None
+    reporter.event("glance-created", image_id=image.id, name=artifact.versioned_name)
+    method = _choose_method(settings, list(image.image_import_methods or []))
+    reporter.info(f"created Glance image {image.id} ({artifact.versioned_name}); sending the bytes "
+                  f"by {'the glance-direct import' if method == 'glance-direct' else 'plain upload'}")
+    stream: UploadStream | None = None
+    try:
+        progress = Progress(reporter, "upload", artifact.file_size)
+        stream = UploadStream(artifact.path, progress, rate_limit=rate_limit)
+        if method == "glance-direct":
+            image.stage(images, data=stream, size=artifact.file_size)
+        else:
+            resp = image.upload(images, data=stream, size=artifact.file_size)
+            os_exc.raise_from_response(resp)
+        progress.done()
+        if method == "glance-direct":
+            resp = image.import_image(images, method="glance-direct")
+            os_exc.raise_from_response(resp)
+        img = _wait_active(images, image.id, method, settings.timeout_seconds)
+        ok, why = _hash_matches(img, artifact)
+        if not ok:
+            if stream.sha512 != artifact.sha512:
+                why += " (the file changed while it was being sent)"
+            raise PublishError(f"Glance image {image.id} does not hold our bytes: {why}; "
+                               "it has been deleted")
+        return img, method
+    except BaseException as exc:
+        # Ours until it is verified: never leave it queued/saving/importing, whatever stopped us.
+        with signals_deferred():
+            try:
+                _delete(images, image.id, reporter, f"upload did not complete: {type(exc).__name__}")
+            except Exception as cleanup_exc:  # report both; the first failure is the story
+                reporter.info(f"⚠ could not delete Glance image {image.id}: "
+                              f"{describe_exception(cleanup_exc)}; delete it by hand")
+        if isinstance(exc, ImageBuildError) or not isinstance(exc, Exception):
+            raise
+        raise PublishError(f"uploading to Glance failed: {describe_exception(exc)}; "
+                           f"image {image.id} was deleted") from None
+    finally:
+        if stream is not None:
+            stream.close()
+
+
+def _newest_first(images: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(images, key=lambda i: (i.get("imagebuild_built") or "", i.get("created_at") or "",
+                                         i["id"]), reverse=True)
+
+
+def _tend_recipe(images: Images, artifact: Artifact, settings: Glance, image: Any,
+                 reporter: Reporter) -> tuple[str, ...]:
+    """Move the latest tag and rotate, among this owner's active images of this recipe."""
+    if not settings.latest_tag and not settings.keep:
+        return ()
+    filters = {"imagebuild_recipe": artifact.recipe, "status": "active"}
+    if image.owner:
+        filters["owner"] = image.owner
+    mine = _newest_first(list(_list_images(images, **filters)))
+    rotated: list[str] = []
+    if settings.keep:
+        for old in mine[settings.keep:]:
+            if old["id"] == image.id:
+                reporter.info(f"⚠ {image.name} is older than the newest {settings.keep} images of "
+                              f"{artifact.recipe}; kept because it was published just now")
+                continue
+            _delete(images, old["id"], reporter, f"rotation: keep the newest {settings.keep}")
+            rotated.append(old["id"])
+        mine = [i for i in mine if i["id"] not in rotated]
+    if settings.latest_tag and mine:
+        newest = mine[0]
+        for img in mine:
+            tags = img.get("tags") or []
+            if img["id"] == newest["id"] and settings.latest_tag not in tags:
+                images.add_tag(img["id"], settings.latest_tag)
+                reporter.info(f"tagged {img['name']} '{settings.latest_tag}'")
+            elif img["id"] != newest["id"] and settings.latest_tag in tags:
+                images.remove_tag(img["id"], settings.latest_tag)
+    return tuple(rotated)
+
+
+def publish_to_glance(artifact: Artifact, settings: Glance, *, cloud: str | None = None,
+                      reporter: Reporter, rate_limit: int | None = None) -> PublishResult:
+    from keystoneauth1 import exceptions as ks_exc
+    from openstack import exceptions as os_exc
+
+    conn = connect(cloud)
+    try:
+        images = images_v2(conn)
+        endpoint = images.get_endpoint() or ""
+        existing = None
+        for found in _list_images(images, imagebuild_sha256=artifact.sha256):
+            if found.get("status") == "active":
+                img = images.get_image(found["id"])
+                ok, why = _hash_matches(img, artifact)
+                if ok and existing is None:
+                    existing = img
+                    continue
+                if not ok:
+                    _delete(images, found["id"], reporter, f"carries our sha256 but {why}")
+            elif found.get("status") in UNFINISHED:
+                _delete(images, found["id"], reporter,
+                        f"left '{found['status']}' by an earlier publish that was killed")
+        if existing is not None:
+            reporter.info(f"Glance already has this artifact as {existing.name} ({existing.id}): "
+                          "nothing to upload")
+            image, created, method = existing, False, ""
+        else:
+            image, method = _upload(images, artifact, settings, reporter, rate_limit)
+            created = True
+            reporter.info(f"Glance image {image.id} is active; size and sha512 match")
+        rotated = _tend_recipe(images, artifact, settings, image, reporter)
+        return PublishResult(target="glance", image_id=image.id, name=image.name, created=created,
+                             forced=artifact.forced, location=endpoint, method=method, rotated=rotated)
+    except (os_exc.SDKException, ks_exc.ClientException) as exc:
+        raise PublishError(f"Glance: {describe_exception(exc)}") from None
+    finally:
+        with suppress(Exception):
+            conn.close()

@@ -1,0 +1,128 @@
+"""Fixtures for the publish tests: a real Glance (session-wide), clouds.yaml, and real qcow2 builds."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from servers import GlanceServer, ImageioServer, glance_venv, imageio_venv, venv_ready  # noqa: E402
+
+from imagebuild.recipe import Glance, Ovirt, Publish, Recipe, load_recipe  # noqa: E402
+
+CLOUD = "test-glance"
+
+
+def _need(venv: Path, what: str) -> None:
+    if venv_ready(venv):
+        return
+    msg = f"{what} is not installed at {venv}: run .ci/publish-setup"
+    if os.environ.get("CI"):
+        pytest.fail(msg)  # in CI a missing server is a broken setup, not a reason to skip
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def glance() -> Iterator[GlanceServer]:
+    _need(glance_venv(), "Glance")
+    with GlanceServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def imageio() -> Iterator[ImageioServer]:
+    _need(imageio_venv(), "ovirt-imageio")
+    with ImageioServer() as server:
+        yield server
+
+
+@pytest.fixture
+def cloud(glance: GlanceServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A clouds.yaml naming the test Glance, found by openstacksdk through OS_CLIENT_CONFIG_FILE."""
+    path = tmp_path / "clouds.yaml"
+    path.write_text(glance.clouds_yaml(CLOUD))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
+    for var in [v for v in os.environ if v.startswith("OS_") and v != "OS_CLIENT_CONFIG_FILE"]:
+        monkeypatch.delenv(var)
+    return CLOUD
+
+
+def glance_conn(glance: GlanceServer):  # type: ignore[no-untyped-def]
+    import openstack
+
+    return openstack.connect(auth_type="none", auth={"endpoint": glance.endpoint},
+                             image_endpoint_override=glance.endpoint, image_api_version="2")
+
+
+def recipe_for(name: str, **glance_settings: object) -> Recipe:
+    base = load_recipe("debian12")
+    return dataclasses.replace(base, name=name,
+                               publish=Publish(glance=Glance(**glance_settings),  # type: ignore[arg-type]
+                                               ovirt=Ovirt(storage_domain="images")))
+
+
+def make_qcow2(path: Path, *, virtual_mib: int, data_mib: float) -> None:
+    """A real, compressed qcow2 (compat 1.1) with ``data_mib`` of random (incompressible) data."""
+    raw = path.with_suffix(".raw")
+    with open(raw, "wb") as f:
+        f.truncate(virtual_mib * 2**20)
+        f.seek(2**20)
+        remaining = int(data_mib * 2**20)
+        while remaining > 0:
+            chunk = os.urandom(min(remaining, 4 * 2**20))
+            f.write(chunk)
+            remaining -= len(chunk)
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-c", "-o", "compat=1.1",
+                    str(raw), str(path)], check=True)
+    raw.unlink()
+
+
+def write_manifest(out: Path, recipe: Recipe, qcow2: Path, *, boot_test: bool | None = True,
+                   build_id: str | None = None, finished: str = "2026-11-27T07:30:00+00:00") -> dict:
+    data = qcow2.read_bytes()
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2", str(qcow2)],
+                                     check=True, capture_output=True, text=True).stdout)
+    build_id = build_id or f"{recipe.name}-{finished[:19].replace('-', '').replace(':', '')}-ab12cd"
+    manifest = {
+        "schema": 1, "build_id": build_id, "started": finished, "finished": finished,
+        "recipe": json.loads(recipe.to_json()),
+        "artifact": {"file": qcow2.name, "format": "qcow2", "compat": "1.1", "compression": "zlib",
+                     "virtual_size": info["virtual-size"], "file_size": len(data),
+                     "sha256": hashlib.sha256(data).hexdigest(), "sha512": hashlib.sha512(data).hexdigest()},
+        "boot_test": None if boot_test is None else {
+            "passed": boot_test, "accelerator": "tcg", "mac": "52:54:00:12:34:56",
+            "checks": [{"name": "login", "ok": boot_test, "detail": "synthetic manifest for tests"}]},
+        "accelerator": "tcg", "stages": {}, "inputs": {}, "tools": {},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (out / "SHA256SUMS").write_text(f"{manifest['artifact']['sha256']}  {qcow2.name}\n")
+    return manifest
+
+
+MakeBuild = Callable[..., Path]
+
+
+@pytest.fixture
+def make_build(tmp_path: Path) -> MakeBuild:
+    """Make ``output/<recipe>/`` as a build leaves it: a real qcow2 plus a manifest."""
+    counter = iter(range(1000))
+
+    def make(recipe: Recipe, *, data_mib: float = 0.25, virtual_mib: int = 1536,
+             boot_test: bool | None = True, finished: str = "2026-11-27T07:30:00+00:00") -> Path:
+        out = tmp_path / f"output-{next(counter)}" / recipe.name
+        out.mkdir(parents=True)
+        qcow2 = out / f"{recipe.name}.qcow2"
+        make_qcow2(qcow2, virtual_mib=virtual_mib, data_mib=data_mib)
+        write_manifest(out, recipe, qcow2, boot_test=boot_test, finished=finished)
+        return out
+
+    return make
