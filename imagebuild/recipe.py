@@ -333,6 +333,14 @@ def _mark(value: Any, dotted: str, origins: dict[str, str], file: str) -> None:
             _mark(v, f"{dotted}.{k}", origins, file)
 
 
+def _display(path: Path) -> str:
+    """A recipe file as the manifest shows it: relative to the project when it lives there."""
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path.resolve())
+
+
 def load_recipe(name: str, dirs: list[Path] | None = None) -> Recipe:
     """Resolve ``name`` (a recipe name or a path to a .toml file) into a validated Recipe."""
     chain: list[tuple[Path, dict[str, Any]]] = []
@@ -364,7 +372,7 @@ def load_recipe(name: str, dirs: list[Path] | None = None) -> Recipe:
         merged = _merge(merged, data, origins, str(path))
     leaf = chain[0][0]
     merged["name"] = leaf.stem
-    merged["sources"] = [str(p) for p, _ in chain]
+    merged["sources"] = [_display(p) for p, _ in chain]
     merged.setdefault("description", "")
     recipe: Recipe = from_data(Recipe, merged, origins=origins, default_file=str(leaf))
     validate(recipe, origins, str(leaf))

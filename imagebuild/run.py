@@ -41,6 +41,7 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
+    timed_out: bool = False
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -148,7 +149,7 @@ def run(argv: Sequence[str | os.PathLike[str]], *, reporter: Reporter = NULL_REP
         raise
     for t in threads:
         t.join(timeout=5)
-    result = Result(args, proc.returncode, "".join(out), "".join(err))
+    result = Result(args, proc.returncode, "".join(out), "".join(err), timed_out is not None)
     if check and (proc.returncode != 0 or timed_out is not None):
         raise CommandFailed(mask(_describe(args, proc.returncode, "".join(tail), timed_out)),
                             argv=args, returncode=proc.returncode, stderr_tail=mask("".join(tail)))

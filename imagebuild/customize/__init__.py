@@ -1,0 +1,105 @@
+"""Generalization steps: small registered records, one module per concern (virt-sysprep's shape).
+
+Each step has a kebab-case name, a one-line summary, an on-by-default flag, the image families it
+applies to, a ``run`` that changes the image (idempotent) and a ``check`` that reports what is still
+wrong. After all steps ran, every check runs again on the image: a build fails if any host identity
+or swap is left.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import CustomizeFailed
+from ..guest import Guest
+from ..recipe import Family, Recipe
+
+STEP_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class StepContext:
+    recipe: Recipe
+    network: bool                       # the appliance was launched with network on
+    notes: dict[str, object] = field(default_factory=dict)   # what steps report for the manifest
+
+
+RunFn = Callable[[Guest, StepContext], None]
+CheckFn = Callable[[Guest, StepContext], list[str]]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    summary: str
+    run: RunFn
+    check: CheckFn
+    order: int                          # lower runs first: packages before cleaning logs and caches
+    default: bool = True
+    families: tuple[Family, ...] = (Family.DEBIAN, Family.EL)
+    needs_network: bool = False
+
+
+STEPS: dict[str, Step] = {}
+
+
+def register(name: str, summary: str, *, order: int, check: CheckFn, default: bool = True,
+             families: tuple[Family, ...] = (Family.DEBIAN, Family.EL),
+             needs_network: bool = False) -> Callable[[RunFn], RunFn]:
+    def deco(fn: RunFn) -> RunFn:
+        if not STEP_NAME.match(name):
+            raise ValueError(f"customize step name {name!r} is not kebab-case")
+        if name in STEPS:
+            raise ValueError(f"customize step {name!r} registered twice")
+        if not summary or "\n" in summary:
+            raise ValueError(f"customize step {name!r} needs a one-line summary")
+        STEPS[name] = Step(name, summary, fn, check, order, default, families, needs_network)
+        return fn
+    return deco
+
+
+def _load_all() -> None:
+    # Importing the modules registers their steps; listed here so the order of registration is fixed.
+    from . import host_identity, layout, logs, net_identity, packages, ssh_hostkeys  # noqa: F401
+
+
+def all_steps() -> list[Step]:
+    _load_all()
+    return sorted(STEPS.values(), key=lambda s: (s.order, s.name))
+
+
+def selected_steps(recipe: Recipe, only: list[str] | None = None) -> list[Step]:
+    """The steps a recipe runs: on by default, for its family, minus customize.disable."""
+    steps = all_steps()
+    known = {s.name for s in steps}
+    for i, name in enumerate(recipe.customize.disable):
+        if name not in known:
+            from ..errors import RecipeError
+            raise RecipeError(f"unknown customize step '{name}' (known: {', '.join(sorted(known))})",
+                              file=recipe.sources[0] if recipe.sources else None,
+                              key=f"customize.disable[{i}]")
+    chosen = [s for s in steps if s.default and recipe.image.family in s.families
+              and s.name not in recipe.customize.disable]
+    if only is not None:
+        chosen = [s for s in chosen if s.name in only]
+    return chosen
+
+
+def needs_network(steps: list[Step]) -> bool:
+    return any(s.needs_network for s in steps)
+
+
+def customize(guest: Guest, ctx: StepContext, steps: list[Step]) -> None:
+    for s in steps:
+        guest.reporter.log(f"customize: {s.name}")
+        s.run(guest, ctx)
+
+
+def post_check(guest: Guest, ctx: StepContext, steps: list[Step]) -> None:
+    """Re-inspect the image after every step ran; fail listing all that is still wrong."""
+    problems = [f"{s.name}: {p}" for s in steps for p in s.check(guest, ctx)]
+    if problems:
+        raise CustomizeFailed("the image still carries host identity or breaks the layout rules "
+                              "after generalization:\n  " + "\n  ".join(problems))

@@ -1,0 +1,44 @@
+"""Installer backends behind one small interface.
+
+An installer turns a recipe into a bootable single-partition disk at ``build.disk``. It may finish
+its work inside the shared libguestfs session (``finalize``, e.g. installing the bootloader), so a
+build launches the appliance once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+from ..guest import Guest
+from ..recipe import Backend, Recipe
+from ..workspace import Build
+
+
+class Installer(Protocol):
+    backend: ClassVar[Backend]
+
+    def tools(self, recipe: Recipe) -> dict[str, str]:
+        """Host programs needed, each with what it is needed for."""
+        ...
+
+    def validate(self, recipe: Recipe, build: Build | None) -> None:
+        """Everything that can be checked before a download or a VM starts."""
+        ...
+
+    def describe(self, recipe: Recipe) -> dict[str, Any]:
+        """What ``install`` would do, for ``invoke show`` (no side effects)."""
+        ...
+
+    def install(self, build: Build) -> None:
+        ...
+
+    def finalize(self, guest: Guest, build: Build) -> None:
+        ...
+
+
+def installer_for(recipe: Recipe) -> Installer:
+    if recipe.install.backend is Backend.BOOTSTRAP:
+        from .bootstrap import BootstrapInstaller
+        return BootstrapInstaller()
+    from .vm import VMInstaller
+    return VMInstaller()

@@ -1,0 +1,175 @@
+"""libvirt domains: the XML we boot, and a lifecycle where the domain is always destroyed.
+
+Domains are transient (``createXML``): nothing is defined that could outlive the build, and the name
+carries the build id so ``invoke clean`` can find what a killed build left running.
+"""
+
+from __future__ import annotations
+
+import secrets
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .accel import Accel
+from .errors import ImageBuildError, ToolMissing
+from .events import NULL_REPORTER, Reporter
+
+URI = "qemu:///system"
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+try:
+    import libvirt
+except ImportError:  # pragma: no cover
+    libvirt = None
+
+
+def random_mac() -> str:
+    """A locally administered MAC in QEMU's 52:54:00 range, fresh for every boot."""
+    tail = secrets.token_bytes(3)
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    path: Path
+    format: str
+    target: str = "vda"
+    bus: str = "virtio"
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    name: str
+    accel: Accel
+    memory_mib: int
+    vcpus: int
+    disks: tuple[DiskSpec, ...]
+    console_log: Path
+    mac: str | None = None              # None: no NIC
+    machine: str = "pc"
+    kernel: Path | None = None          # direct kernel boot (installers)
+    initrd: Path | None = None
+    cmdline: str = ""
+    guest_agent: bool = True
+    extra_channels: tuple[tuple[str, Path], ...] = field(default_factory=tuple)  # (name, unix socket)
+
+
+def domain_xml(spec: DomainSpec) -> str:
+    dom = ET.Element("domain", type="kvm" if spec.accel is Accel.KVM else "qemu")
+    ET.SubElement(dom, "name").text = spec.name
+    ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mib)
+    ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
+    os_ = ET.SubElement(dom, "os")
+    ET.SubElement(os_, "type", arch="x86_64", machine=spec.machine).text = "hvm"
+    if spec.kernel is not None:
+        ET.SubElement(os_, "kernel").text = str(spec.kernel)
+        if spec.initrd is not None:
+            ET.SubElement(os_, "initrd").text = str(spec.initrd)
+        ET.SubElement(os_, "cmdline").text = spec.cmdline
+    else:
+        ET.SubElement(os_, "boot", dev="hd")
+    feats = ET.SubElement(dom, "features")
+    ET.SubElement(feats, "acpi")
+    ET.SubElement(feats, "apic")
+    if spec.accel is Accel.KVM:
+        ET.SubElement(dom, "cpu", mode="host-passthrough")
+    # Any stop ends the domain: an installer's reboot must not start it again.
+    for event in ("on_poweroff", "on_reboot", "on_crash"):
+        ET.SubElement(dom, event).text = "destroy"
+    dev = ET.SubElement(dom, "devices")
+    for d in spec.disks:
+        disk = ET.SubElement(dev, "disk", type="file", device="disk")
+        ET.SubElement(disk, "driver", name="qemu", type=d.format, discard="unmap", cache="unsafe")
+        ET.SubElement(disk, "source", file=str(d.path))
+        ET.SubElement(disk, "target", dev=d.target, bus=d.bus)
+        if d.readonly:
+            ET.SubElement(disk, "readonly")
+    if spec.mac is not None:
+        nic = ET.SubElement(dev, "interface", type="user")
+        ET.SubElement(nic, "mac", address=spec.mac)
+        ET.SubElement(nic, "model", type="virtio")
+    serial = ET.SubElement(dev, "serial", type="file")
+    ET.SubElement(serial, "source", path=str(spec.console_log), append="off")
+    ET.SubElement(serial, "target", port="0")
+    if spec.guest_agent:
+        ch = ET.SubElement(dev, "channel", type="unix")
+        ET.SubElement(ch, "source", mode="bind")
+        ET.SubElement(ch, "target", type="virtio", name=AGENT_CHANNEL)
+    for name, sock in spec.extra_channels:
+        ch = ET.SubElement(dev, "channel", type="unix")
+        ET.SubElement(ch, "source", mode="bind", path=str(sock))
+        ET.SubElement(ch, "target", type="virtio", name=name)
+    rng = ET.SubElement(dev, "rng", model="virtio")
+    ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
+    ET.SubElement(dev, "memballoon", model="none")
+    ET.SubElement(dev, "graphics", type="vnc", listen="127.0.0.1", autoport="yes")  # screenshots
+    ET.SubElement(dev, "video").append(ET.Element("model", type="vga"))
+    # qemu runs as root without relabelling: the scratch files live in our 0700 work dir.
+    sec = ET.SubElement(dom, "seclabel", type="static", model="dac", relabel="no")
+    ET.SubElement(sec, "label").text = "+0:+0"
+    ET.indent(dom)
+    return ET.tostring(dom, encoding="unicode") + "\n"
+
+
+def connect() -> Any:
+    if libvirt is None:
+        raise ToolMissing("the libvirt Python bindings are missing: install python3-libvirt and use a venv "
+                          "made from /usr/bin/python3 with --system-site-packages")
+    libvirt.registerErrorHandler(lambda *_: None, None)  # errors arrive as exceptions; no stderr noise
+    try:
+        return libvirt.open(URI)
+    except libvirt.libvirtError as exc:
+        raise ToolMissing(f"cannot connect to libvirt at {URI}: {exc}. Start it with scripts/start-services "
+                          "(libvirtd and virtlogd)") from None
+
+
+@contextmanager
+def transient_domain(spec: DomainSpec, reporter: Reporter = NULL_REPORTER) -> Iterator[Any]:
+    """Start a transient domain; destroy it on the way out, pass or fail, interrupt included."""
+    conn = connect()
+    xml = domain_xml(spec)
+    reporter.log(f"libvirt: starting transient domain {spec.name} ({spec.accel})")
+    try:
+        try:
+            dom = conn.createXML(xml, 0)
+        except libvirt.libvirtError as exc:
+            raise ImageBuildError(f"libvirt refused to start domain {spec.name}: {exc}") from None
+        try:
+            yield dom
+        finally:
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                    reporter.log(f"libvirt: destroyed {spec.name}")
+            except libvirt.libvirtError as exc:
+                if dom_exists(conn, spec.name):
+                    raise ImageBuildError(f"could not destroy domain {spec.name}: {exc}") from None
+    finally:
+        conn.close()
+
+
+def dom_exists(conn: Any, name: str) -> bool:
+    try:
+        conn.lookupByName(name)
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def screenshot(dom: Any, dest: Path) -> bool:
+    """Save the guest's screen (PPM) next to the logs; best effort, for failed installs."""
+    try:
+        conn = dom.connect()
+        stream = conn.newStream(0)
+        dom.screenshot(stream, 0, 0)
+        with open(dest, "wb") as f:
+            stream.recvAll(lambda _s, data, fh: fh.write(data), f)
+        stream.finish()
+        return True
+    except Exception:  # noqa: BLE001 - a missing screenshot must not hide the real failure
+        return False

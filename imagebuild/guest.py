@@ -1,0 +1,196 @@
+"""Opening disk images with libguestfs: the format always named, TCG forced when KVM is unusable,
+launch and long calls interruptible, the handle always closed.
+
+A ``Guest`` wraps one launched handle with the single ``/`` filesystem mounted, and offers the few
+file operations the generalization steps need, so each step reads as what it does to the image.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .accel import Accel
+from .errors import CustomizeFailed, ImageBuildError
+from .events import NULL_REPORTER, Reporter
+from .procs import kill_descendants
+from .run import call_interruptibly
+
+try:
+    import guestfs
+except ImportError:  # pragma: no cover - reported by require_guestfs()
+    guestfs = None
+
+
+def require_guestfs() -> None:
+    if guestfs is None:
+        from .errors import ToolMissing
+        raise ToolMissing("the libguestfs Python bindings are missing: install python3-guestfs and use a venv "
+                          "made from /usr/bin/python3 with --system-site-packages (./inv does this)")
+
+
+class GuestError(CustomizeFailed):
+    pass
+
+
+class Guest:
+    def __init__(self, g: Any, reporter: Reporter) -> None:
+        self.g = g
+        self.reporter = reporter
+        self.root_device = ""
+
+    # -- calls that may block for long run in a worker thread, so signals stay prompt -------------
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self.g, name)
+        try:
+            return call_interruptibly(lambda: fn(*args, **kwargs), on_interrupt=kill_descendants)
+        except RuntimeError as exc:  # guestfs reports every failure as RuntimeError
+            raise GuestError(f"libguestfs {name}{args!r} failed: {exc}") from None
+
+    def command(self, argv: list[str], *, purpose: str = "") -> str:
+        """Run a program inside the image (chrooted, /dev /proc /sys available)."""
+        from .run import quote
+        self.reporter.log(f"[guest] $ {quote(argv)}" + (f"    # {purpose}" if purpose else ""))
+        out: str = self.call("command", argv)
+        for line in out.splitlines()[-40:]:
+            self.reporter.log(f"[guest]   {line}")
+        return out
+
+    # -- files -------------------------------------------------------------------------------------
+    def exists(self, path: str) -> bool:
+        return bool(self.g.exists(path))
+
+    def is_file(self, path: str) -> bool:
+        return bool(self.g.is_file(path, followsymlinks=False))
+
+    def is_dir(self, path: str) -> bool:
+        return bool(self.g.is_dir(path, followsymlinks=False))
+
+    def is_symlink(self, path: str) -> bool:
+        return self.lexists(path) and bool(self.g.is_symlink(path))
+
+    def read(self, path: str) -> str:
+        return bytes(self.g.read_file(path)).decode("utf-8", "replace")
+
+    def write(self, path: str, text: str, mode: int | None = None) -> None:
+        self.g.write(path, text.encode())
+        if mode is not None:
+            self.g.chmod(mode, path)
+
+    def lexists(self, path: str) -> bool:
+        try:
+            self.g.lstat(path)
+            return True
+        except RuntimeError:
+            return False
+
+    def remove(self, path: str) -> bool:
+        """Remove a file or symlink; True if something was there."""
+        if self.lexists(path):
+            self.g.rm_f(path)
+            return True
+        return False
+
+    def remove_tree(self, path: str) -> None:
+        self.g.rm_rf(path)
+
+    def glob(self, pattern: str) -> list[str]:
+        """Paths matching a shell pattern in the image (only the last component may have wildcards)."""
+        parent, leaf = posixpath.split(pattern)
+        if not self.g.is_dir(parent):
+            return []
+        return sorted(posixpath.join(parent, n) for n in self.g.ls(parent) if fnmatch.fnmatch(n, leaf))
+
+    def find_files(self, top: str) -> list[str]:
+        """Every regular file below ``top`` (absolute paths)."""
+        if not self.g.is_dir(top):
+            return []
+        out = []
+        for rel in self.g.find(top):
+            p = posixpath.join(top, rel)
+            if self.g.is_file(p, followsymlinks=False):
+                out.append(p)
+        return sorted(out)
+
+    def truncate(self, path: str) -> None:
+        self.g.truncate(path)
+
+    def edit_lines(self, path: str, keep: Any) -> int:
+        """Rewrite ``path`` keeping lines for which ``keep(line)`` is true; returns lines removed."""
+        text = self.read(path)
+        lines = text.splitlines(keepends=True)
+        kept = [ln for ln in lines if keep(ln)]
+        if len(kept) != len(lines):
+            self.g.write(path, "".join(kept).encode())
+        return len(lines) - len(kept)
+
+    def symlink(self, target: str, link: str) -> None:
+        self.g.ln_sf(target, link)
+
+    # -- layout ------------------------------------------------------------------------------------
+    def filesystems(self) -> dict[str, str]:
+        return dict(self.g.list_filesystems())
+
+    def mount_root(self) -> None:
+        """Mount the image's one filesystem at /; a second filesystem, swap or LVM is refused here."""
+        problems = layout_problems(self)
+        if problems:
+            raise CustomizeFailed("the disk layout breaks the golden-image rule (exactly one filesystem, "
+                                  "mounted at /, no swap, no LVM):\n  " + "\n  ".join(problems))
+        fs = [d for d, t in self.filesystems().items() if t not in ("swap", "unknown", "")]
+        self.root_device = fs[0]
+        self.g.mount(self.root_device, "/")
+
+
+def layout_problems(guest: Guest) -> list[str]:
+    g = guest.g
+    problems = []
+    fss = guest.filesystems()
+    real = {d: t for d, t in fss.items() if t not in ("swap", "unknown", "")}
+    swaps = [d for d, t in fss.items() if t == "swap"]
+    if swaps:
+        problems.append(f"swap partition(s): {', '.join(swaps)}")
+    if g.lvs():
+        problems.append(f"LVM logical volumes: {', '.join(g.lvs())}")
+    if len(real) != 1:
+        desc = ", ".join(f"{d} ({t})" for d, t in real.items()) or "none"
+        problems.append(f"expected exactly one filesystem, found {len(real)}: {desc}")
+    parts = g.list_partitions()
+    if len(parts) > 1:
+        problems.append(f"expected one partition, found {len(parts)}: {', '.join(parts)}")
+    return problems
+
+
+@contextmanager
+def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_REPORTER,
+               network: bool = False, readonly: bool = False, mount: bool = True) -> Iterator[Guest]:
+    """Launch the appliance on ``disk`` (format named: never probed) and mount its root."""
+    require_guestfs()
+    g = guestfs.GuestFS(python_return_dict=True)
+    try:
+        g.set_backend("direct")
+        if accel is Accel.TCG:
+            g.set_backend_settings(["force_tcg"])
+        g.set_network(network)
+        g.add_drive_opts(str(disk), format=fmt, readonly=readonly,
+                         discard="disable" if readonly else "besteffort")
+        reporter.log(f"libguestfs: launching appliance for {disk} (format {fmt}, {accel}, "
+                     f"network {'on' if network else 'off'})")
+        guest = Guest(g, reporter)
+        try:
+            call_interruptibly(g.launch, on_interrupt=kill_descendants)
+        except RuntimeError as exc:
+            raise ImageBuildError(f"libguestfs could not launch its appliance: {exc} "
+                                  "(run libguestfs-test-tool for details)") from None
+        if mount:
+            guest.mount_root()
+        yield guest
+        if not readonly:
+            g.umount_all()
+            g.shutdown()  # flushes and reports write errors, unlike close()
+    finally:
+        g.close()

@@ -1,0 +1,177 @@
+"""The build, as one readable list of stages:
+
+    validate → install → customize (generalize + post-check + trim) → sparsify → boot-test → manifest
+
+Every resource a stage creates is owned by the build's ExitStack, so a failure or an interrupt at any
+point releases all of it (guests, the libguestfs appliance, scratch space, half-written files) in
+reverse order. Only a complete, checked result is renamed into ``output/<recipe>/``; a failed build
+keeps its logs in ``output/failed/<build id>/`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from . import customize as cz
+from .accel import choose_accel
+from .boottest import boot_test
+from .errors import BuildInterrupted, ImageBuildError, PreflightError
+from .events import Reporter
+from .guest import open_guest
+from .install import installer_for
+from .manifest import write_manifest, write_sha256sums
+from .recipe import Recipe, load_recipe, to_data
+from .run import require_tools, signals_raise
+from .sparsify import compress, hash_file
+from .workspace import (Build, clean_stale, create_work_dir, new_build_id, output_root, publish_output,
+                        remove_tree, work_root)
+
+COMMON_TOOLS = {"qemu-img": "convert, check and overlay images",
+                "qemu-system-x86_64": "run guests (boot test, KVM probe, libguestfs appliance)",
+                "rm": "remove scratch trees", "umount": "release leftover mounts"}
+WORK_SPACE_GIB = 4      # root tree + working disk + compressed copy, for a ~1 GB system
+OUTPUT_SPACE_GIB = 1
+
+
+def validate(recipe: Recipe) -> None:
+    """Everything checkable before any download, disk file or VM: tools, answer files, step names."""
+    installer = installer_for(recipe)
+    require_tools({**COMMON_TOOLS, **installer.tools(recipe)})
+    installer.validate(recipe, None)
+    cz.selected_steps(recipe)
+
+
+def check_free_space(path: Path, gib: int, what: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path).free
+    if free < gib * 1024**3:
+        raise PreflightError(f"{path} has {free / 1024**3:.1f} GiB free; {what} needs at least {gib} GiB "
+                             f"(set IMAGEBUILD_WORK / IMAGEBUILD_OUTPUT to use another disk)")
+
+
+def tool_versions() -> dict[str, str]:
+    from .run import tool_version
+    out = {"qemu-img": tool_version(["qemu-img", "--version"]),
+           "qemu-system-x86_64": tool_version(["qemu-system-x86_64", "--version"]),
+           "mmdebstrap": tool_version(["mmdebstrap", "--version"])}
+    try:
+        import guestfs
+        v = guestfs.GuestFS().version()
+        out["libguestfs"] = f"{v['major']}.{v['minor']}.{v['release']}"
+    except Exception:  # noqa: BLE001 - versions are informative only
+        out["libguestfs"] = "unknown"
+    try:
+        import libvirt
+        v = libvirt.getVersion()
+        out["libvirt"] = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+    except Exception:  # noqa: BLE001
+        out["libvirt"] = "unknown"
+    return out
+
+
+def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
+          keep_work: bool = False) -> Path:
+    """Build ``recipe_name`` into ``output/<recipe>/``; returns that directory."""
+    recipe = load_recipe(recipe_name)
+    if recipe.abstract:
+        raise ImageBuildError(f"recipe '{recipe.name}' is abstract (a base for others to extend); "
+                              "build one that extends it")
+    validate(recipe)
+    installer = installer_for(recipe)
+    steps = cz.selected_steps(recipe)
+    with signals_raise(), ExitStack() as stack:
+        clean_stale(reporter)
+        check_free_space(work_root(), WORK_SPACE_GIB, "the build's scratch space")
+        check_free_space(output_root(), OUTPUT_SPACE_GIB, "the output")
+        build_id = new_build_id(recipe.name)
+        work = create_work_dir(build_id)
+        if not keep_work:
+            stack.callback(remove_tree, work, reporter)
+        staging = output_root() / f".tmp-{build_id}"
+        staging.mkdir()
+        stack.callback(_keep_logs_on_failure, staging, build_id)
+        reporter.attach(staging / "build.log", staging / "events.jsonl")
+        stack.callback(reporter.close)
+        b = Build(recipe=recipe, build_id=build_id, work=work, output_dir=output_root() / recipe.name,
+                  staging=staging, reporter=reporter, stack=stack)
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        reporter.info(f"build {build_id}: recipe {recipe.name} ({' <- '.join(Path(s).stem for s in recipe.sources)})")
+        b.accel = choose_accel(reporter)
+        reporter.info(f"accelerator: {b.accel.accel} ({b.accel.reason})")
+
+        with reporter.step("install", stage=True):
+            installer.install(b)
+        with reporter.step("customize", stage=True):
+            _customize(b, installer, steps)
+        with reporter.step("sparsify", stage=True):
+            assert b.disk is not None
+            artifact = staging / b.artifact_name
+            info = compress(b.disk, b.disk_format, artifact, compat=recipe.image.compat, reporter=reporter)
+            b.disk.unlink()
+            reporter.info(f"{artifact.name}: {info.file_size / 2**20:.0f} MiB "
+                          f"(virtual {info.virtual_size / 2**30:.0f} GiB)")
+        boot: dict[str, Any] | None = None
+        if recipe.boot_test.enabled and run_boot_test:
+            with reporter.step("boot-test", stage=True):
+                result = boot_test(artifact, recipe, accel=b.accel, work=work, name=f"{b.domain_prefix}-boot",
+                                   console_log=staging / "boot-console.log", reporter=reporter)
+                if hash_file(artifact)[0] != info.sha256:
+                    raise ImageBuildError("the artifact changed during the boot test (it must stay read-only)")
+                boot = result.to_data()
+        manifest = {
+            "build_id": build_id, "started": started,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "recipe": to_data(recipe), "artifact": to_data(info), "boot_test": boot,
+            "accelerator": str(b.accel.accel), "accelerator_reason": b.accel.reason,
+            "stages": dict(reporter.stage_seconds),
+            "inputs": b.inputs, "tools": tool_versions(),
+            "customize_steps": [s.name for s in steps],
+        }
+        write_manifest(staging, manifest)
+        write_sha256sums(staging, [b.artifact_name, "manifest.json"])
+        total = sum(reporter.stage_seconds.values())
+        reporter.info("stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in reporter.stage_seconds.items())
+                      + f" (total {total:.0f}s)")
+        reporter.close()
+        publish_output(staging, b.output_dir, build_id)
+        return b.output_dir
+
+
+def _customize(b: Build, installer: Any, steps: list[cz.Step]) -> None:
+    """One libguestfs launch serves the installer's finishing work, every step, the post-check and the
+    discard of free space (each launch costs ~30 s under TCG)."""
+    assert b.disk is not None and b.accel is not None
+    from .customize.packages import installed_packages
+    network = cz.needs_network(steps)
+    rep = b.reporter
+    rep.info(f"launching libguestfs (network {'on' if network else 'off'})")
+    with open_guest(b.disk, b.disk_format, accel=b.accel.accel, reporter=rep, network=network) as guest:
+        with rep.step(f"finalize {installer.backend} install"):
+            installer.finalize(guest, b)
+        ctx = cz.StepContext(b.recipe, network)
+        with rep.step(f"generalize ({len(steps)} steps)"):
+            cz.customize(guest, ctx, steps)
+        with rep.step("post-check"):
+            cz.post_check(guest, ctx, steps)
+        b.inputs["packages"] = ctx.notes.get("packages") or installed_packages(guest, b.recipe.image.family)
+        with rep.step("discard free space"):
+            guest.call("fstrim", "/")
+
+
+def _keep_logs_on_failure(staging: Path, build_id: str) -> None:
+    """On failure keep the logs (never an artifact) where the user can read them."""
+    if not staging.exists():
+        return  # renamed into place: success
+    failed = output_root() / "failed" / build_id
+    failed.mkdir(parents=True, exist_ok=True)
+    for name in ("build.log", "events.jsonl", "boot-console.log", "install-console.log", "screenshot.ppm"):
+        if (staging / name).exists():
+            shutil.move(str(staging / name), failed / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+__all__ = ["build", "validate", "BuildInterrupted"]

@@ -1,0 +1,169 @@
+"""The mutable side of a build (mkosi's Context next to the frozen Recipe), and its resources.
+
+Every build gets an id that tags everything it creates: its work dir, its staging dir, its libvirt
+domains. The work dir records the owning process; ``clean_stale`` removes what dead builds left behind
+(after a SIGKILL nothing could clean up in-process), and running it twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .accel import AccelChoice
+from .errors import PreflightError
+from .events import Reporter
+from .procs import pid_alive
+from .recipe import PROJECT_ROOT, Recipe
+from .run import run
+
+DOMAIN_PREFIX = "imagebuild-"
+
+
+def work_root() -> Path:
+    return Path(os.environ.get("IMAGEBUILD_WORK", PROJECT_ROOT / "work"))
+
+
+def output_root() -> Path:
+    return Path(os.environ.get("IMAGEBUILD_OUTPUT", PROJECT_ROOT / "output"))
+
+
+def new_build_id(recipe_name: str) -> str:
+    return f"{recipe_name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def _proc_start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+@dataclass
+class Build:
+    """What a running build owns and has learnt so far."""
+    recipe: Recipe
+    build_id: str
+    work: Path                          # scratch space, removed at the end
+    output_dir: Path                    # final place: output/<recipe>/
+    staging: Path                       # output/.tmp-<build id>/, renamed to output_dir when complete
+    reporter: Reporter
+    stack: ExitStack
+    accel: AccelChoice | None = None
+    disk: Path | None = None            # the working disk the installer produced
+    disk_format: str = "raw"
+    inputs: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def domain_prefix(self) -> str:
+        return f"{DOMAIN_PREFIX}{self.build_id}"
+
+    @property
+    def artifact_name(self) -> str:
+        return f"{self.recipe.name}.qcow2"
+
+
+def create_work_dir(build_id: str) -> Path:
+    root = work_root()
+    root.mkdir(parents=True, exist_ok=True)
+    work = root / build_id
+    work.mkdir(mode=0o700)
+    owner = {"pid": os.getpid(), "start": _proc_start_time(os.getpid()), "build_id": build_id}
+    (work / "owner.json").write_text(json.dumps(owner))
+    return work
+
+
+def owner_alive(work: Path) -> bool:
+    try:
+        owner = json.loads((work / "owner.json").read_text())
+    except (OSError, ValueError):
+        # an unreadable owner file: only a very new dir may be mid-creation
+        return time.time() - work.stat().st_mtime < 60
+    pid = int(owner.get("pid", 0))
+    return pid > 0 and pid_alive(pid) and _proc_start_time(pid) == owner.get("start")
+
+
+def mounts_below(path: Path) -> list[str]:
+    prefix = str(path.resolve()).rstrip("/") + "/"
+    out = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        target = line.split()[1].replace("\\040", " ")
+        if target.startswith(prefix) or target == prefix.rstrip("/"):
+            out.append(target)
+    return sorted(out, key=len, reverse=True)
+
+
+def remove_tree(path: Path, reporter: Reporter) -> None:
+    """Remove a scratch tree; never follow a mount out of it (a bootstrap tree may have /dev bound)."""
+    if not path.exists():
+        return
+    for target in mounts_below(path):
+        run(["umount", "--lazy", target], reporter=reporter, check=False, purpose="release a leftover mount")
+    if mounts_below(path):
+        raise PreflightError(f"cannot remove {path}: mounts are still present below it")
+    run(["rm", "-rf", "--one-file-system", "--", str(path)], reporter=reporter, purpose="remove scratch space")
+
+
+def destroy_domains(prefix: str, reporter: Reporter) -> list[str]:
+    """Destroy (and undefine) every libvirt domain whose name starts with ``prefix``."""
+    from .domain import connect
+    names = []
+    try:
+        conn = connect()
+    except Exception as exc:  # libvirt not running: nothing of ours can be there
+        reporter.log(f"libvirt not reachable while cleaning ({exc}); skipping domains")
+        return names
+    try:
+        for dom in conn.listAllDomains():
+            if dom.name().startswith(prefix):
+                names.append(dom.name())
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefine()
+    finally:
+        conn.close()
+    return names
+
+
+def clean_stale(reporter: Reporter) -> list[str]:
+    """Remove what builds that no longer run left behind. Returns what was removed."""
+    removed: list[str] = []
+    root = work_root()
+    dead: list[str] = []
+    if root.is_dir():
+        for work in sorted(root.iterdir()):
+            if work.is_dir() and not owner_alive(work):
+                dead.append(work.name)
+                for name in destroy_domains(DOMAIN_PREFIX + work.name, reporter):
+                    removed.append(f"libvirt domain {name}")
+                remove_tree(work, reporter)
+                removed.append(f"work dir {work}")
+    out = output_root()
+    if out.is_dir():
+        for tmp in sorted(out.glob(".tmp-*")) + sorted(out.glob(".old-*")):
+            build_id = tmp.name.split("-", 1)[1]
+            if build_id in dead or not (root / build_id).exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(f"unfinished output {tmp}")
+    for msg in removed:
+        reporter.info(f"cleaned: {msg}")
+    return removed
+
+
+def publish_output(staging: Path, final: Path, build_id: str) -> None:
+    """Replace ``final`` with the complete ``staging`` dir by renames (never a half-written dir)."""
+    old = final.parent / f".old-{build_id}"
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    if old.exists():
+        shutil.rmtree(old)

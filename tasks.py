@@ -1,0 +1,166 @@
+"""invoke tasks: thin. Parse flags, call the library, turn ImageBuildError into documented exit codes.
+
+Exit codes: 0 ok · 1 other error · 2 bad recipe/answer file · 3 missing tool or host not ready ·
+4 external command failed · 5 install failed · 6 generalization failed · 7 boot test failed ·
+8 publish failed · 128+N interrupted by signal N (130 SIGINT, 143 SIGTERM).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+from invoke import Exit, task
+
+from imagebuild.errors import ImageBuildError
+from imagebuild.events import Reporter
+
+HERE = Path(__file__).resolve().parent
+
+
+def edge(fn):  # type: ignore[no-untyped-def]
+    """The one place where library errors become messages and exit codes."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return fn(*args, **kwargs)
+        except ImageBuildError as exc:
+            print(f"imagebuild: error: {exc}", file=sys.stderr)
+            raise Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            print("imagebuild: interrupted", file=sys.stderr)
+            raise Exit(code=130) from None
+    return wrapper
+
+
+@task(help={"recipe": "recipe name (see `invoke list`) or path to a .toml",
+            "no_boot_test": "skip the boot test (the manifest says so; publish then refuses)",
+            "keep_work": "keep the scratch dir under work/ for debugging",
+            "verbose": "stream the build log to the terminal",
+            "publish": "after a successful build, publish to this target (glance or ovirt)",
+            "cloud": "clouds.yaml entry for --publish glance"})
+@edge
+def build(c, recipe, no_boot_test=False, keep_work=False, verbose=False, publish=None, cloud=None):
+    """Build a recipe into output/RECIPE/: qcow2, manifest.json, SHA256SUMS, logs."""
+    from imagebuild.pipeline import build as run_build
+    out = run_build(recipe, reporter=Reporter(verbose=verbose), run_boot_test=not no_boot_test,
+                    keep_work=keep_work)
+    print(out)
+    if publish:
+        from imagebuild.publish import publish as run_publish  # type: ignore[attr-defined]
+        run_publish(recipe, to=publish, cloud=cloud, reporter=Reporter(verbose=verbose))
+
+
+@task(name="list", help={"all": "also list abstract base recipes"})
+@edge
+def list_(c, all=False):
+    """List the recipes."""
+    from imagebuild.recipe import list_recipes, load_recipe
+    for name in list_recipes():
+        r = load_recipe(name)
+        if r.abstract and not all:
+            continue
+        base = f" (extends {r.extends})" if r.extends else ""
+        kind = "abstract " if r.abstract else ""
+        print(f"{name:22} {kind}{r.install.backend}{base}: {r.description}")
+
+
+@task(help={"recipe": "recipe name or path", "json_": "print JSON instead of text"})
+@edge
+def show(c, recipe, json_=False):
+    """Show the fully resolved recipe and the stages a build would run, without building."""
+    from imagebuild.pipeline import validate
+    from imagebuild.plan import make_plan
+    from imagebuild.recipe import load_recipe
+    r = load_recipe(recipe)
+    plan = make_plan(r)
+    if not r.abstract:
+        validate(r)
+    print(json.dumps(plan, indent=2))
+
+
+@task(help={"recipe": "recipe name or path"})
+@edge
+def validate(c, recipe):
+    """Check a recipe, its answer file and the host tools, without downloading or booting anything."""
+    from imagebuild.pipeline import validate as run_validate
+    from imagebuild.recipe import load_recipe
+    run_validate(load_recipe(recipe))
+    print(f"{recipe}: ok")
+
+
+@task
+def steps(c):
+    """List the generalization steps (name, default, families, summary)."""
+    from imagebuild.customize import all_steps
+    for s in all_steps():
+        fam = ",".join(str(f) for f in s.families)
+        print(f"{s.name:22} {'on ' if s.default else 'off'} {fam:10} {s.summary}")
+
+
+@task(name="boot-test", help={"image": "a qcow2 (e.g. output/debian12/debian12.qcow2)",
+                              "recipe": "recipe whose checks to run (default: from the image's manifest)"})
+@edge
+def boot_test(c, image, recipe=None):
+    """Boot an image as a fresh clone (throwaway overlay, fresh MAC) and run the checks inside it."""
+    import tempfile
+
+    from imagebuild.accel import choose_accel
+    from imagebuild.boottest import boot_test as run_boot_test
+    from imagebuild.manifest import read_manifest
+    from imagebuild.recipe import Recipe, load_recipe, to_data
+    from imagebuild.run import signals_raise
+    from imagebuild.workspace import create_work_dir, new_build_id, remove_tree
+
+    path = Path(image)
+    if not path.is_file():
+        raise ImageBuildError(f"{path}: no such image")
+    if recipe:
+        r = load_recipe(recipe)
+    else:
+        data = read_manifest(path.parent)["recipe"]
+        r = Recipe.from_json(json.dumps(data))
+    rep = Reporter()
+    with signals_raise():
+        bid = new_build_id(f"{r.name}-boottest")
+        work = create_work_dir(bid)
+        try:
+            accel = choose_accel(rep)
+            rep.info(f"accelerator: {accel.accel} ({accel.reason})")
+            console = Path(tempfile.gettempdir()) / f"{bid}-console.log"
+            result = run_boot_test(path, r, accel=accel, work=work, name=f"imagebuild-{bid}",
+                                   console_log=console, reporter=rep)
+            print(json.dumps(result.to_data(), indent=2))
+            _ = to_data
+        finally:
+            remove_tree(work, rep)
+
+
+@task
+@edge
+def clean(c):
+    """Remove what dead or interrupted builds left behind (domains, scratch dirs, unfinished output)."""
+    from imagebuild.run import signals_raise
+    from imagebuild.workspace import clean_stale
+    with signals_raise():
+        removed = clean_stale(Reporter())
+    print(f"removed {len(removed)} leftover(s)")
+
+
+@task(help={"tier": "fast (unit), guestfs, vm, build, publish, or all (default: the CI suite)",
+            "args": "extra pytest arguments"})
+def test(c, tier="default", args=""):
+    """Run the test suite (the README's test command). Tiers select pytest markers."""
+    markers = {"fast": "unit", "unit": "unit", "guestfs": "guestfs", "vm": "vm", "build": "build",
+               "publish": "publish", "all": "", "default": ""}
+    if tier not in markers:
+        raise Exit(f"unknown tier {tier!r}; one of {', '.join(markers)}", code=2)
+    argv = [sys.executable, "-m", "pytest"]
+    if markers[tier]:
+        argv += ["-m", markers[tier]]
+    argv += args.split()
+    os.chdir(HERE)
+    os.execv(sys.executable, argv)

@@ -1,0 +1,43 @@
+"""Shared fixtures. Tiers are pytest markers (see pyproject): unit, guestfs, vm, build, publish."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def accel():
+    """The accelerator every real guest in the suite uses (probed once; cached per host boot)."""
+    from imagebuild.accel import choose_accel
+    return choose_accel()
+
+
+@pytest.fixture(scope="session")
+def invoke_env(tmp_path_factory):
+    """Environment for running `invoke` as a user would, with output and scratch in temp dirs."""
+    base = tmp_path_factory.mktemp("imagebuild")
+    env = dict(os.environ)
+    env["IMAGEBUILD_OUTPUT"] = str(base / "output")
+    env["IMAGEBUILD_WORK"] = str(base / "work")
+    return env
+
+
+def run_invoke(args: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def built_debian12(invoke_env):
+    """One full `invoke build debian12` for the whole session (the default CI run includes it)."""
+    res = run_invoke(["build", "debian12"], invoke_env, timeout=3600)
+    print(res.stdout[-5000:], res.stderr[-20000:])
+    assert res.returncode == 0, f"build failed ({res.returncode}):\n{res.stderr[-8000:]}"
+    return Path(invoke_env["IMAGEBUILD_OUTPUT"]) / "debian12"
