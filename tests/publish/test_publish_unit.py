@@ -1,0 +1,181 @@
+"""Fast checks of the publish gate, the registry and the stream (no server; qemu-img makes the files)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MakeBuild, recipe_for
+
+from imagebuild.errors import PublishError, RecipeError
+from imagebuild.events import Reporter
+from imagebuild.publish import TARGETS, Options, publish
+from imagebuild.publish.common import UploadStream, load_published_artifact
+from imagebuild.publish.glance import _choose_method, glance_properties
+from imagebuild.recipe import Glance, from_data, validate
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_verified_artifact_describes_itself(make_build: MakeBuild) -> None:
+    recipe = recipe_for("u-ok")
+    out = make_build(recipe, virtual_mib=2100)
+    manifest = json.loads((out / "manifest.json").read_text())
+    a = load_published_artifact(out)
+    assert (a.sha256, a.sha512) == (manifest["artifact"]["sha256"], manifest["artifact"]["sha512"])
+    assert a.versioned_name == "u-ok-v12-20261127T073000-ab12cd"
+    assert a.min_disk_gib == 3 and a.image.min_ram_mib == 512 and a.image.guest_agent
+    assert a.boot_test == "passed" and not a.forced
+
+
+@pytest.mark.parametrize("boot_test, word", [(False, "failed"), (None, "was not run")])
+def test_untested_images_need_force_and_say_so(make_build: MakeBuild, boot_test: bool | None,
+                                               word: str) -> None:
+    out = make_build(recipe_for("u-untested"), boot_test=boot_test)
+    with pytest.raises(PublishError, match=f"boot test {word}.*--force"):
+        load_published_artifact(out)
+    a = load_published_artifact(out, force=True)
+    assert a.forced and a.provenance()["imagebuild_forced"] == "true"
+    assert a.provenance()["imagebuild_boot_test"] == ("failed" if boot_test is False else "not-run")
+
+
+def test_a_file_that_changed_after_the_build_is_refused_even_with_force(make_build: MakeBuild) -> None:
+    out = make_build(recipe_for("u-changed"))
+    qcow2 = out / "u-changed.qcow2"
+    with open(qcow2, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    with pytest.raises(PublishError, match="sha256 is .* but the manifest says"):
+        load_published_artifact(out, force=True)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["artifact"].update(file="../../etc/passwd"), "must be a file name"),
+    (lambda m: m["artifact"].update(format="raw"), "only qcow2"),
+    (lambda m: m["artifact"].update(sha256="nothex"), "not a sha256"),
+    (lambda m: m.update(schema=2), "unknown manifest schema"),
+    (lambda m: m["artifact"].pop("virtual_size"), "virtual_size' is missing"),
+    (lambda m: m["artifact"].update(virtual_size=1), "virtual size .* differs"),
+    (lambda m: m.update(boot_test={"passed": "yes"}), "boolean 'passed'"),
+])
+def test_bad_manifests_are_refused_with_a_reason(make_build: MakeBuild, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    out = make_build(recipe_for("u-bad"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PublishError, match=message):
+        load_published_artifact(out, force=True)
+
+
+def test_no_build_means_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PublishError, match="no manifest.json .* build the recipe first"):
+        load_published_artifact(tmp_path)
+
+
+def test_a_qcow2_with_a_backing_file_is_refused(make_build: MakeBuild) -> None:
+    out = make_build(recipe_for("u-backing"))
+    qcow2 = out / "u-backing.qcow2"
+    base = out / "base.qcow2"
+    qcow2.rename(base)
+    os.system(f"qemu-img create -q -f qcow2 -F qcow2 -b {base} {qcow2} 1536M")
+    manifest = json.loads((out / "manifest.json").read_text())
+    import hashlib
+    data = qcow2.read_bytes()
+    manifest["artifact"].update(file_size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                                sha512=hashlib.sha512(data).hexdigest())
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PublishError, match="backing file"):
+        load_published_artifact(out)
+
+
+def test_publish_checks_the_build_belongs_to_the_recipe(make_build: MakeBuild) -> None:
+    out = make_build(recipe_for("u-one"))
+    with pytest.raises(PublishError, match="holds a build of 'u-one', not 'u-two'"):
+        publish(recipe_for("u-two"), out, to="glance")
+    with pytest.raises(PublishError, match="unknown publish target 'swift'.*glance, ovirt"):
+        publish(recipe_for("u-one"), out, to="swift")
+
+
+def test_targets_are_registered_once_with_kebab_names() -> None:
+    assert set(TARGETS) == {"glance", "ovirt"}
+    for name, target in TARGETS.items():
+        assert target.name == name and target.summary and callable(target.send)
+
+
+def test_import_is_used_where_offered_and_upload_otherwise() -> None:
+    offered = ["glance-direct", "web-download"]
+    assert _choose_method(Glance(), offered) == "glance-direct"
+    assert _choose_method(Glance(), ["web-download"]) == "upload"
+    assert _choose_method(Glance(), []) == "upload"
+    assert _choose_method(Glance(method="upload"), offered) == "upload"
+    with pytest.raises(PublishError, match="offers only: web-download"):
+        _choose_method(Glance(method="glance-direct"), ["web-download"])
+
+
+def test_recipe_properties_cannot_fake_provenance(make_build: MakeBuild) -> None:
+    a = load_published_artifact(make_build(recipe_for("u-props")))
+    props = glance_properties(a, Glance(properties={"hw_disk_bus": "scsi", "os_type": "linux"}))
+    assert props["hw_disk_bus"] == "scsi" and props["imagebuild_sha256"] == a.sha256
+    recipe = recipe_for("u-props")
+    data = json.loads(recipe.to_json())
+    for bad, message in [({"properties": {"imagebuild_sha256": "x"}}, "cannot be overridden"),
+                         ({"properties": {"min_disk": "1"}}, "cannot be overridden"),
+                         ({"visibility": "everyone"}, "must be one of"),
+                         ({"keep": -1}, "keep"), ({"method": "ftp"}, "method"),
+                         ({"tags": [" spaced "]}, "not a usable Glance tag")]:
+        data["publish"]["glance"] = {**json.loads(recipe.to_json())["publish"]["glance"], **bad}
+        r = from_data(type(recipe), data, origins={}, default_file="<test>")
+        with pytest.raises(RecipeError, match=message):
+            validate(r, {}, "<test>")
+
+
+def test_upload_stream_hands_out_chunks_and_hashes_them(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(3 * 2**20 + 5))
+    s = UploadStream(path, chunk_size=2**20)
+    assert len(s) == 3 * 2**20 + 5
+    chunks = list(s)
+    assert [len(c) for c in chunks] == [2**20] * 3 + [5]
+    import hashlib
+    assert s.sha512 == hashlib.sha512(path.read_bytes()).hexdigest()
+    s.close()
+    limited = UploadStream(path, rate_limit=6 * 2**20, chunk_size=2**20)
+    start = time.monotonic()
+    while limited.read(2**20):
+        pass
+    limited.close()
+    assert time.monotonic() - start >= 0.4  # 3 MiB at 6 MiB/s
+
+
+def test_no_credential_reaches_errors_logs_or_events(make_build: MakeBuild, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    canary = "Canary-Pa55word-7f3a"
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(f"clouds:\n  secret-cloud:\n    auth:\n      auth_url: http://127.0.0.1:{port}/v3\n"
+                      f"      username: ci\n      password: {canary}\n      project_name: images\n"
+                      "      user_domain_name: Default\n      project_domain_name: Default\n"
+                      "    region_name: RegionOne\n    api_timeout: 5\n")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    recipe = dataclasses.replace(recipe_for("u-secret"))
+    out = make_build(recipe)
+    log, events = tmp_path / "publish.log", tmp_path / "events.jsonl"
+    stream = tmp_path / "terminal.txt"
+    with open(stream, "w") as terminal:
+        reporter = Reporter(stream=terminal, verbose=True)
+        reporter.attach(log, events)
+        with pytest.raises(PublishError) as err:
+            publish(recipe, out, to="glance", options=Options(cloud="secret-cloud"), reporter=reporter)
+        reporter.close()
+    assert "Glance" in str(err.value) and canary not in str(err.value)
+    for f in (log, events, stream, out / "published.jsonl"):
+        assert not f.exists() or canary not in f.read_text()
