@@ -188,7 +188,8 @@ class _LineTracer(Extension):
         for tok in stream:
             if tok.type == "data" and "\n" in tok.value:
                 parts = tok.value.split("\n")
-                value = "".join(f"{part}\x1e{idx}.{tok.lineno + i}\x1f\n" for i, part in enumerate(parts[:-1]))
+                value = "".join(f"{part}\x1e{idx}.{tok.lineno + i}\x1f\n"
+                                for i, part in enumerate(parts[:-1]))
                 yield Token(tok.lineno, "data", value + parts[-1])
             else:
                 yield tok
@@ -389,7 +390,8 @@ def parse_kickstart(text: str, syntax: str = "RHEL7") -> tuple[Any, Findings]:
             warned.append(Problem("deprecated", str(w.message), TracingParser.current or None))
         elif issubclass(w.category, KickstartParseWarning):
             errors.append(Problem("parse-warning", str(w.message), TracingParser.current or None))
-    return (None if errors and errors[0].rule == "syntax" else handler), Findings(tuple(errors), tuple(warned))
+    parsed = None if errors and errors[0].rule == "syntax" else handler
+    return parsed, Findings(tuple(errors), tuple(warned))
 
 
 def _first_unsplittable_line(text: str) -> int | None:
@@ -509,8 +511,8 @@ def lint_kickstart(text: str, *, syntax: str = "RHEL7", required_packages: Itera
             "($5$... or $6$...)", h.rootpw.lineno)
     for ud in h.user.userList:
         if ud.password and not ud.isCrypted:
-            err("plaintext-password", f"user '{ud.name}' has a plaintext password: use --iscrypted with a hash",
-                ud.lineno)
+            err("plaintext-password",
+                f"user '{ud.name}' has a plaintext password: use --iscrypted with a hash", ud.lineno)
 
     # Scripts must fail the install when they fail.
     names = {KS_SCRIPT_PRE: "%pre", KS_SCRIPT_POST: "%post", KS_SCRIPT_PREINSTALL: "%pre-install"}
@@ -813,7 +815,8 @@ def read_root_password(recipe: Recipe, *, environ: Mapping[str, str] | None = No
         try:
             value = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise RecipeError("the root password file is not UTF-8 text", file=_leaf(recipe), key=key) from None
+            raise RecipeError("the root password file is not UTF-8 text", file=_leaf(recipe),
+                              key=key) from None
         value = value[:-1] if value.endswith("\n") else value
         value = value[:-1] if value.endswith("\r") else value
         where = key

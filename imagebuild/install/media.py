@@ -1,0 +1,435 @@
+"""Install media: download with resume into a content-addressed cache, verify on every use, and find the
+installer kernel and initrd of an install tree (``.treeinfo`` for EL, the netboot layout for Debian).
+
+The recipe pins the sha256 of every file a build boots (``install.vm.kernel_sha256``/``initrd_sha256``);
+that pin is the trust anchor, whatever mirror serves the file. The tree's own checksum list (the
+``[checksums]`` of ``.treeinfo``, Debian's ``SHA256SUMS``) is checked against the pin as well, before
+the large download starts, so a moved tree is reported as such.
+
+Cache layout (``media_cache_dir()``: ``$IMAGEBUILD_CACHE/media``, else ``~/.cache/imagebuild/media``)::
+
+    sha256/<hex>/<name>        a verified file; re-hashed on every use
+    sha256/<hex>/<name>.part   a download in progress or interrupted: resumed, never used as is
+    sha256/<hex>/.lock         serializes builds fetching the same file
+
+A file is renamed from ``.part`` to its final name only after its sha256 matched; a mismatch deletes
+the partial download.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from urllib.parse import urljoin, urlsplit
+
+from ..errors import InstallFailed, RecipeError
+from ..events import NULL_REPORTER, Reporter
+from ..recipe import Family, Recipe
+
+USER_AGENT = "imagebuild/0.1 (+golden image builder)"
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+CHUNK = 1 << 20
+MAX_INDEX_BYTES = 1 << 20           # .treeinfo / SHA256SUMS are a few KiB
+
+# Where an install tree keeps the installer's kernel and initrd when the recipe does not say.
+EL_KERNEL = "images/pxeboot/vmlinuz"
+EL_INITRD = "images/pxeboot/initrd.img"
+DEBIAN_KERNEL = "netboot/debian-installer/amd64/linux"
+DEBIAN_INITRD = "netboot/debian-installer/amd64/initrd.gz"
+TREE_INDEX = {Family.EL: ".treeinfo", Family.DEBIAN: "SHA256SUMS"}
+
+
+class MediaError(InstallFailed):
+    """Install media could not be fetched, or is not what the recipe pins."""
+
+
+class ChecksumMismatch(MediaError):
+    """A file's sha256 is not the pinned one (the partial download has been deleted)."""
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+def media_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if env.get("IMAGEBUILD_CACHE"):
+        return Path(env["IMAGEBUILD_CACHE"]).expanduser() / "media"
+    return Path("~/.cache/imagebuild/media").expanduser()
+
+
+def site_mirrors(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The site's mirror map from ``IMAGEBUILD_MIRRORS``: ``FROM=TO`` URL prefix pairs, space-separated.
+
+    e.g. ``IMAGEBUILD_MIRRORS="http://vault.centos.org/=http://mirror.example/centos-vault/"``. Applied
+    to the install tree and to URL variables of the answer file; the pins still apply, so a mirror can
+    serve the media but not change it.
+    """
+    env = os.environ if environ is None else environ
+    mirrors: dict[str, str] = {}
+    for pair in env.get("IMAGEBUILD_MIRRORS", "").split():
+        src, sep, dst = pair.partition("=")
+        if not sep or not re.match(r"^(https?|ftp|file)://", src) or not re.match(r"^(https?|file)://", dst):
+            raise RecipeError(f"IMAGEBUILD_MIRRORS: '{pair}' is not FROM_URL=TO_URL",
+                              key="IMAGEBUILD_MIRRORS")
+        mirrors[src] = dst
+    return mirrors
+
+
+def rewrite_url(url: str, mirrors: Mapping[str, str] | None) -> str:
+    """Apply a mirror map (longest matching prefix wins)."""
+    from ..answerfile import rewrite_url as _rewrite
+
+    return _rewrite(url, mirrors)
+
+
+# -- hashing and downloading ---------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_name(url: str) -> str:
+    name = PurePosixPath(urlsplit(url).path).name
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name) or "download"
+
+
+@contextlib.contextmanager
+def _locked(path: Path, reporter: Reporter) -> Iterator[None]:
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            reporter.info(f"waiting for another build fetching the same file ({path.parent.name[:12]})")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _content_range_start(value: str | None) -> int | None:
+    m = re.match(r"^bytes (\d+)-\d+/(\d+|\*)$", (value or "").strip())
+    return int(m.group(1)) if m else None
+
+
+class _Incomplete(Exception):
+    pass
+
+
+def _download(url: str, part: Path, *, reporter: Reporter, timeout: float, attempts: int,
+              retry_delay: float = 1.0) -> None:
+    """Download ``url`` into ``part``, resuming from what ``part`` already holds (HTTP Range)."""
+    for attempt in range(1, attempts + 1):
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": USER_AGENT}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        try:
+            request = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                status = resp.status or 200     # file:// has no status
+                if status == 206 and _content_range_start(resp.headers.get("Content-Range")) == offset:
+                    mode = "ab"
+                    reporter.log(f"resuming {url} at byte {offset}")
+                elif status == 206:
+                    part.unlink(missing_ok=True)  # an answer to some other range: start over
+                    raise _Incomplete("the server answered a different byte range")
+                elif status == 200:
+                    mode, offset = "wb", 0        # the server ignored the Range: start over
+                else:
+                    raise MediaError(f"cannot download {url}: unexpected HTTP status {status}")
+                length = resp.headers.get("Content-Length")
+                total = offset + int(length) if length and length.isdigit() else None
+                done = offset
+                next_report = time.monotonic() + 5
+                with open(part, mode) as f:
+                    while chunk := resp.read(CHUNK):
+                        f.write(chunk)
+                        done += len(chunk)
+                        if time.monotonic() >= next_report:
+                            next_report = time.monotonic() + 5
+                            reporter.event("download", url=url, bytes=done, total=total)
+                            of = f" of {total >> 20} MiB" if total else ""
+                            reporter.log(f"  {url}: {done >> 20} MiB{of}")
+                    f.flush()
+                    os.fsync(f.fileno())
+                if total is not None and done < total:
+                    raise _Incomplete(f"connection closed after {done} of {total} bytes")
+                reporter.event("download", url=url, bytes=done, total=total, state="done")
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and offset:
+                return  # nothing left to send: the partial file is whole (the checksum decides)
+            if exc.code in (408, 429, 500, 502, 503, 504) and attempt < attempts:
+                reason = f"HTTP {exc.code}"
+            else:
+                raise MediaError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError, _Incomplete) as exc:
+            reason = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+            if attempt == attempts:
+                raise MediaError(f"cannot download {url}: {reason} (gave up after {attempts} attempts; "
+                                 "the partial download is kept and resumed next time)") from None
+        delay = retry_delay * 2 ** (attempt - 1)
+        reporter.info(f"download of {_file_name(url)} interrupted ({reason}); resuming in {delay:.0f}s")
+        time.sleep(delay)
+
+
+def fetch(url: str, sha256: str, *, cache_dir: Path | None = None, reporter: Reporter = NULL_REPORTER,
+          timeout: float = 60.0, attempts: int = 4, retry_delay: float = 1.0) -> Path:
+    """Return the cached, verified copy of ``url`` whose sha256 must be ``sha256``.
+
+    A cached copy is re-hashed on every call (a corrupt one is fetched again). A new download goes to
+    ``<name>.part`` (resumed if an earlier one was interrupted) and is renamed only once its sha256
+    matches; on a mismatch it is deleted and ``ChecksumMismatch`` raised.
+    """
+    if not SHA256_RE.match(sha256 or ""):
+        raise MediaError(f"{url}: no sha256 pinned (got {sha256!r}); a build uses only pinned media")
+    root = cache_dir if cache_dir is not None else media_cache_dir()
+    slot = root / "sha256" / sha256
+    slot.mkdir(parents=True, exist_ok=True)
+    name = _file_name(url)
+    final = slot / name
+    with _locked(slot / ".lock", reporter):
+        if final.exists():
+            actual = sha256_file(final)
+            if actual == sha256:
+                reporter.log(f"{name}: cached copy verified (sha256 {sha256})")
+                return final
+            reporter.info(f"cached {final} is corrupt (sha256 {actual}); fetching it again")
+            final.unlink()
+        part = slot / (name + ".part")
+        resumed = part.exists() and part.stat().st_size > 0
+        reporter.info(f"downloading {url}" + (" (resuming)" if resumed else ""))
+        while True:
+            _download(url, part, reporter=reporter, timeout=timeout, attempts=attempts,
+                      retry_delay=retry_delay)
+            actual = sha256_file(part)
+            if actual == sha256:
+                os.replace(part, final)
+                return final
+            part.unlink()
+            if not resumed:
+                break
+            # The kept part may have come from an older copy of the file: try once from byte 0.
+            reporter.info(f"{name}: the resumed download does not match; downloading it whole again")
+            resumed = False
+    raise ChecksumMismatch(f"{url}: sha256 is {actual}, but the recipe pins {sha256}; the download was "
+                           "deleted (the mirror serves a different file, or the pin is wrong)")
+
+
+def fetch_text(url: str, *, timeout: float = 30.0, max_bytes: int = MAX_INDEX_BYTES) -> str:
+    """A small text file (``.treeinfo``, ``SHA256SUMS``), read into memory; not cached."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}),
+                                    timeout=timeout) as resp:
+            data = resp.read(max_bytes + 1)
+    except urllib.error.HTTPError as exc:
+        raise MediaError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        raise MediaError(f"cannot download {url}: {getattr(exc, 'reason', None) or exc}") from None
+    if len(data) > max_bytes:
+        raise MediaError(f"{url} is larger than {max_bytes} bytes; it is not an install tree index")
+    return data.decode("utf-8", errors="replace")
+
+
+# -- install trees -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TreeInfo:
+    """What an EL tree's ``.treeinfo`` says (the old format and productmd's 1.x both)."""
+    family: str
+    version: str
+    arch: str
+    kernel: str | None
+    initrd: str | None
+    stage2: str | None
+    checksums: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (algorithm, hex)
+
+    def sha256(self, path: str) -> str | None:
+        algo, digest = self.checksums.get(path, ("", ""))
+        return digest if algo == "sha256" else None
+
+
+def parse_treeinfo(text: str, *, arch: str = "x86_64", source: str = ".treeinfo") -> TreeInfo:
+    cp = configparser.RawConfigParser(strict=False)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive paths
+    try:
+        cp.read_string(text, source)
+    except configparser.Error as exc:
+        raise MediaError(f"{source} is not a valid .treeinfo: {exc}") from None
+
+    def get(section: str, key: str) -> str | None:
+        value = cp.get(section, key, fallback=None)
+        return value.strip() if value and value.strip() else None
+
+    tree_arch = get("tree", "arch") or get("general", "arch") or arch
+    if tree_arch != arch:
+        raise MediaError(f"{source} describes an {tree_arch} tree, not {arch}")
+    section = f"images-{arch}"
+    if not cp.has_section(section):
+        raise MediaError(f"{source} has no [{section}] section: not an installable {arch} tree")
+    checksums: dict[str, tuple[str, str]] = {}
+    if cp.has_section("checksums"):
+        for path, value in cp.items("checksums"):
+            algo, sep, digest = value.partition(":")
+            if sep:
+                checksums[path] = (algo.strip().lower(), digest.strip().lower())
+    return TreeInfo(
+        family=get("general", "family") or get("release", "name") or "",
+        version=get("general", "version") or get("release", "version") or "",
+        arch=tree_arch,
+        kernel=get(section, "kernel"),
+        initrd=get(section, "initrd"),
+        stage2=get("stage2", "mainimage"),
+        checksums=checksums,
+    )
+
+
+def parse_sha256sums(text: str) -> dict[str, str]:
+    """``sha256sum`` output (Debian's installer ``SHA256SUMS``): path (without ``./``) -> hex."""
+    sums: dict[str, str] = {}
+    for line in text.splitlines():
+        m = re.match(r"^([0-9a-fA-F]{64})\s+\*?(?:\./)?(\S.*)$", line.strip())
+        if m:
+            sums[m.group(2)] = m.group(1).lower()
+    return sums
+
+
+def _tree_url(recipe: Recipe, mirrors: Mapping[str, str] | None) -> str:
+    url = rewrite_url(recipe.install.vm.tree_url, mirrors)
+    return url if url.endswith("/") else url + "/"
+
+
+def boot_file_paths(recipe: Recipe) -> tuple[str, str]:
+    """The kernel and initrd paths inside the tree: the recipe's, else the family's usual layout."""
+    vm = recipe.install.vm
+    if recipe.image.family is Family.EL:
+        return vm.kernel or EL_KERNEL, vm.initrd or EL_INITRD
+    return vm.kernel or DEBIAN_KERNEL, vm.initrd or DEBIAN_INITRD
+
+
+@dataclass(frozen=True)
+class BootFile:
+    role: str                    # "kernel" or "initrd"
+    path: str                    # inside the tree
+    url: str
+    sha256: str                  # the recipe's pin ("" when not pinned)
+    listed_sha256: str | None    # what the tree's index (.treeinfo / SHA256SUMS) says, if anything
+
+
+@dataclass(frozen=True)
+class BootMedia:
+    """The verified installer kernel and initrd in the cache, ready to boot."""
+    kernel: Path
+    initrd: Path
+    kernel_url: str
+    initrd_url: str
+    checksum_source: str         # which index was cross-checked, or "" if the tree had none
+
+
+def resolve_boot_files(recipe: Recipe, *, mirrors: Mapping[str, str] | None = None,
+                       reporter: Reporter = NULL_REPORTER, timeout: float = 30.0
+                       ) -> tuple[BootFile, BootFile, str]:
+    """Read the tree's index and cross-check it with the pins before anything large is downloaded.
+
+    Returns (kernel, initrd, index name or "" when the tree has none and the recipe names the paths).
+    """
+    vm = recipe.install.vm
+    tree = _tree_url(recipe, mirrors)
+    index = TREE_INDEX[recipe.image.family]
+    kernel_path, initrd_path = boot_file_paths(recipe)
+    listed: dict[str, str] = {}
+    try:
+        text = fetch_text(urljoin(tree, index), timeout=timeout)
+    except MediaError as exc:
+        if "HTTP 404" not in str(exc) or not (vm.kernel and vm.initrd):
+            raise
+        reporter.info(f"the tree has no {index}; relying on the recipe's pins alone")
+        index, text = "", ""
+    if index == ".treeinfo":
+        info = parse_treeinfo(text, source=urljoin(tree, index))
+        for role, mine, theirs in (("kernel", vm.kernel, info.kernel), ("initrd", vm.initrd, info.initrd)):
+            if mine and theirs and mine != theirs:
+                reporter.info(f"warning: the recipe boots {mine} but .treeinfo names {theirs} as the {role}")
+        kernel_path = vm.kernel or info.kernel or kernel_path
+        initrd_path = vm.initrd or info.initrd or initrd_path
+        listed = {p: d for p in (kernel_path, initrd_path) if (d := info.sha256(p) or "")}
+    elif index == "SHA256SUMS":
+        listed = parse_sha256sums(text)
+    files = []
+    wanted = (("kernel", kernel_path, vm.kernel_sha256), ("initrd", initrd_path, vm.initrd_sha256))
+    for role, path, pin in wanted:
+        bf = BootFile(role, path, urljoin(tree, path), pin, listed.get(path))
+        if bf.sha256 and bf.listed_sha256 and bf.sha256 != bf.listed_sha256:
+            raise ChecksumMismatch(
+                f"the tree's {index} lists sha256 {bf.listed_sha256} for {path}, but the recipe pins "
+                f"{bf.sha256} (install.vm.{role}_sha256): the tree has changed or the pin is wrong")
+        if index and not bf.listed_sha256:
+            reporter.log(f"{index} has no sha256 for {path}; relying on the recipe's pin alone")
+        files.append(bf)
+    return files[0], files[1], index if listed else ""
+
+
+def fetch_boot_files(recipe: Recipe, *, cache_dir: Path | None = None,
+                     mirrors: Mapping[str, str] | None = None, reporter: Reporter = NULL_REPORTER,
+                     timeout: float = 60.0) -> BootMedia:
+    """Fetch (or take from the cache, re-verified) the installer kernel and initrd a recipe boots."""
+    kernel, initrd, source = resolve_boot_files(recipe, mirrors=mirrors, reporter=reporter, timeout=timeout)
+    for bf in (kernel, initrd):
+        if not bf.sha256:
+            hint = f" The tree's {source} lists {bf.listed_sha256}." if bf.listed_sha256 else ""
+            raise MediaError(f"install.vm.{bf.role}_sha256 is not pinned: a build boots only pinned "
+                             f"media.{hint} Verify the value (pin_boot_files downloads and hashes it) "
+                             "and write it into the recipe.")
+    paths = [fetch(bf.url, bf.sha256, cache_dir=cache_dir, reporter=reporter, timeout=timeout)
+             for bf in (kernel, initrd)]
+    return BootMedia(paths[0], paths[1], kernel.url, initrd.url, source)
+
+
+def pin_boot_files(recipe: Recipe, *, cache_dir: Path | None = None,
+                   mirrors: Mapping[str, str] | None = None, reporter: Reporter = NULL_REPORTER,
+                   timeout: float = 60.0) -> dict[str, str]:
+    """Download the kernel and initrd without pins and return their sha256 for a person to verify.
+
+    Returns ``{"kernel_sha256": ..., "initrd_sha256": ...}`` (TOML-ready). A value that disagrees with
+    the tree's own checksum list raises ``ChecksumMismatch``. The files land in the cache under their
+    hash, so the first pinned build does not download them again.
+    """
+    root = cache_dir if cache_dir is not None else media_cache_dir()
+    kernel, initrd, source = resolve_boot_files(recipe, mirrors=mirrors, reporter=reporter, timeout=timeout)
+    pins: dict[str, str] = {}
+    for bf in (kernel, initrd):
+        scratch = root / "unverified"
+        scratch.mkdir(parents=True, exist_ok=True)
+        part = scratch / f"{uuid.uuid4().hex}-{_file_name(bf.url)}.part"
+        try:
+            _download(bf.url, part, reporter=reporter, timeout=timeout, attempts=4)
+            digest = sha256_file(part)
+            if bf.listed_sha256 and digest != bf.listed_sha256:
+                raise ChecksumMismatch(f"{bf.url}: sha256 is {digest}, but the tree's {source} lists "
+                                       f"{bf.listed_sha256}; the download was deleted")
+            slot = root / "sha256" / digest
+            slot.mkdir(parents=True, exist_ok=True)
+            with _locked(slot / ".lock", reporter):
+                os.replace(part, slot / _file_name(bf.url))
+        finally:
+            part.unlink(missing_ok=True)
+        origin = f" (matches the tree's {source})" if bf.listed_sha256 else " (the tree lists no checksum)"
+        reporter.info(f"{bf.role} {bf.url}: sha256 {digest}{origin}")
+        pins[f"{bf.role}_sha256"] = digest
+    return pins
