@@ -164,3 +164,23 @@ def test(c, tier="default", args=""):
     argv += args.split()
     os.chdir(HERE)
     os.execv(sys.executable, argv)
+
+
+@task(help={"recipe": "recipe name or path; publishes its build in output/RECIPE/",
+            "to": "where: glance or ovirt",
+            "cloud": "glance: clouds.yaml entry (default: OS_CLOUD, then OS_* variables)",
+            "ovirt_config": "ovirt: section of ovirt.conf (default: OVIRT_* variables)",
+            "force": "publish although the boot test failed or did not run (recorded on the image)",
+            "output": "the build's output folder (default: output/RECIPE/)",
+            "limit_rate": "upload at most this many bytes per second (suffix K, M or G)",
+            "verbose": "stream the log to the terminal"})
+@edge
+def publish(c, recipe, to="glance", cloud=None, ovirt_config=None, force=False, output=None,
+            limit_rate=None, verbose=False):
+    """Publish a boot-tested build to Glance or oVirt (idempotent: the same artifact is not re-sent)."""
+    from imagebuild.publish import Options, parse_rate
+    from imagebuild.publish import publish as run_publish
+    result = run_publish(recipe, output, to=to, force=force, reporter=Reporter(verbose=verbose),
+                         options=Options(cloud=cloud, ovirt_config=ovirt_config,
+                                         rate_limit=parse_rate(limit_rate)))
+    print(json.dumps(result.to_json(), indent=2))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import PublishError
@@ -17,7 +18,8 @@ from ..events import NULL_REPORTER, Reporter
 from ..recipe import Publish, Recipe
 from .common import Artifact, PublishResult, load_published_artifact, record_publish
 
-__all__ = ["TARGETS", "Options", "Target", "publish", "load_published_artifact", "PublishResult"]
+__all__ = ["TARGETS", "Options", "Target", "publish", "parse_rate", "load_published_artifact",
+           "PublishResult"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,16 @@ def _ovirt(artifact: Artifact, settings: Publish, options: Options, reporter: Re
                             rate_limit=options.rate_limit)
 
 
+def parse_rate(text: str | None) -> int | None:
+    """'50M' -> bytes per second (K, M, G are powers of 1024); None or '' -> no limit."""
+    if not text:
+        return None
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?)i?B?\s*$", str(text), re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise PublishError(f"--limit-rate {text!r}: expected a number of bytes per second, e.g. 50M")
+    return int(float(m.group(1)) * 1024 ** " KMG".index(m.group(2).upper() or " "))
+
+
 TARGETS: dict[str, Target] = {}
 
 
@@ -69,13 +81,35 @@ _register(
 )
 
 
-def publish(recipe: Recipe, output_dir: Path | str, *, to: str, options: Options = Options(),
-            force: bool = False, reporter: Reporter = NULL_REPORTER) -> PublishResult:
-    """Publish the build in ``output_dir`` (made from ``recipe``) to the store ``to``."""
+def publish(recipe: Recipe | str, output_dir: Path | str | None = None, *, to: str,
+            options: Options | None = None, cloud: str | None = None, force: bool = False,
+            reporter: Reporter = NULL_REPORTER) -> PublishResult:
+    """Publish the build of ``recipe`` (a Recipe or a recipe name) to the store ``to``.
+
+    ``output_dir`` defaults to ``output/<recipe>/`` (``$IMAGEBUILD_OUTPUT``); ``cloud`` is a shortcut
+    for ``Options(cloud=...)``. The recipe's current ``[publish]`` settings apply; the image facts
+    (os_*, hw_*, sizes) come from the manifest, i.e. from what was built and tested.
+    """
+    import threading
+
+    from ..recipe import load_recipe
+    from ..run import signals_raise
+
+    if isinstance(recipe, str):
+        recipe = load_recipe(recipe)
+    if output_dir is None:
+        from ..workspace import output_root
+
+        output_dir = output_root() / recipe.name
+    options = options or Options()
+    if cloud is not None:
+        options = replace(options, cloud=cloud)
     target = TARGETS.get(to)
     if target is None:
         raise PublishError(f"unknown publish target '{to}' (known: {', '.join(TARGETS)})")
-    with reporter.step(f"publish {recipe.name} to {to}", stage=True):
+    # SIGTERM must unwind through the upload's cleanup like Ctrl-C does (callers may not have set it up).
+    guard = signals_raise() if threading.current_thread() is threading.main_thread() else nullcontext()
+    with guard, reporter.step(f"publish {recipe.name} to {to}", stage=True):
         artifact = load_published_artifact(output_dir, force=force, reporter=reporter)
         if artifact.recipe != recipe.name:
             raise PublishError(f"{output_dir} holds a build of '{artifact.recipe}', not '{recipe.name}'")

@@ -220,3 +220,31 @@ def test_upload_memory_stays_flat(glance, cloud, make_build: MakeBuild, tmp_path
     size_mib = (out / "t-memory.qcow2").stat().st_size / 2**20
     assert size_mib > 150
     assert rss < 100, f"peak RSS {rss:.0f} MiB while publishing {size_mib:.0f} MiB"
+
+
+def test_invoke_publish_task(glance, cloud, make_build: MakeBuild, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI edge: `invoke publish` prints the result, maps a refused publish to exit code 8."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "t-task.toml").write_text('extends = "debian12"\n'
+                                         '[publish.glance]\nlatest_tag = "t-task-latest"\n')
+    monkeypatch.setenv("IMAGEBUILD_RECIPE_PATH", str(recipes))
+    env = dict(os.environ)
+    from imagebuild.recipe import load_recipe
+
+    recipe = load_recipe("t-task")
+    ok_out = make_build(recipe)
+    invoke = [str(ROOT / ".venv" / "bin" / "invoke"), "-r", str(ROOT), "publish", "t-task"]
+    run = subprocess.run([*invoke, "--output", str(ok_out), "--cloud", CLOUD, "--limit-rate", "64M"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["created"] and result["method"] == "glance-direct"
+    assert [i["id"] for i in images_of(glance, tag="t-task-latest")] == [result["image_id"]]
+
+    bad_out = make_build(recipe, boot_test=False)
+    run = subprocess.run([*invoke, "--output", str(bad_out), "--cloud", CLOUD],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 8, run.stderr
+    assert "imagebuild: error:" in run.stderr and "--force" in run.stderr
