@@ -367,15 +367,21 @@ def parse_kickstart(text: str, syntax: str = "RHEL7") -> tuple[Any, Findings]:
         current = 0
 
         def handleCommand(self, lineno: int, args: list[str]) -> Any:  # noqa: N802 - pykickstart API
-            TracingParser.current = lineno
+            self.current = lineno
             return super().handleCommand(lineno, args)
 
     handler = makeVersion(syntax)
     parser = TracingParser(handler, followIncludes=False, missingIncludeIsFatal=False)
     errors: list[Problem] = []
     warned: list[Problem] = []
-    with warnings.catch_warnings(record=True) as caught:
+    caught: list[tuple[Warning | str, type[Warning], int]] = []
+
+    def record(message: Warning | str, category: type[Warning], *_args: Any, **_kw: Any) -> None:
+        caught.append((message, category, parser.current))
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = record
         try:
             parser.readKickstartFromString(text)
         except KickstartError as exc:
@@ -385,11 +391,11 @@ def parse_kickstart(text: str, syntax: str = "RHEL7") -> tuple[Any, Findings]:
         except ValueError as exc:  # shlex: unbalanced quotes, raised by pykickstart without a line
             errors.append(Problem("syntax", f"kickstart syntax error ({syntax}): {exc}",
                                   _first_unsplittable_line(text)))
-    for w in caught:
-        if issubclass(w.category, KickstartDeprecationWarning):
-            warned.append(Problem("deprecated", str(w.message), TracingParser.current or None))
-        elif issubclass(w.category, KickstartParseWarning):
-            errors.append(Problem("parse-warning", str(w.message), TracingParser.current or None))
+    for message, category, line in caught:
+        if issubclass(category, KickstartDeprecationWarning):
+            warned.append(Problem("deprecated", str(message), line or None))
+        elif issubclass(category, KickstartParseWarning):
+            errors.append(Problem("parse-warning", str(message), line or None))
     parsed = None if errors and errors[0].rule == "syntax" else handler
     return parsed, Findings(tuple(errors), tuple(warned))
 
@@ -409,6 +415,60 @@ def _line_of(text: str, pattern: str) -> int | None:
         if rx.search(line):
             return i
     return None
+
+
+# Every rule the lint applies, with what it guards (docs/answer-files.md has the messages).
+KICKSTART_RULES = {
+    "syntax": "pykickstart parses the file for the target's syntax version (RHEL7 for EL 7)",
+    "parse-warning": "pykickstart's warnings (a duplicate definition) are errors",
+    "include": "no %include / %ksappend: the file is self-contained",
+    "no-root": "there is a 'part /'",
+    "mount-point": "'/' is the only mount point, defined once",
+    "extra-partition": "no biosboot, /boot/efi or other platform partition",
+    "swap": "no swap",
+    "lvm": "no LVM (part pv.*, volgroup, logvol)",
+    "raid": "no RAID",
+    "btrfs": "no btrfs volumes",
+    "autopart": "no autopart",
+    "reqpart": "no reqpart",
+    "grow": "'part /' grows to the end of the disk",
+    "zerombr": "zerombr, so a blank disk is used without asking",
+    "clearpart": "clearpart --all --initlabel",
+    "no-poweroff": "the install ends with poweroff/shutdown (not reboot or halt)",
+    "rootpw": "a root password is given",
+    "plaintext-rootpw": "the root password is a crypted hash (rootpw --iscrypted)",
+    "rootpw-hash": "the crypted root password is a SHA-256/SHA-512 crypt hash",
+    "plaintext-password": "user passwords are crypted hashes",
+    "erroronfail": "%pre, %pre-install and %post use --erroronfail",
+    "display": "cmdline or text: no display needed",
+    "network": "DHCP only",
+    "bootloader": "a bootloader is installed (not --location=none)",
+    "serial-console": "the installed kernel gets console=ttyS0",
+    "ignoremissing": "no %packages --ignoremissing",
+    "packages": "the recipe's packages are in %packages and not excluded",
+}
+PRESEED_RULES = {
+    "syntax": "every line is 'owner question type value' with a known type",
+    "partman-method": "partman-auto/method is 'regular'",
+    "partman-recipe": "an expert_recipe is given (the stock ones add swap)",
+    "lvm": "no LVM or crypto",
+    "raid": "no RAID",
+    "swap": "no swap in the recipe",
+    "mount-point": "'/' is the only mount point, defined once",
+    "extra-partition": "no partition without a mount point",
+    "no-root": "the recipe has '/'",
+    "grow": "'/' grows to the end of the disk (max -1)",
+    "no-swap-question": "partman-basicfilesystems/no_swap is false, so the installer does not ask",
+    "no-poweroff": "poweroff at the end, without a final prompt",
+    "rootpw": "a root password is given",
+    "plaintext-rootpw": "the root password is crypted (passwd/root-password-crypted)",
+    "rootpw-hash": "the crypted root password is a SHA-256/SHA-512 crypt hash",
+    "plaintext-password": "user passwords are crypted",
+    "network": "DHCP only",
+    "serial-console": "the installed kernel gets console=ttyS0",
+    "bootloader": "grub-installer/bootdev is preseeded",
+    "packages": "the recipe's packages are in pkgsel/include",
+}
 
 
 def lint_kickstart(text: str, *, syntax: str = "RHEL7", required_packages: Iterable[str] = ()) -> Findings:
@@ -725,8 +785,10 @@ def lint_preseed(text: str, *, required_packages: Iterable[str] = ()) -> Finding
             "a key press before powering off")
 
     # Passwords: crypted hashes only.
+    plaintext_root = False
     for q in ("passwd/root-password", "passwd/root-password-again"):
         if (e := get(q)) is not None and e.value:
+            plaintext_root = True
             err("plaintext-rootpw", f"{q} is a plaintext root password: use passwd/root-password-crypted",
                 e)
     for q in ("passwd/user-password", "passwd/user-password-again"):
@@ -734,7 +796,8 @@ def lint_preseed(text: str, *, required_packages: Iterable[str] = ()) -> Finding
             err("plaintext-password", f"{q} is a plaintext password: use passwd/user-password-crypted", e)
     crypted = get("passwd/root-password-crypted")
     root_login = get("passwd/root-login")
-    if crypted is None and not (root_login is not None and root_login.value == "false"):
+    root_disabled = root_login is not None and root_login.value == "false"
+    if crypted is None and not plaintext_root and not root_disabled:
         err("rootpw", "no root password: set 'd-i passwd/root-password-crypted password <hash>'")
     elif crypted is not None and not CRYPT_HASH_RE.match(crypted.value):
         err("rootpw-hash", "passwd/root-password-crypted is not a SHA-256/SHA-512 crypt hash ($5$... or "
