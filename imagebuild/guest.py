@@ -77,13 +77,14 @@ class Guest:
         return bytes(self.g.read_file(path)).decode("utf-8", "replace")
 
     def write(self, path: str, text: str, mode: int | None = None) -> None:
+        self.g.mkdir_p(posixpath.dirname(path) or "/")
         self.g.write(path, text.encode())
         if mode is not None:
             self.g.chmod(mode, path)
 
     def lexists(self, path: str) -> bool:
         try:
-            self.g.lstat(path)
+            self.g.lstatns(path)
             return True
         except RuntimeError:
             return False
@@ -110,8 +111,8 @@ class Guest:
         if not self.g.is_dir(top):
             return []
         out = []
-        for rel in self.g.find(top):
-            p = posixpath.join(top, rel)
+        for rel in self.g.find(top):  # names come back as "/a/b", relative to top
+            p = top.rstrip("/") + "/" + rel.lstrip("/")
             if self.g.is_file(p, followsymlinks=False):
                 out.append(p)
         return sorted(out)

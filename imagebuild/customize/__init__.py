@@ -94,12 +94,18 @@ def needs_network(steps: list[Step]) -> bool:
 def customize(guest: Guest, ctx: StepContext, steps: list[Step]) -> None:
     for s in steps:
         guest.reporter.log(f"customize: {s.name}")
-        s.run(guest, ctx)
+        try:
+            s.run(guest, ctx)
+        except RuntimeError as exc:  # a libguestfs call failed: say which step
+            raise CustomizeFailed(f"customize step {s.name} failed: {exc}") from None
 
 
 def post_check(guest: Guest, ctx: StepContext, steps: list[Step]) -> None:
     """Re-inspect the image after every step ran; fail listing all that is still wrong."""
-    problems = [f"{s.name}: {p}" for s in steps for p in s.check(guest, ctx)]
+    try:
+        problems = [f"{s.name}: {p}" for s in steps for p in s.check(guest, ctx)]
+    except RuntimeError as exc:
+        raise CustomizeFailed(f"the post-check could not read the image: {exc}") from None
     if problems:
         raise CustomizeFailed("the image still carries host identity or breaks the layout rules "
                               "after generalization:\n  " + "\n  ".join(problems))

@@ -1,0 +1,160 @@
+"""Plant every identity marker in a phony guest, generalize it through the real libguestfs appliance,
+and read the result back on the host (debugfs), independently of the code under test."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import pytest
+
+from imagebuild.customize import StepContext, customize, post_check, selected_steps
+from imagebuild.errors import CustomizeFailed
+from imagebuild.events import Reporter
+from imagebuild.guest import open_guest
+from imagebuild.recipe import load_recipe
+
+from ..phony import exists, listdir, make_disk, make_tree, read_file
+
+pytestmark = pytest.mark.guestfs
+
+MAC = "52:54:00:de:ad:01"
+NM_UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+RECIPE = load_recipe("debian12")
+DPKG_STATUS = "".join(f"Package: {p}\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.0\n\n"
+                      for p in RECIPE.packages.all)
+
+MARKED = {
+    "/etc/sysconfig/network-scripts/ifcfg-eth0":
+        f'DEVICE=eth0\nHWADDR={MAC}\nUUID="{NM_UUID}"\nBOOTPROTO=dhcp\nONBOOT=yes\nMACADDR={MAC}\n',
+    "/etc/NetworkManager/system-connections/eth0.nmconnection":
+        f"[connection]\nid=eth0\nuuid={NM_UUID}\ntype=ethernet\n[ethernet]\nmac-address={MAC.upper()}\n"
+        "cloned-mac-address=52:54:00:00:00:02\n[ipv4]\nmethod=auto\n",
+    "/etc/udev/rules.d/70-persistent-net.rules":
+        f'SUBSYSTEM=="net", ATTR{{address}}=="{MAC}", NAME="eth0"\n',
+    "/etc/network/interfaces": f"auto eth0\niface eth0 inet dhcp\n    hwaddress ether {MAC}\n",
+    "/var/lib/dhcp/dhclient.eth0.leases": "lease { fixed-address 10.9.8.7; }\n",
+    "/var/lib/NetworkManager/internal-x-eth0.lease": "ADDRESS=10.9.8.7\n",
+    "/etc/machine-id": "0123456789abcdef0123456789abcdef\n",
+    "/var/lib/dbus/machine-id": "0123456789abcdef0123456789abcdef\n",
+    "/var/lib/systemd/random-seed": "seedseedseed",
+    "/etc/ssh/ssh_host_rsa_key": "PRIVATE", "/etc/ssh/ssh_host_rsa_key.pub": "PUBLIC",
+    "/etc/ssh/ssh_host_ed25519_key": "PRIVATE", "/usr/sbin/sshd": "",
+    "/etc/hostname": "buildhost.example.com\n",
+    "/etc/resolv.conf": "search corp.example\nnameserver 10.1.2.3\n",
+    "/etc/fstab": "UUID=@ROOT@ / ext4 errors=remount-ro 0 1\n/swapfile none swap sw 0 0\n"
+                  "proc /proc proc defaults 0 0\n",
+    "/swapfile": "x" * 4096,
+    "/etc/initramfs-tools/conf.d/resume": "RESUME=UUID=1111\n",
+    "/var/log/syslog": "Nov 27 build host log line\n", "/var/log/syslog.1.gz": "old",
+    "/var/log/apt/history.log": "Start-Date: 2026\n",
+    "/var/log/journal/0123456789abcdef0123456789abcdef/system.journal": "JOURNAL",
+    "/var/log/installer/cdebconf/questions.dat": "passwd/root-password-crypted $6$x",
+    "/root/.bash_history": "echo secret\n", "/home/alice/.bash_history": "ls\n",
+    "/root/anaconda-ks.cfg": "rootpw --iscrypted $6$x\n", "/root/original-ks.cfg": "rootpw --iscrypted $6$x\n",
+    "/var/cache/apt/archives/vim_9.0_amd64.deb": "deb", "/var/cache/apt/pkgcache.bin": "bin",
+    "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease": "lists",
+    "/tmp/build-junk": "junk", "/var/tmp/more-junk": "junk",
+    "/var/lib/dpkg/status": DPKG_STATUS,
+    "/lib/systemd/system/systemd-resolved.service": "[Unit]\n",
+}
+
+
+@pytest.fixture(scope="module")
+def marked_disk(tmp_path_factory):
+    d = tmp_path_factory.mktemp("phony")
+    tree = d / "tree"
+    make_tree(tree, MARKED)
+    pristine = d / "pristine.raw"
+    fs_uuid = make_disk(pristine, tree)
+    # fstab needs the real UUID: rebuild with it substituted (cheap: a 64 MiB disk)
+    (tree / "etc/fstab").write_text(MARKED["/etc/fstab"].replace("@ROOT@", fs_uuid))
+    make_disk(pristine, tree)
+    work = d / "work.raw"
+    shutil.copyfile(pristine, work)  # tests write a copy: the fixture stays pristine
+    return pristine, work
+
+
+def test_every_marker_is_removed_and_the_post_check_passes(marked_disk, accel):
+    pristine, disk = marked_disk
+    # sanity: the markers really are in the pristine disk
+    assert MAC in read_file(pristine, "/etc/sysconfig/network-scripts/ifcfg-eth0")
+    assert exists(pristine, "/etc/ssh/ssh_host_rsa_key")
+
+    steps = selected_steps(RECIPE)
+    without_machine_id = [s for s in steps if s.name != "machine-id"]
+    rep = Reporter()
+    with open_guest(disk, "raw", accel=accel.accel, reporter=rep, network=False) as guest:
+        ctx = StepContext(RECIPE, network=False)
+        # 1. the post-check catches what a skipped step leaves behind
+        customize(guest, ctx, without_machine_id)
+        with pytest.raises(CustomizeFailed) as e:
+            post_check(guest, ctx, steps)
+        assert "machine-id: /etc/machine-id is not empty" in str(e.value)
+        assert "copy, not a link" in str(e.value)
+        # 2. all steps, twice: idempotent, and nothing is left
+        customize(guest, ctx, steps)
+        post_check(guest, ctx, steps)
+        customize(guest, ctx, steps)
+        post_check(guest, ctx, steps)
+
+    ifcfg = read_file(disk, "/etc/sysconfig/network-scripts/ifcfg-eth0")
+    assert "HWADDR" not in ifcfg and "UUID" not in ifcfg and "MACADDR" not in ifcfg
+    assert "BOOTPROTO=dhcp" in ifcfg and "DEVICE=eth0" in ifcfg
+    nm = read_file(disk, "/etc/NetworkManager/system-connections/eth0.nmconnection")
+    assert NM_UUID not in nm and MAC.upper() not in nm and "mac-address" not in nm
+    assert "id=eth0" in nm and "method=auto" in nm
+    assert not exists(disk, "/etc/udev/rules.d/70-persistent-net.rules")
+    interfaces = read_file(disk, "/etc/network/interfaces")
+    assert "hwaddress" not in interfaces and "iface eth0 inet dhcp" in interfaces
+    assert not exists(disk, "/var/lib/dhcp/dhclient.eth0.leases")
+    assert not exists(disk, "/var/lib/NetworkManager/internal-x-eth0.lease")
+    assert read_file(disk, "/etc/machine-id") == ""
+    assert not exists(disk, "/var/lib/systemd/random-seed")
+    assert [n for n in listdir(disk, "/etc/ssh") if n.startswith("ssh_host_")] == []
+    unit = read_file(disk, "/etc/systemd/system/imagebuild-ssh-hostkeys.service")
+    assert "ssh-keygen -A" in unit
+    assert exists(disk, "/etc/systemd/system/multi-user.target.wants/imagebuild-ssh-hostkeys.service")
+    assert read_file(disk, "/etc/hostname").strip() == "localhost"
+    assert "10.1.2.3" not in (read_file(disk, "/etc/resolv.conf") or "")
+    fstab = read_file(disk, "/etc/fstab")
+    assert "swap" not in fstab and " / ext4 " in fstab and "proc /proc" in fstab
+    assert not exists(disk, "/swapfile")
+    assert not exists(disk, "/etc/initramfs-tools/conf.d/resume")
+    assert read_file(disk, "/var/log/syslog") == "" and read_file(disk, "/var/log/apt/history.log") == ""
+    assert not exists(disk, "/var/log/syslog.1.gz")
+    assert listdir(disk, "/var/log/journal") == []
+    assert not exists(disk, "/var/log/installer")
+    for gone in ("/root/.bash_history", "/home/alice/.bash_history", "/root/anaconda-ks.cfg",
+                 "/root/original-ks.cfg", "/var/cache/apt/archives/vim_9.0_amd64.deb",
+                 "/var/cache/apt/pkgcache.bin",
+                 "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease"):
+        assert not exists(disk, gone), gone
+    assert listdir(disk, "/tmp") == [] and listdir(disk, "/var/tmp") == []
+    # the pristine fixture was never written
+    assert MAC in read_file(pristine, "/etc/sysconfig/network-scripts/ifcfg-eth0")
+
+
+def test_bad_layouts_are_rejected_with_every_reason(tmp_path, accel):
+    tree = tmp_path / "tree"
+    make_tree(tree, {"/etc/fstab": "LABEL=root / ext4 defaults 0 1\n"})
+    disk = tmp_path / "bad.raw"
+    make_disk(disk, tree, size_mib=96, extra=[("swap", 16), ("ext4", 24)])
+    with pytest.raises(CustomizeFailed) as e, open_guest(disk, "raw", accel=accel.accel, readonly=True):
+        pass
+    msg = str(e.value)
+    assert "swap partition(s): /dev/sda2" in msg
+    assert "expected exactly one filesystem, found 2" in msg
+    assert "expected one partition, found 3" in msg
+
+
+def test_missing_packages_without_network_fail_clearly(tmp_path, accel):
+    tree = tmp_path / "tree"
+    make_tree(tree, {"/etc/fstab": "LABEL=root / ext4 defaults 0 1\n", "/var/lib/dpkg/status": ""})
+    disk = tmp_path / "nopkgs.raw"
+    make_disk(disk, tree)
+    recipe = dataclasses.replace(RECIPE)
+    steps = [s for s in selected_steps(recipe) if s.name == "packages"]
+    with open_guest(disk, "raw", accel=accel.accel, network=False) as guest, \
+            pytest.raises(CustomizeFailed, match="no network to install them: net-tools lrzsz"):
+        customize(guest, StepContext(recipe, network=False), steps)
