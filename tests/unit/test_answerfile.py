@@ -1,0 +1,437 @@
+"""Answer files: rendering (deterministic, traced to template lines), template errors, recipes that
+extend recipes, the root password (file/env, hashed, never in logs) and the VM install plan."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from imagebuild import answerfile
+from imagebuild.answerfile import (
+    COMPLETION_MARKER,
+    CRYPT_HASH_RE,
+    PLACEHOLDER_HASH,
+    TEMPLATE_DIR,
+    AnswerFileError,
+    AnswerFileKind,
+    check_answer_file,
+    hash_password,
+    prepare_answer_file,
+    read_root_password,
+    render_answer_file,
+    validate_recipe,
+)
+from imagebuild.errors import RecipeError
+from imagebuild.events import Reporter
+from imagebuild.install.vm_plan import describe_vm_install
+from imagebuild.recipe import PROJECT_ROOT, load_recipe
+
+pytestmark = pytest.mark.unit
+
+GOLDEN = Path(__file__).resolve().parent.parent / "data" / "kickstarts" / "golden"
+RECIPES = PROJECT_ROOT / "recipes"
+CANARY = "Canary-5f3e9a1c-NeverLogMe!"
+
+
+def template_line(name: str, pattern: str) -> int:
+    lines = (TEMPLATE_DIR / name).read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if re.search(pattern, line))
+
+
+def with_vm(recipe, **changes):
+    vm = dataclasses.replace(recipe.install.vm, **changes)
+    return dataclasses.replace(recipe, install=dataclasses.replace(recipe.install, vm=vm))
+
+
+# -- the shipped recipes ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["centos7", "debian12-preseed"])
+def test_shipped_vm_recipes_render_and_validate(name):
+    out = io.StringIO()
+    validate_recipe(load_recipe(name), Reporter(out))
+    assert "syntax and golden policy OK" in out.getvalue()
+
+
+@pytest.mark.parametrize("name,golden", [("centos7", "centos7.ks"), ("debian12-preseed", "debian12.preseed")])
+def test_rendered_answer_file_matches_golden(name, golden):
+    """Golden files for the rendered text (UPDATE_GOLDEN=1 rewrites them after a deliberate change)."""
+    text = render_answer_file(load_recipe(name)).text
+    path = GOLDEN / golden
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_centos7_kickstart_encodes_the_golden_rules():
+    rendered = render_answer_file(load_recipe("centos7"))
+    assert rendered.kind is AnswerFileKind.KICKSTART and rendered.name == "ks.cfg"
+    assert rendered.syntax == "RHEL7"
+    lines = rendered.text.splitlines()
+    for needed in ("cmdline", "zerombr", "poweroff", "skipx",
+                   "network --bootproto=dhcp --device=link --onboot=on --activate",
+                   "clearpart --all --initlabel --drives=vda",
+                   "part / --fstype=xfs --size=1024 --grow --ondisk=vda --asprimary",
+                   "url --url=http://vault.centos.org/7.9.2009/os/x86_64/",
+                   "repo --name=updates --baseurl=http://vault.centos.org/7.9.2009/updates/x86_64/",
+                   f"rootpw --iscrypted {PLACEHOLDER_HASH}"):
+        assert needed in lines
+    assert 'bootloader --location=mbr --boot-drive=vda --timeout=1 --append="console=tty0 ' \
+           'console=ttyS0,115200n8"' in lines
+    packages = rendered.text.split("%packages\n", 1)[1].split("%end", 1)[0].splitlines()
+    for pkg in ("net-tools", "lrzsz", "screen", "tree", "vim", "wget", "qemu-guest-agent"):
+        assert pkg in packages
+    assert "sed -i -e '/^HWADDR=/d' -e '/^UUID=/d' \"$f\"" in rendered.text
+    assert all(line.startswith("%post --") and "--erroronfail" in line
+               for line in lines if line.startswith("%post"))
+    # The completion marker is printed in pieces: the file never holds it whole.
+    assert COMPLETION_MARKER not in rendered.text
+    assert "printf '%s%s\\n' 'IMAGEBUILD' '-INSTALL-COMPLETE' > /dev/ttyS0" in rendered.text
+
+
+def test_debian_preseed_encodes_the_golden_rules():
+    rendered = render_answer_file(load_recipe("debian12-preseed"))
+    assert rendered.kind is AnswerFileKind.PRESEED and rendered.name == "preseed.cfg"
+    assert "d-i partman-auto/method string regular" in rendered.text
+    entries, _ = answerfile.parse_preseed(rendered.text)
+    _, partitions = answerfile.parse_expert_recipe(entries["partman-auto/expert_recipe"].value)
+    shape = [(p.max, p.keys.get("mountpoint"), p.keys.get("method")) for p in partitions]
+    assert shape == [("-1", "/", "format")]
+    assert "d-i pkgsel/include string net-tools lrzsz screen tree vim wget qemu-guest-agent" in rendered.text
+    assert rendered.text.rstrip().endswith("d-i debian-installer/exit/poweroff boolean true")
+    assert COMPLETION_MARKER not in rendered.text
+
+
+def test_rendering_is_deterministic():
+    r = load_recipe("centos7")
+    a, b = render_answer_file(r), render_answer_file(r)
+    assert a.text == b.text and a.origins == b.origins and a.sha256 == b.sha256
+
+
+def test_every_rendered_line_names_its_template_line():
+    rendered = render_answer_file(load_recipe("centos7"))
+    lines = rendered.text.splitlines()
+    assert len(rendered.origins) == len(lines)
+    assert all(o is not None for o in rendered.origins)
+    repo = next(i for i, line in enumerate(lines, 1) if line.startswith("repo "))
+    assert str(rendered.origin(repo)) == f"kickstart/centos7.ks.j2:{template_line('centos7.ks.j2', '^repo')}"
+    part = next(i for i, line in enumerate(lines, 1) if line.startswith("part /"))
+    part_line = template_line("el7-base.ks.j2", "^part /")
+    assert str(rendered.origin(part)) == f"kickstart/el7-base.ks.j2:{part_line}"
+    # The package loop: every package line points at the loop body.
+    vim = lines.index("vim") + 1
+    assert rendered.origin(vim).line == template_line("el7-base.ks.j2", r"\{\{ package \}\}")
+    # Each line's origin really holds that text (static lines are identical to their template line).
+    for i, line in enumerate(lines, 1):
+        origin = rendered.origin(i)
+        source = (PROJECT_ROOT / origin.template).read_text().splitlines()[origin.line - 1]
+        if "{{" not in source and "{%" not in source:
+            assert source == line, (i, origin)
+
+
+# -- templates written by recipe authors ---------------------------------------------------------
+
+def custom(tmp_path: Path, body: str, name: str = "child.ks.j2", **vm_changes):
+    (tmp_path / name).write_text(body)
+    recipe = with_vm(load_recipe("centos7"), template=name, **vm_changes)
+    return recipe, [tmp_path, TEMPLATE_DIR]
+
+
+def test_policy_error_names_rendered_line_and_template_line(tmp_path):
+    recipe, dirs = custom(tmp_path, '{% extends "el7-base.ks.j2" %}\n'
+                                    "{% block storage %}\n"
+                                    "zerombr\n"
+                                    "clearpart --all --initlabel\n"
+                                    'bootloader --location=mbr --append="console=ttyS0"\n'
+                                    "part / --size=1024 --grow\n"
+                                    "part swap --size=512\n"
+                                    "{% endblock %}\n")
+    rendered = render_answer_file(recipe, dirs=dirs)
+    with pytest.raises(AnswerFileError) as info:
+        check_answer_file(rendered)
+    err = info.value
+    [problem] = err.problems
+    assert problem.rule == "swap"
+    assert rendered.text.splitlines()[problem.line - 1] == "part swap --size=512"
+    assert err.file == str(tmp_path / "child.ks.j2") and err.line == 7
+    assert f"ks.cfg:{problem.line} (from {tmp_path / 'child.ks.j2'}:7): swap is not allowed" in str(err)
+    assert isinstance(err, RecipeError)
+
+
+def test_each_violation_is_reported_with_its_own_message(tmp_path):
+    recipe, dirs = custom(tmp_path, '{% extends "el7-base.ks.j2" %}\n'
+                                    "{% block storage %}\nautopart --type=lvm\n{% endblock %}\n"
+                                    "{% block users %}\nrootpw changeme\n{% endblock %}\n"
+                                    "{% block post_scripts %}\n%post\ntrue\n%end\n{% endblock %}\n")
+    with pytest.raises(AnswerFileError) as info:
+        check_answer_file(render_answer_file(recipe, dirs=dirs))
+    rules = sorted(p.rule for p in info.value.problems)
+    assert rules == ["autopart", "clearpart", "erroronfail", "plaintext-rootpw", "serial-console", "zerombr"]
+    message = str(info.value)
+    assert "has 6 problems" in message and message.count("\n  ") == 6
+
+
+def test_kickstart_syntax_error_names_template_line(tmp_path):
+    recipe, dirs = custom(tmp_path, '{% extends "el7-base.ks.j2" %}\n'
+                                    "{% block extra_commands %}\n"
+                                    "# a comment\n"
+                                    "firewal --disabled\n"
+                                    "{% endblock %}\n")
+    rendered = render_answer_file(recipe, dirs=dirs)
+    with pytest.raises(AnswerFileError) as info:
+        check_answer_file(rendered)
+    [problem] = info.value.problems
+    assert problem.rule == "syntax" and "Unknown command: firewal" in problem.message
+    assert rendered.text.splitlines()[problem.line - 1] == "firewal --disabled"
+    assert (info.value.file, info.value.line) == (str(tmp_path / "child.ks.j2"), 4)
+
+
+def test_undefined_variable_names_template_and_line(tmp_path):
+    recipe, dirs = custom(tmp_path, '{% extends "el7-base.ks.j2" %}\n'
+                                    "{% block repos %}\n"
+                                    "repo --name=extra --baseurl={{ extra_url }}\n"
+                                    "{% endblock %}\n")
+    with pytest.raises(RecipeError) as info:
+        render_answer_file(recipe, dirs=dirs)
+    assert "'extra_url' is undefined" in str(info.value)
+    assert "[install.vm.variables]" in str(info.value)
+    assert (info.value.file, info.value.line) == (str(tmp_path / "child.ks.j2"), 3)
+
+
+def test_template_syntax_error_names_line(tmp_path):
+    recipe, dirs = custom(tmp_path, '{% extends "el7-base.ks.j2" %}\n'
+                                    "{% block repos %}\n{% if %}\n{% endblock %}\n")
+    with pytest.raises(RecipeError) as info:
+        render_answer_file(recipe, dirs=dirs)
+    assert "template syntax error" in str(info.value)
+    assert (info.value.file, info.value.line) == (str(tmp_path / "child.ks.j2"), 3)
+
+
+def test_missing_template_is_a_recipe_error():
+    recipe = with_vm(load_recipe("centos7"), template="nope.ks.j2")
+    with pytest.raises(RecipeError) as info:
+        render_answer_file(recipe)
+    assert info.value.key == "install.vm.template" and "'nope.ks.j2' not found" in str(info.value)
+
+
+def test_sandbox_keeps_templates_away_from_python(tmp_path):
+    recipe, dirs = custom(tmp_path, '{% extends "el7-base.ks.j2" %}\n'
+                                    "{% block repos %}{{ packages.__class__.__mro__ }}{% endblock %}\n")
+    with pytest.raises(RecipeError) as info:
+        render_answer_file(recipe, dirs=dirs)
+    assert "SecurityError" in str(info.value) or "unsafe" in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["UTC\nautopart", "UTC\r", "a\x00b"])
+def test_variables_are_single_line(value):
+    recipe = with_vm(load_recipe("centos7"),
+                     variables={**load_recipe("centos7").install.vm.variables, "timezone": value})
+    with pytest.raises(RecipeError) as info:
+        render_answer_file(recipe)
+    assert info.value.key == "install.vm.variables.timezone"
+
+
+def test_builtin_variables_cannot_be_overridden():
+    base = load_recipe("centos7")
+    recipe = with_vm(base, variables={**base.install.vm.variables, "root_password_hash": "x"})
+    with pytest.raises(RecipeError, match="set by imagebuild"):
+        render_answer_file(recipe)
+
+
+def test_site_mirror_map_rewrites_tree_and_url_variables():
+    mirrors = {"http://vault.centos.org/": "http://mirror.site.example/vault/"}
+    recipe = load_recipe("centos7")
+    text = render_answer_file(recipe, mirrors=mirrors).text
+    assert "url --url=http://mirror.site.example/vault/7.9.2009/os/x86_64/" in text
+    assert "--baseurl=http://mirror.site.example/vault/7.9.2009/updates/x86_64/" in text
+    assert "vault.centos.org" not in text
+    plan = describe_vm_install(recipe, mirrors=mirrors)
+    assert plan["kernel"]["url"] == "http://mirror.site.example/vault/7.9.2009/os/x86_64/images/pxeboot/vmlinuz"
+    assert "inst.repo=http://mirror.site.example/vault/7.9.2009/os/x86_64/" in plan["kernel_args"]
+
+
+def test_recipe_extends_recipe_and_template_extends_template(tmp_path, monkeypatch):
+    """A site recipe extends centos7 and its template extends centos7's, overriding one block."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "recipes" / "centos7-web.toml").write_text(
+        'extends = "centos7"\n'
+        'description = "CentOS 7 with a web server"\n'
+        "[install.vm]\n"
+        'template = "centos7-web.ks.j2"\n'
+        "[install.vm.variables]\n"
+        'timezone = "Europe/Berlin"\n'
+        "[packages]\n"
+        'extra = ["qemu-guest-agent", "httpd"]\n')
+    (tmp_path / "templates" / "centos7-web.ks.j2").write_text(
+        '{% extends "centos7.ks.j2" %}\n'
+        "{% block services %}\n"
+        "services --enabled=sshd,httpd\n"
+        "{% endblock %}\n"
+        "{% block post %}\n"
+        "echo 'hello' > /var/www/html/index.html\n"
+        "{% endblock %}\n")
+    monkeypatch.setenv("IMAGEBUILD_TEMPLATE_PATH", str(tmp_path / "templates"))
+    recipe = load_recipe("centos7-web", [tmp_path / "recipes", RECIPES])
+    assert recipe.install.vm.tree_url == "http://vault.centos.org/7.9.2009/os/x86_64/"  # inherited
+    validate_recipe(recipe)
+    rendered = render_answer_file(recipe)
+    lines = rendered.text.splitlines()
+    assert "services --enabled=sshd,httpd" in lines and "httpd" in lines
+    assert "timezone Europe/Berlin --isUtc" in lines
+    assert "repo --name=updates --baseurl=http://vault.centos.org/7.9.2009/updates/x86_64/" in lines
+    post = lines.index("echo 'hello' > /var/www/html/index.html") + 1
+    assert rendered.origin(post) == answerfile.Origin(str(tmp_path / "templates" / "centos7-web.ks.j2"), 6)
+
+
+def test_required_packages_come_from_the_recipe(tmp_path):
+    recipe, dirs = custom(tmp_path, '{% extends "el7-base.ks.j2" %}\n{% block packages_exclude %}\n-vim\n'
+                                    "{% endblock %}\n")
+    with pytest.raises(AnswerFileError) as info:
+        check_answer_file(render_answer_file(recipe, dirs=dirs), required_packages=recipe.packages.all)
+    assert [p.rule for p in info.value.problems] == ["packages"]
+    assert "package 'vim' from the recipe is excluded" in str(info.value)
+
+
+def test_bootstrap_recipes_need_no_answer_file():
+    validate_recipe(load_recipe("debian12"))  # a no-op
+    with pytest.raises(RecipeError):
+        render_answer_file(load_recipe("debian12"))
+
+
+# -- the root password -----------------------------------------------------------------------------
+
+def test_password_from_env_or_file(tmp_path):
+    recipe = load_recipe("centos7")
+    assert read_root_password(recipe, environ={}) is None
+    assert read_root_password(recipe, environ={"IMAGEBUILD_ROOT_PASSWORD": "s3cret"}) == "s3cret"
+    secret = tmp_path / "rootpw"
+    secret.write_text("from-file\n")
+    secret.chmod(0o600)
+    from_file = with_vm(recipe, root_password_file=str(secret))
+    assert read_root_password(from_file, environ={"IMAGEBUILD_ROOT_PASSWORD": "s3cret"}) == "from-file"
+    secret.write_text("")
+    with pytest.raises(RecipeError, match="empty"):
+        read_root_password(from_file, environ={})
+    secret.write_text("two\nlines\n")
+    with pytest.raises(RecipeError, match="one line"):
+        read_root_password(from_file, environ={})
+    with pytest.raises(RecipeError, match="cannot read"):
+        read_root_password(with_vm(recipe, root_password_file=str(tmp_path / "missing")), environ={})
+
+
+def test_world_readable_password_file_is_warned_about(tmp_path):
+    secret = tmp_path / "rootpw"
+    secret.write_text("pw\n")
+    secret.chmod(0o644)
+    out = io.StringIO()
+    read_root_password(with_vm(load_recipe("centos7"), root_password_file=str(secret)),
+                       reporter=Reporter(out))
+    assert "readable by other users" in out.getvalue() and "pw\n" not in out.getvalue()
+
+
+def test_hash_password_is_sha512_crypt_and_reproducible_with_a_salt():
+    h = hash_password("correct horse", salt="abcdefgh")
+    assert h.startswith("$6$abcdefgh$") and CRYPT_HASH_RE.match(h)
+    assert hash_password("correct horse", salt="abcdefgh") == h
+    assert hash_password("correct horse", salt="abcdefgh") != hash_password("other", salt="abcdefgh")
+    assert hash_password("correct horse") != hash_password("correct horse")  # random salt
+    with pytest.raises(ValueError):
+        hash_password("x", salt="bad salt!")
+
+
+def test_password_canary_never_leaves_the_hash(tmp_path, monkeypatch):
+    """The password is never on argv, in the build log, the event stream, the terminal, the rendered
+    answer file, its redacted form or the plan; only its crypted hash is written."""
+    argvs: list[list[str]] = []
+    real_run = answerfile.run
+
+    def spy(argv, **kw):
+        argvs.append([str(a) for a in argv])
+        return real_run(argv, **kw)
+
+    monkeypatch.setattr(answerfile, "run", spy)
+    out = io.StringIO()
+    reporter = Reporter(out, verbose=True)
+    reporter.attach(tmp_path / "build.log", tmp_path / "events.jsonl")
+    recipe = load_recipe("centos7")
+    rendered = prepare_answer_file(recipe, reporter, environ={"IMAGEBUILD_ROOT_PASSWORD": CANARY})
+    with reporter.step("validate"):
+        validate_recipe(recipe, reporter, environ={"IMAGEBUILD_ROOT_PASSWORD": CANARY})
+    reporter.close()
+    written = rendered.write(tmp_path)
+
+    hashed = re.search(r"^rootpw --iscrypted (\S+)$", rendered.text, re.M).group(1)
+    assert CRYPT_HASH_RE.match(hashed) and hashed != PLACEHOLDER_HASH
+    salt = hashed.split("$")[2]
+    assert hash_password(CANARY, salt=salt) == hashed  # it is the hash of the canary
+    assert argvs and all(CANARY not in a for argv in argvs for a in argv)
+    for text in (out.getvalue(), (tmp_path / "build.log").read_text(),
+                 (tmp_path / "events.jsonl").read_text(), rendered.text, rendered.redacted(),
+                 written.read_text(), repr(rendered),
+                 json.dumps(describe_vm_install(recipe))):
+        assert CANARY not in text
+    assert hashed not in rendered.redacted() and "<redacted>" in rendered.redacted()
+    assert hashed not in (tmp_path / "build.log").read_text()
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+
+
+def test_build_requires_password_and_pins():
+    recipe = load_recipe("centos7")
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(recipe, for_build=True, environ={"IMAGEBUILD_ROOT_PASSWORD": "pw"})
+    assert info.value.key == "install.vm.kernel_sha256"
+    pinned = with_vm(recipe, kernel_sha256="a" * 64, initrd_sha256="b" * 64)
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(pinned, for_build=True, environ={})
+    assert "no root password" in str(info.value) and "IMAGEBUILD_ROOT_PASSWORD" in str(info.value)
+    validate_recipe(pinned, for_build=True, environ={"IMAGEBUILD_ROOT_PASSWORD": "pw"})
+    with pytest.raises(RecipeError, match="no root password"):
+        prepare_answer_file(pinned, environ={})
+
+
+def test_validate_without_password_only_warns():
+    out = io.StringIO()
+    validate_recipe(load_recipe("centos7"), Reporter(out), environ={})
+    assert "warning: no root password" in out.getvalue()
+    assert "warning: install.vm.kernel_sha256 is not pinned" in out.getvalue()
+
+
+# -- the plan ----------------------------------------------------------------------------------------
+
+def test_describe_centos7_plan_is_exact():
+    plan = describe_vm_install(load_recipe("centos7"))
+    tree = "http://vault.centos.org/7.9.2009/os/x86_64/"
+    assert plan["kernel"] == {"path": "images/pxeboot/vmlinuz", "url": tree + "images/pxeboot/vmlinuz",
+                              "sha256": None}
+    assert plan["initrd"] == {"path": "images/pxeboot/initrd.img", "url": tree + "images/pxeboot/initrd.img",
+                              "sha256": None}
+    assert plan["cmdline"] == (f"inst.ks=file:/ks.cfg inst.repo={tree} inst.text inst.cmdline "
+                               "console=ttyS0,115200n8")
+    assert plan["answer_file"] == {"kind": "kickstart", "name": "ks.cfg", "template": "centos7.ks.j2",
+                                   "syntax": "RHEL7", "injected_at": "/ks.cfg (initrd root)"}
+    assert (plan["memory_mib"], plan["vcpus"], plan["inactivity_seconds"], plan["timeout_seconds"]) == \
+        (2048, 2, 600, 5400)
+    assert plan["completion_marker"] == COMPLETION_MARKER
+    assert plan["pinned"] is False
+    json.dumps(plan)  # plain data
+
+
+def test_describe_debian_preseed_plan():
+    plan = describe_vm_install(load_recipe("debian12-preseed"))
+    assert plan["cmdline"] == "auto=true priority=critical preseed/file=/preseed.cfg console=ttyS0,115200n8"
+    assert plan["kernel"]["url"].endswith(
+        "/installer-amd64/current/images/netboot/debian-installer/amd64/linux")
+    assert plan["initrd"]["path"] == "netboot/debian-installer/amd64/initrd.gz"
+    assert plan["checksums_cross_checked_with"] == "SHA256SUMS"
+
+
+def test_recipe_kernel_args_are_appended():
+    plan = describe_vm_install(with_vm(load_recipe("centos7"), kernel_args=("inst.sshd=0",)))
+    assert plan["kernel_args"][-1] == "inst.sshd=0"
