@@ -284,6 +284,7 @@ handlers = logfile
 [handler_logfile]
 class = logging.FileHandler
 args = ('{d}/daemon.log',)
+kwargs = {{}}
 formatter = long
 """
 

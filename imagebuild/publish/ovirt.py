@@ -1,0 +1,296 @@
+"""Publish to oVirt / RHV: a disk in a storage domain, filled through ovirt-imageio.
+
+The sequence is the one oVirt's own SDK examples use (``upload_disk.py`` and ``helpers/imagetransfer.py``
+in ovirt-engine-sdk): add a disk, wait until it is OK, start an image transfer, send the bytes to the
+transfer URL (the ovirt-imageio daemon on a host, or the engine's proxy), finalize, wait for
+``finished_success``. Any failure or interrupt cancels the transfer and removes the disk. The qcow2 is
+sent as it is (transfer format ``cow``), so the disk is exactly the tested artifact.
+
+Where to connect comes from oVirt's conventions, never from the command line:
+``ovirt.conf`` (``$OVIRT_CONFIG_FILE`` or ``~/.config/ovirt.conf``, the file oVirt's SDK examples read;
+section given by ``--ovirt-config``) with ``engine_url``, ``username``, ``password``, ``cafile``,
+``storage_domain``; or the ``OVIRT_URL``, ``OVIRT_USERNAME``, ``OVIRT_PASSWORD``, ``OVIRT_CAFILE``,
+``OVIRT_STORAGE_DOMAIN`` variables (as Ansible's oVirt modules use).
+"""
+
+from __future__ import annotations
+
+import configparser
+import http.client
+import os
+import ssl
+import stat
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ..errors import ImageBuildError, PublishError
+from ..events import Reporter
+from ..recipe import Ovirt
+from .common import (
+    Artifact,
+    Progress,
+    PublishResult,
+    UploadStream,
+    describe_exception,
+    signals_deferred,
+    wait_until,
+)
+
+DESCRIPTION_PREFIX = "imagebuild"
+
+
+@dataclass(frozen=True)
+class Engine:
+    url: str                           # https://engine.example.com/ovirt-engine/api
+    username: str
+    password: str
+    ca_file: str
+    storage_domain: str = ""
+
+    def __repr__(self) -> str:          # never print the password, even by accident
+        return f"Engine(url={self.url!r}, username={self.username!r}, ca_file={self.ca_file!r})"
+
+    __str__ = __repr__
+
+
+def config_file() -> Path:
+    if os.environ.get("OVIRT_CONFIG_FILE"):
+        return Path(os.environ["OVIRT_CONFIG_FILE"])
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "ovirt.conf"
+
+
+def load_engine(section: str | None, settings: Ovirt) -> Engine:
+    """The engine to talk to: a section of ovirt.conf, else OVIRT_* variables."""
+    if section:
+        path = config_file()
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            with open(path, encoding="utf-8") as f:
+                parser.read_file(f)
+        except OSError as exc:
+            raise PublishError(f"cannot read the oVirt config {path}: {exc.strerror}") from None
+        if not parser.has_section(section):
+            raise PublishError(f"{path} has no section [{section}] (sections: "
+                               f"{', '.join(parser.sections()) or 'none'})")
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRGRP | stat.S_IROTH) and parser.has_option(section, "password"):
+            raise PublishError(f"{path} holds a password and is readable by others: chmod 600 it")
+        conf = parser[section]
+        values = {k: conf.get(k, "") for k in ("engine_url", "username", "password", "cafile",
+                                                "storage_domain")}
+        where = f"{path} [{section}]"
+    else:
+        env = os.environ
+        values = {"engine_url": env.get("OVIRT_URL", ""), "username": env.get("OVIRT_USERNAME", ""),
+                  "password": env.get("OVIRT_PASSWORD", ""), "cafile": env.get("OVIRT_CAFILE", ""),
+                  "storage_domain": env.get("OVIRT_STORAGE_DOMAIN", "")}
+        where = "the OVIRT_URL/OVIRT_USERNAME/OVIRT_PASSWORD/OVIRT_CAFILE variables"
+    missing = [k for k in ("engine_url", "username", "password", "cafile") if not values[k]]
+    if missing:
+        raise PublishError(f"oVirt access is not configured: {', '.join(missing)} missing in {where} "
+                           "(see docs/publish.md)")
+    if not Path(values["cafile"]).is_file():
+        raise PublishError(f"oVirt CA file {values['cafile']} does not exist")
+    url = values["engine_url"].rstrip("/")
+    if not url.endswith("/ovirt-engine/api"):
+        url += "/ovirt-engine/api"
+    if not url.startswith("https://"):
+        raise PublishError(f"the oVirt engine URL must be https:// (got {urlparse(url).scheme}://...)")
+    storage_domain = settings.storage_domain or values["storage_domain"]
+    if not storage_domain:
+        raise PublishError("no oVirt storage domain: set [publish.ovirt] storage_domain in the recipe, "
+                           "storage_domain in ovirt.conf, or OVIRT_STORAGE_DOMAIN")
+    return Engine(url=url, username=values["username"], password=values["password"],
+                  ca_file=values["cafile"], storage_domain=storage_domain)
+
+
+def _description(artifact: Artifact) -> str:
+    return (f"{DESCRIPTION_PREFIX} recipe={artifact.recipe} build={artifact.build_id} "
+            f"sha256={artifact.sha256} boot_test={artifact.boot_test}"
+            + (" forced=true" if artifact.forced else ""))
+
+
+def _send(url: str, ca_file: str, stream: UploadStream, size: int) -> None:
+    """PUT the bytes to ovirt-imageio in one streamed request (Content-Length, chunks from disk)."""
+    u = urlparse(url)
+    ctx = ssl.create_default_context(cafile=ca_file)
+    conn = http.client.HTTPSConnection(u.hostname or "", u.port or 443, context=ctx, timeout=120)
+    try:
+        conn.putrequest("PUT", u.path + (f"?{u.query}" if u.query else ""))
+        conn.putheader("Content-Type", "application/octet-stream")
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        while chunk := stream.read():
+            conn.send(chunk)
+        resp = conn.getresponse()
+        body = resp.read(4096).decode(errors="replace")
+        if resp.status not in (200, 204):
+            raise PublishError(f"ovirt-imageio refused the upload: HTTP {resp.status} {body.strip()[:300]}")
+    finally:
+        conn.close()
+
+
+def publish_to_ovirt(artifact: Artifact, settings: Ovirt, *, config: str | None = None,
+                     reporter: Reporter, rate_limit: int | None = None) -> PublishResult:
+    try:
+        import ovirtsdk4 as sdk
+        import ovirtsdk4.types as types
+    except ImportError:
+        raise PublishError("ovirt-engine-sdk-python is not installed: pip install 'imagebuild[publish]'") \
+            from None
+    engine = load_engine(config, settings)
+    try:
+        connection = sdk.Connection(url=engine.url, username=engine.username, password=engine.password,
+                                    ca_file=engine.ca_file, log=None, debug=False)
+    except sdk.Error as exc:
+        raise PublishError(f"oVirt: {describe_exception(exc)}") from None
+    name = artifact.versioned_name
+    try:
+        system = connection.system_service()
+        disks = system.disks_service()
+
+        # Idempotence: the disk named after this build, carrying our sha256, already there and OK.
+        for disk in disks.list(search=f"name={name}"):
+            if disk.description and f"sha256={artifact.sha256}" in disk.description \
+                    and disk.status == types.DiskStatus.OK:
+                reporter.info(f"oVirt already has this artifact as disk {name} ({disk.id}): "
+                              "nothing to upload")
+                return PublishResult(target="ovirt", image_id=disk.id, name=name, created=False,
+                                     forced=artifact.forced, location=engine.url)
+            reporter.info(f"removing oVirt disk {disk.id} ({name}): left by an earlier publish that "
+                          "did not finish")
+            disks.disk_service(disk.id).remove()
+
+        disk = disks.add(types.Disk(
+            name=name, description=_description(artifact), content_type=types.DiskContentType.DATA,
+            format=types.DiskFormat.COW, sparse=True, provisioned_size=artifact.virtual_size,
+            initial_size=artifact.file_size,
+            storage_domains=[types.StorageDomain(name=engine.storage_domain)]))
+        reporter.event("ovirt-disk-created", disk_id=disk.id, name=name)
+        disk_service = disks.disk_service(disk.id)
+        transfer_service = None
+        stream: UploadStream | None = None
+        try:
+            wait_until(lambda: disk_service.get().status == types.DiskStatus.OK,
+                       timeout=settings.timeout_seconds, what=f"oVirt disk {disk.id} to be created")
+            transfers = system.image_transfers_service()
+            transfer = transfers.add(types.ImageTransfer(
+                disk=types.Disk(id=disk.id), direction=types.ImageTransferDirection.UPLOAD,
+                format=types.DiskFormat.COW, inactivity_timeout=120))
+            transfer_service = transfers.image_transfer_service(transfer.id)
+
+            def ready() -> Any:
+                t = transfer_service.get()
+                if t.phase == types.ImageTransferPhase.TRANSFERRING:
+                    return t
+                if t.phase != types.ImageTransferPhase.INITIALIZING:
+                    raise PublishError(f"oVirt image transfer {transfer.id} went to {t.phase} before sending")
+                return None
+
+            transfer = wait_until(ready, timeout=300, what=f"oVirt image transfer {transfer.id}")
+            url = transfer.transfer_url or transfer.proxy_url
+            if not url:
+                raise PublishError(f"oVirt image transfer {transfer.id} has no transfer or proxy URL")
+            reporter.info(f"created oVirt disk {disk.id} ({name}) in {engine.storage_domain}; "
+                          f"sending the bytes to ovirt-imageio at {urlparse(url).netloc}")
+            progress = Progress(reporter, "upload", artifact.file_size)
+            stream = UploadStream(artifact.path, progress, rate_limit=rate_limit)
+            _send(url, engine.ca_file, stream, artifact.file_size)
+            progress.done()
+            transfer_service.finalize()
+            _wait_finalized(sdk, types, transfer_service, disk_service, transfer.id,
+                            settings.timeout_seconds)
+            reporter.info(f"oVirt disk {disk.id} is OK")
+        except BaseException as exc:
+            with signals_deferred():
+                _undo(transfer_service, disk_service, disk.id, reporter, type(exc).__name__)
+            if isinstance(exc, ImageBuildError) or not isinstance(exc, Exception):
+                raise
+            raise PublishError(f"uploading to oVirt failed: {describe_exception(exc)}; "
+                               f"disk {disk.id} was removed") from None
+        finally:
+            if stream is not None:
+                stream.close()
+        extra: dict[str, str] = {}
+        if settings.template:
+            extra["template_id"] = _make_template(system, types, disk.id, name, settings, reporter)
+        return PublishResult(target="ovirt", image_id=disk.id, name=name, created=True,
+                             forced=artifact.forced, location=engine.url, method="imageio", extra=extra)
+    except sdk.Error as exc:
+        raise PublishError(f"oVirt: {describe_exception(exc)}") from None
+    finally:
+        with suppress(Exception):
+            connection.close()
+
+
+def _wait_finalized(sdk: Any, types: Any, transfer_service: Any, disk_service: Any, transfer_id: str,
+                    timeout: float) -> None:
+    """As oVirt's examples do: success is finished_success, or the transfer gone and the disk OK."""
+    def check() -> bool:
+        try:
+            t = transfer_service.get()
+        except sdk.NotFoundError:
+            status = disk_service.get().status
+            if status == types.DiskStatus.OK:
+                return True
+            raise PublishError(f"oVirt image transfer {transfer_id} ended with the disk {status}") from None
+        if t.phase == types.ImageTransferPhase.FINISHED_SUCCESS:
+            return True
+        if t.phase in (types.ImageTransferPhase.FINISHED_FAILURE, types.ImageTransferPhase.CANCELLED_SYSTEM,
+                       types.ImageTransferPhase.CANCELLED_USER, types.ImageTransferPhase.CANCELLED):
+            raise PublishError(f"oVirt image transfer {transfer_id} failed ({t.phase.value}); "
+                               "the engine's event log says why")
+        return False
+
+    wait_until(check, timeout=timeout, what=f"oVirt to finalize image transfer {transfer_id}")
+
+
+def _undo(transfer_service: Any, disk_service: Any, disk_id: str, reporter: Reporter, why: str) -> None:
+    """Cancel the transfer and remove the disk; say so if either fails."""
+    reporter.info(f"removing oVirt disk {disk_id} (upload did not complete: {why})")
+    reporter.event("ovirt-disk-removed", disk_id=disk_id, reason=why)
+    if transfer_service is not None:
+        with suppress(Exception):
+            transfer_service.cancel()
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            disk_service.remove()
+            return
+        except Exception as exc:
+            if "404" in str(exc) or "not found" in str(exc).lower():
+                return
+            if time.monotonic() > deadline:
+                reporter.info(f"⚠ could not remove oVirt disk {disk_id}: {describe_exception(exc)}; "
+                              "remove it by hand")
+                return
+            time.sleep(1)  # the disk stays locked until the engine has processed the cancel
+
+
+def _make_template(system: Any, types: Any, disk_id: str, name: str, settings: Ovirt,
+                   reporter: Reporter) -> str:
+    """A template from the uploaded disk: a VM with that disk as bootable, a template from the VM."""
+    vms = system.vms_service()
+    vm = vms.add(types.Vm(name=f"{name}-tmp", cluster=types.Cluster(name=settings.cluster),
+                          template=types.Template(name="Blank")))
+    vm_service = vms.vm_service(vm.id)
+    try:
+        vm_service.disk_attachments_service().add(types.DiskAttachment(
+            disk=types.Disk(id=disk_id), interface=types.DiskInterface.VIRTIO, bootable=True, active=True))
+        wait_until(lambda: vm_service.get().status == types.VmStatus.DOWN, timeout=settings.timeout_seconds,
+                   what=f"oVirt VM {vm.id} to be ready")
+        templates = system.templates_service()
+        template = templates.add(types.Template(name=name, vm=types.Vm(id=vm.id)))
+        template_service = templates.template_service(template.id)
+        wait_until(lambda: template_service.get().status == types.TemplateStatus.OK,
+                   timeout=settings.timeout_seconds, what=f"oVirt template {name}")
+        reporter.info(f"created oVirt template {name} ({template.id})")
+        return str(template.id)
+    finally:
+        with suppress(Exception):
+            vm_service.remove(detach_only=True)  # the helper VM goes; the uploaded disk stays

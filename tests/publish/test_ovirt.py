@@ -1,0 +1,166 @@
+"""Publishing to oVirt: the real ovirt-imageio daemon on the data path, the engine's REST bookkeeping
+played by ``ovirt_engine_double.EngineDouble`` (a test double: the Java engine cannot run here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import MakeBuild, recipe_for
+from ovirt_engine_double import EngineDouble
+
+from imagebuild.errors import PublishError
+from imagebuild.events import Reporter
+from imagebuild.publish import Options, publish
+from imagebuild.publish.ovirt import load_engine
+from imagebuild.recipe import Ovirt
+
+pytestmark = pytest.mark.publish
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = Path(__file__).resolve().parent / "publish_child.py"
+PASSWORD = "Ovirt-Canary-Secret-42"
+
+
+@pytest.fixture
+def engine(imageio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineDouble]:
+    with EngineDouble(imageio, tmp_path / "storage-domain", username="admin@internal",
+                      password=PASSWORD, storage_domain="images") as double:
+        conf = tmp_path / "ovirt.conf"
+        conf.write_text(f"[test-engine]\nengine_url = {double.url}\nusername = admin@internal\n"
+                        f"password = {PASSWORD}\ncafile = {imageio.ca}\n")
+        conf.chmod(0o600)
+        monkeypatch.setenv("OVIRT_CONFIG_FILE", str(conf))
+        yield double
+
+
+def reporter(tmp_path: Path) -> Reporter:
+    r = Reporter(stream=open(tmp_path / "terminal.txt", "a"), verbose=True)  # noqa: SIM115
+    r.attach(tmp_path / "publish.log", tmp_path / "events.jsonl")
+    return r
+
+
+def no_secret(tmp_path: Path) -> None:
+    for f in tmp_path.rglob("*"):
+        if f.is_file() and f.suffix in (".txt", ".log", ".jsonl", ".json"):
+            assert PASSWORD not in f.read_text(errors="replace"), f
+
+
+def test_publish_sends_the_tested_bytes_through_imageio(engine: EngineDouble, imageio, make_build: MakeBuild,
+                                                        tmp_path: Path) -> None:
+    recipe = recipe_for("o-disk")
+    out = make_build(recipe, data_mib=3)
+    qcow2 = out / "o-disk.qcow2"
+    result = publish(recipe, out, to="ovirt", options=Options(ovirt_config="test-engine"),
+                     reporter=reporter(tmp_path))
+    assert result.created and result.method == "imageio"
+    disk = engine.state.disks[result.image_id]
+    assert disk.status == "ok" and disk.name == result.name == "o-disk-v12-20261127T073000-ab12cd"
+    assert f"sha256={hashlib.sha256(qcow2.read_bytes()).hexdigest()}" in disk.description
+    assert disk.format == "cow" and disk.storage_domain == "images"
+    # The volume written by the real ovirt-imageio holds exactly the tested qcow2.
+    assert hashlib.sha256(disk.path.read_bytes()[:qcow2.stat().st_size]).hexdigest() == \
+        hashlib.sha256(qcow2.read_bytes()).hexdigest()
+    assert subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(qcow2), str(disk.path)],
+                          capture_output=True).returncode == 0
+    calls = [c for c in engine.state.calls if "imagetransfers" in c and c.startswith("POST")]
+    assert calls[0].endswith("/imagetransfers") and calls[-1].endswith("/finalize")
+    no_secret(tmp_path)
+
+    again = publish(recipe, out, to="ovirt", options=Options(ovirt_config="test-engine"),
+                    reporter=reporter(tmp_path))
+    assert not again.created and again.image_id == result.image_id and len(engine.state.disks) == 1
+
+
+def test_a_failed_verification_removes_the_disk(engine: EngineDouble, make_build: MakeBuild,
+                                               tmp_path: Path) -> None:
+    engine.state.fail_finalize = True
+    recipe = recipe_for("o-fail")
+    out = make_build(recipe)
+    with pytest.raises(PublishError, match="image transfer .* failed"):
+        publish(recipe, out, to="ovirt", options=Options(ovirt_config="test-engine"),
+                reporter=reporter(tmp_path))
+    assert engine.state.disks == {}
+    assert list((tmp_path / "storage-domain").iterdir()) == []
+
+
+def test_an_interrupted_upload_cancels_the_transfer_and_removes_the_disk(
+        engine: EngineDouble, imageio, make_build: MakeBuild, tmp_path: Path) -> None:
+    recipe = recipe_for("o-interrupt")
+    out = make_build(recipe, data_mib=16)
+    recipe_json = tmp_path / "recipe.json"
+    recipe_json.write_text(recipe.to_json())
+    events = tmp_path / "child.events"
+    proc = subprocess.Popen([sys.executable, str(CHILD), str(out), str(recipe_json), "ovirt",
+                             "--ovirt-config", "test-engine", "--rate", str(6 * 2**20),
+                             "--events", str(events)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while not (events.exists() and '"what": "upload"' in events.read_text()
+               and any(json.loads(line).get("done", 0) > 2**20 for line in events.read_text().splitlines()
+                       if '"upload"' in line)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    ticket = next(iter(engine.state.transfers.values())).ticket
+    assert imageio.get_ticket(ticket) is not None
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert engine.state.disks == {}
+    assert imageio.get_ticket(ticket) is None
+    assert list((tmp_path / "storage-domain").iterdir()) == []
+
+
+def test_template_from_the_uploaded_disk(engine: EngineDouble, make_build: MakeBuild, tmp_path: Path) -> None:
+    base = recipe_for("o-template")
+    recipe = dataclasses.replace(base, publish=dataclasses.replace(
+        base.publish, ovirt=Ovirt(storage_domain="images", template=True)))
+    out = make_build(recipe)
+    result = publish(recipe, out, to="ovirt", options=Options(ovirt_config="test-engine"),
+                     reporter=reporter(tmp_path))
+    (template,) = engine.state.templates.values()
+    assert result.extra["template_id"] == template["id"] and template["name"] == result.name
+    assert template["disks"] == [result.image_id]
+    assert engine.state.vms == {}  # the helper VM is gone, the disk stays
+    assert engine.state.disks[result.image_id].status == "ok"
+
+
+@pytest.mark.unit
+def test_engine_settings_come_from_config_or_environment(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    conf = tmp_path / "ovirt.conf"
+    conf.write_text(f"[prod]\nengine_url = https://engine.example\nusername = u\npassword = {PASSWORD}\n"
+                    f"cafile = {ca}\nstorage_domain = data1\n")
+    monkeypatch.setenv("OVIRT_CONFIG_FILE", str(conf))
+    conf.chmod(0o644)
+    with pytest.raises(PublishError, match="readable by others: chmod 600"):
+        load_engine("prod", Ovirt())
+    conf.chmod(0o600)
+    e = load_engine("prod", Ovirt())
+    assert e.url == "https://engine.example/ovirt-engine/api" and e.storage_domain == "data1"
+    assert PASSWORD not in repr(e) and PASSWORD not in str(e)
+    assert load_engine("prod", Ovirt(storage_domain="fast")).storage_domain == "fast"
+    with pytest.raises(PublishError, match=r"no section \[dev\]"):
+        load_engine("dev", Ovirt())
+    for var in ("OVIRT_URL", "OVIRT_USERNAME", "OVIRT_PASSWORD", "OVIRT_CAFILE", "OVIRT_STORAGE_DOMAIN"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(PublishError, match="engine_url, username, password, cafile missing") as err:
+        load_engine(None, Ovirt())
+    assert PASSWORD not in str(err.value)
+    monkeypatch.setenv("OVIRT_URL", "http://engine.example")
+    monkeypatch.setenv("OVIRT_USERNAME", "u")
+    monkeypatch.setenv("OVIRT_PASSWORD", PASSWORD)
+    monkeypatch.setenv("OVIRT_CAFILE", str(ca))
+    with pytest.raises(PublishError, match="must be https"):
+        load_engine(None, Ovirt(storage_domain="x"))
