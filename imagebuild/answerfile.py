@@ -186,6 +186,10 @@ class _LineTracer(Extension):
             names.append(name)
         idx = names.index(name)
         for tok in stream:
+            if tok.type == "data" and ("\x1e" in tok.value or "\x1f" in tok.value):
+                # They would forge line markers; no answer file needs them.
+                raise jinja2.TemplateSyntaxError("control characters \\x1e and \\x1f are not allowed in "
+                                                 "templates", tok.lineno, stream.name, stream.filename)
             if tok.type == "data" and "\n" in tok.value:
                 parts = tok.value.split("\n")
                 value = "".join(f"{part}\x1e{idx}.{tok.lineno + i}\x1f\n"
@@ -257,6 +261,7 @@ def rewrite_url(url: str, mirrors: Mapping[str, str] | None) -> str:
     return url
 
 
+_BAD_CHAR_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
 _BUILTINS = ("recipe_name", "os_version", "disk_gib", "tree_url", "packages", "root_password_hash",
              "completion_marker", "serial_console")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -276,6 +281,9 @@ def template_variables(recipe: Recipe, *, root_password_hash: str,
         "completion_marker": COMPLETION_MARKER,
         "serial_console": SERIAL_CONSOLE,
     }
+    if _CONTROL_RE.search(values["tree_url"]):
+        raise RecipeError("the tree URL contains control characters", file=_leaf(recipe),
+                          key="install.vm.tree_url")
     for name, value in vm.variables.items():
         key = f"install.vm.variables.{name}"
         if name in _BUILTINS:
@@ -319,6 +327,14 @@ def render_answer_file(recipe: Recipe, *, root_password_hash: str = PLACEHOLDER_
         raise RecipeError(f"rendering failed: {type(exc).__name__}: {what}",
                           file=file or name, line=line) from None
     text, origins = _untrace(raw, env.traced_templates)  # type: ignore[attr-defined]
+    for i, line in enumerate(text.split("\n"), 1):
+        if m := _BAD_CHAR_RE.search(line):
+            # Installers split lines at \n only, while Python (and pykickstart) also split at these:
+            # line numbers would disagree, and no answer file needs them.
+            origin = origins[i - 1] if i <= len(origins) else None
+            raise RecipeError(f"rendered line {i} contains the control character U+{ord(m.group()):04X}; "
+                              "answer files are plain text", file=origin.template if origin else name,
+                              line=origin.line if origin else None)
     return RenderedAnswerFile(kind=kind, name=ANSWER_FILE_NAME[kind], template=name, syntax=syntax,
                               text=text, origins=origins,
                               secrets=(root_password_hash,) if root_password_hash else ())
@@ -391,6 +407,9 @@ def parse_kickstart(text: str, syntax: str = "RHEL7") -> tuple[Any, Findings]:
         except ValueError as exc:  # shlex: unbalanced quotes, raised by pykickstart without a line
             errors.append(Problem("syntax", f"kickstart syntax error ({syntax}): {exc}",
                                   _first_unsplittable_line(text)))
+        except Exception as exc:  # noqa: BLE001 - a pykickstart bug on odd input is still a rejection
+            errors.append(Problem("syntax", f"kickstart syntax error ({syntax}): pykickstart failed: "
+                                  f"{type(exc).__name__}: {exc}", parser.current or None))
     for message, category, line in caught:
         if issubclass(category, KickstartDeprecationWarning):
             warned.append(Problem("deprecated", str(message), line or None))
