@@ -327,8 +327,8 @@ def render_answer_file(recipe: Recipe, *, root_password_hash: str = PLACEHOLDER_
         raise RecipeError(f"rendering failed: {type(exc).__name__}: {what}",
                           file=file or name, line=line) from None
     text, origins = _untrace(raw, env.traced_templates)  # type: ignore[attr-defined]
-    for i, line in enumerate(text.split("\n"), 1):
-        if m := _BAD_CHAR_RE.search(line):
+    for i, rendered_line in enumerate(text.split("\n"), 1):
+        if m := _BAD_CHAR_RE.search(rendered_line):
             # Installers split lines at \n only, while Python (and pykickstart) also split at these:
             # line numbers would disagree, and no answer file needs them.
             origin = origins[i - 1] if i <= len(origins) else None
