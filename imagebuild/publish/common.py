@@ -350,6 +350,14 @@ class UploadStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        # requests sizes a body as len() minus tell(); io's default tell() raises, which would make
+        # it fall back to chunked transfer encoding instead of a Content-Length.
+        return self.sent
+
     def read(self, n: int | None = -1) -> bytes:
         if n is None or n < 0 or n > self.chunk_size:
             n = self.chunk_size

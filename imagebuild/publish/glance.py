@@ -122,8 +122,12 @@ def _delete(images: Images, image_id: str, reporter: Reporter, why: str) -> None
     def gone() -> bool:
         try:
             images.delete_image(image_id, ignore_missing=True)
-        except os_exc.ConflictException:
-            return False  # e.g. still being imported: Glance refuses for a moment
+        except os_exc.HttpException as exc:
+            # 409 while an import task still holds the image; 5xx when Glance is busy failing the
+            # interrupted upload itself (e.g. its database row is locked): both pass, so retry.
+            if exc.status_code == 409 or (exc.status_code or 0) >= 500:
+                return False
+            raise
         try:
             img = images.get_image(image_id)
         except os_exc.NotFoundException:

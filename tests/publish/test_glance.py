@@ -152,7 +152,10 @@ def test_interrupted_upload_leaves_nothing(glance, cloud, make_build: MakeBuild,
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, stderr
     assert "interrupted by " + sig.name in stderr
-    assert images_of(glance, imagebuild_recipe=recipe.name) == []
+    left = images_of(glance, imagebuild_recipe=recipe.name)
+    if left:
+        print(stderr)
+    assert left == [], [(i["id"], i["status"], i["updated_at"]) for i in left]
 
 
 def test_killed_upload_is_cleaned_up_by_the_next_publish(glance, cloud, make_build: MakeBuild,
