@@ -251,10 +251,32 @@ def _leaf(recipe: Recipe) -> str | None:
     return recipe.sources[0] if recipe.sources else None
 
 
+def site_mirrors(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The site's mirror map from ``IMAGEBUILD_MIRRORS``: ``FROM=TO`` URL prefix pairs, space-separated.
+
+    e.g. ``IMAGEBUILD_MIRRORS="http://vault.centos.org/=http://mirror.example/centos-vault/"``. Applied
+    to the install tree and to URL variables of the answer file; the media pins still apply, so a mirror
+    can serve the media but not change it.
+    """
+    env = os.environ if environ is None else environ
+    mirrors: dict[str, str] = {}
+    for pair in env.get("IMAGEBUILD_MIRRORS", "").split():
+        src, sep, dst = pair.partition("=")
+        if not sep or not re.match(r"^(https?|ftp|file)://", src) or not re.match(r"^(https?|file)://", dst):
+            raise RecipeError(f"IMAGEBUILD_MIRRORS: '{pair}' is not FROM_URL=TO_URL",
+                              key="IMAGEBUILD_MIRRORS")
+        mirrors[src] = dst
+    return mirrors
+
+
+def resolve_mirrors(mirrors: Mapping[str, str] | None) -> Mapping[str, str]:
+    """``None`` means the site's map (``IMAGEBUILD_MIRRORS``); pass ``{}`` for none."""
+    return site_mirrors() if mirrors is None else mirrors
+
+
 def rewrite_url(url: str, mirrors: Mapping[str, str] | None) -> str:
-    """Apply the site's mirror map (longest matching prefix wins); see ``media.site_mirrors``."""
-    if not mirrors:
-        return url
+    """Apply a mirror map (longest matching prefix wins); ``None`` means the site's map."""
+    mirrors = resolve_mirrors(mirrors)
     for prefix in sorted(mirrors, key=len, reverse=True):
         if url.startswith(prefix):
             return mirrors[prefix] + url[len(prefix):]
@@ -271,6 +293,7 @@ def template_variables(recipe: Recipe, *, root_password_hash: str,
                        mirrors: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What a template sees: the built-ins below plus the recipe's ``[install.vm.variables]``."""
     vm = recipe.install.vm
+    mirrors = resolve_mirrors(mirrors)
     values: dict[str, Any] = {
         "recipe_name": recipe.name,
         "os_version": recipe.image.os_version,
@@ -982,14 +1005,19 @@ def validate_recipe(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, for_b
 
 def prepare_answer_file(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *,
                         mirrors: Mapping[str, str] | None = None,
-                        environ: Mapping[str, str] | None = None) -> RenderedAnswerFile:
-    """The real answer file for a build: password read and hashed, rendered, parsed and linted."""
+                        environ: Mapping[str, str] | None = None,
+                        salt: str | None = None) -> RenderedAnswerFile:
+    """The real answer file for a build: password read and hashed, rendered, parsed and linted.
+
+    The hash gets a random salt unless ``salt`` is given, so the text differs from build to build;
+    a stage cache key should use ``redacted()`` (or pass a stable salt).
+    """
     vm = recipe.install.vm
     password = read_root_password(recipe, environ=environ, reporter=reporter)
     if password is None:
         raise RecipeError(f"no root password: set {root_password_source(vm)}", file=_leaf(recipe),
                           key="install.vm.root_password_env")
-    hashed = hash_password(password, reporter=reporter)
+    hashed = hash_password(password, reporter=reporter, salt=salt)
     del password
     rendered = render_answer_file(recipe, root_password_hash=hashed, mirrors=mirrors)
     for w in check_answer_file(rendered, required_packages=recipe.packages.all):

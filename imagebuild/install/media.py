@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import InstallFailed, RecipeError
+from ..answerfile import rewrite_url, site_mirrors  # noqa: F401 - site_mirrors is re-exported
+from ..errors import InstallFailed
 from ..events import NULL_REPORTER, Reporter
 from ..recipe import Family, Recipe
 
@@ -66,31 +67,6 @@ def media_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     if env.get("IMAGEBUILD_CACHE"):
         return Path(env["IMAGEBUILD_CACHE"]).expanduser() / "media"
     return Path("~/.cache/imagebuild/media").expanduser()
-
-
-def site_mirrors(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The site's mirror map from ``IMAGEBUILD_MIRRORS``: ``FROM=TO`` URL prefix pairs, space-separated.
-
-    e.g. ``IMAGEBUILD_MIRRORS="http://vault.centos.org/=http://mirror.example/centos-vault/"``. Applied
-    to the install tree and to URL variables of the answer file; the pins still apply, so a mirror can
-    serve the media but not change it.
-    """
-    env = os.environ if environ is None else environ
-    mirrors: dict[str, str] = {}
-    for pair in env.get("IMAGEBUILD_MIRRORS", "").split():
-        src, sep, dst = pair.partition("=")
-        if not sep or not re.match(r"^(https?|ftp|file)://", src) or not re.match(r"^(https?|file)://", dst):
-            raise RecipeError(f"IMAGEBUILD_MIRRORS: '{pair}' is not FROM_URL=TO_URL",
-                              key="IMAGEBUILD_MIRRORS")
-        mirrors[src] = dst
-    return mirrors
-
-
-def rewrite_url(url: str, mirrors: Mapping[str, str] | None) -> str:
-    """Apply a mirror map (longest matching prefix wins)."""
-    from ..answerfile import rewrite_url as _rewrite
-
-    return _rewrite(url, mirrors)
 
 
 # -- hashing and downloading ---------------------------------------------------------------------

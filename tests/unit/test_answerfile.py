@@ -435,3 +435,14 @@ def test_describe_debian_preseed_plan():
 def test_recipe_kernel_args_are_appended():
     plan = describe_vm_install(with_vm(load_recipe("centos7"), kernel_args=("inst.sshd=0",)))
     assert plan["kernel_args"][-1] == "inst.sshd=0"
+
+
+def test_site_mirror_map_defaults_to_the_environment(monkeypatch):
+    monkeypatch.setenv("IMAGEBUILD_MIRRORS", "http://vault.centos.org/=http://mirror.site.example/vault/")
+    recipe = load_recipe("centos7")
+    assert "url --url=http://mirror.site.example/vault/7.9.2009/os/x86_64/" in render_answer_file(recipe).text
+    assert describe_vm_install(recipe)["tree_url"] == "http://mirror.site.example/vault/7.9.2009/os/x86_64/"
+    assert describe_vm_install(recipe, mirrors={})["tree_url"] == "http://vault.centos.org/7.9.2009/os/x86_64/"
+    monkeypatch.setenv("IMAGEBUILD_MIRRORS", "nonsense")
+    with pytest.raises(RecipeError, match="IMAGEBUILD_MIRRORS"):
+        validate_recipe(recipe)
