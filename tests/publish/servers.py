@@ -390,6 +390,12 @@ def main(argv: list[str]) -> int:
         print("usage: servers.py glance [PORT]", file=sys.stderr)
         return 2
     port = int(argv[2]) if len(argv) > 2 else 9292
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for s in (signal.SIGINT, signal.SIGTERM):  # also when started in the background (SIGINT ignored)
+        signal.signal(s, stop)
     with GlanceServer(port=port) as g:
         print(f"Glance (images API v2) at {g.endpoint}, data in {g.dir}; Ctrl-C stops it.")
         print("clouds.yaml for it (cloud name test-glance):\n")
