@@ -188,9 +188,13 @@ def check_machine_id(agent: Agent, ctx: CheckContext) -> Check:
 def check_ssh_hostkeys(agent: Agent, ctx: CheckContext) -> Check:
     rc, out, _ = agent.exec(["sh", "-c", "ls /etc/ssh/ssh_host_*_key"])
     keys = out.split()
-    return Check("ssh-hostkeys", rc == 0 and bool(keys),
-                 f"regenerated: {' '.join(k.rsplit('/', 1)[-1] for k in keys)}" if keys
-                 else "no SSH host keys after boot")
+    if rc != 0 or not keys:
+        return Check("ssh-hostkeys", False, "no SSH host keys after boot")
+    # the fingerprint lets two clones be compared: each must have made its own keys
+    _, fp, _ = agent.exec(["ssh-keygen", "-l", "-f", keys[-1] + ".pub"])
+    fingerprint = fp.split()[1] if len(fp.split()) > 1 else "?"
+    return Check("ssh-hostkeys", True, f"regenerated: {' '.join(k.rsplit('/', 1)[-1] for k in keys)}; "
+                                       f"{keys[-1].rsplit('/', 1)[-1]} {fingerprint}")
 
 
 CHECKS: tuple[CheckFn, ...] = (check_system_running, check_fresh_mac, check_dhcp, check_single_root,

@@ -44,7 +44,8 @@ class Reporter:
         line = "  " * self._depth + message
         with self._lock:
             print(line, file=self.stream, flush=True)
-        self.log(message)
+            if self._log is not None:
+                self._log.write(f"{time.strftime('%H:%M:%S')} {message}\n")
 
     def log(self, message: str) -> None:
         """A line for the build log only (and the terminal with --verbose)."""
@@ -86,4 +87,12 @@ class Reporter:
         self.event("step", name=name, state="done", seconds=round(elapsed, 2))
 
 
-NULL_REPORTER = Reporter(stream=open("/dev/null", "w"))  # noqa: SIM115 - lives for the process
+class _Null:
+    def write(self, _text: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+
+NULL_REPORTER = Reporter(stream=_Null())  # type: ignore[arg-type]

@@ -161,6 +161,9 @@ def layout_problems(guest: Guest) -> list[str]:
         desc = ", ".join(f"{d} ({t})" for d, t in real.items()) or "none"
         problems.append(f"expected exactly one filesystem, found {len(real)}: {desc}")
     parts = g.list_partitions()
+    whole = [d for d in real if d in g.list_devices()]
+    if whole:
+        problems.append(f"filesystem on the whole disk {', '.join(whole)}: expected an MBR with one partition")
     if len(parts) > 1:
         problems.append(f"expected one partition, found {len(parts)}: {', '.join(parts)}")
     return problems

@@ -27,8 +27,16 @@ from .manifest import write_manifest, write_sha256sums
 from .recipe import Recipe, load_recipe, to_data
 from .run import require_tools, signals_raise
 from .sparsify import compress, hash_file
-from .workspace import (Build, clean_stale, create_work_dir, new_build_id, output_root, publish_output,
-                        remove_tree, work_root)
+from .workspace import (
+    Build,
+    clean_stale,
+    create_work_dir,
+    new_build_id,
+    output_root,
+    publish_output,
+    remove_tree,
+    work_root,
+)
 
 COMMON_TOOLS = {"qemu-img": "convert, check and overlay images",
                 "qemu-system-x86_64": "run guests (boot test, KVM probe, libguestfs appliance)",

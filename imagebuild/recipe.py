@@ -12,7 +12,6 @@ import json
 import os
 import re
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from enum import StrEnum

@@ -17,11 +17,11 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import TypeVar
 
 from .errors import BuildInterrupted, CommandFailed, ToolMissing
 from .events import NULL_REPORTER, Reporter
@@ -88,6 +88,14 @@ def stop_process_group(proc: subprocess.Popen[str], grace: float = STOP_GRACE_SE
         proc.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the build process dies (even by SIGKILL), so no tool
+    outlives a killed build. (PR_SET_PDEATHSIG = 1; tied to the forking thread: run() from the main
+    thread.)"""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
 def run(argv: Sequence[str | os.PathLike[str]], *, reporter: Reporter = NULL_REPORTER,
         check: bool = True, timeout: float | None = None, env: Mapping[str, str] | None = None,
         input: str | None = None, cwd: Path | None = None, purpose: str = "",
@@ -108,7 +116,7 @@ def run(argv: Sequence[str | os.PathLike[str]], *, reporter: Reporter = NULL_REP
         proc = subprocess.Popen(
             args, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
-            env=clean_env(env), cwd=cwd, start_new_session=True)
+            env=clean_env(env), cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
     except FileNotFoundError:
         raise ToolMissing(f"'{args[0]}' was not found on PATH"
                           + (f"; it is needed to {purpose}" if purpose else "")) from None

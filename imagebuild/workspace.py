@@ -20,7 +20,7 @@ from typing import Any
 from .accel import AccelChoice
 from .errors import PreflightError
 from .events import Reporter
-from .procs import pid_alive
+from .procs import pid_alive, processes_mentioning, stop_processes
 from .recipe import PROJECT_ROOT, Recipe
 from .run import run
 
@@ -145,6 +145,10 @@ def clean_stale(reporter: Reporter) -> list[str]:
                 dead.append(work.name)
                 for name in destroy_domains(DOMAIN_PREFIX + work.name, reporter):
                     removed.append(f"libvirt domain {name}")
+                orphans = processes_mentioning(str(work.resolve()))
+                if orphans:
+                    stop_processes(orphans)
+                    removed.append(f"processes {' '.join(map(str, orphans))}")
                 remove_tree(work, reporter)
                 removed.append(f"work dir {work}")
     out = output_root()

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import InstallFailed
+from ..errors import CustomizeFailed, InstallFailed
 from ..guest import Guest
 from ..recipe import Backend, Recipe
 from ..run import run
@@ -102,8 +102,24 @@ class BootstrapInstaller:
             run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), "-U", root_uuid, "-L", "root",
                  "-E", f"offset={PART_START},root_owner=0:0", str(disk), f"{fs_kib}k"],
                 reporter=rep, purpose="write the root tree into the partition")
+            self._check_disk(disk, root_uuid, build)
         remove_tree(rootfs, rep)
         build.disk, build.disk_format = disk, "raw"
+
+    def _check_disk(self, disk: Path, root_uuid: str, build: Build) -> None:
+        """The partition table and the filesystem must be where the bootloader will look for them."""
+        table = run(["sfdisk", "--dump", str(disk)], reporter=build.reporter, check=False,
+                    purpose="verify the partition table").stdout
+        probe = run(["blkid", "-p", "-o", "export", "-O", str(PART_START), str(disk)], reporter=build.reporter,
+                    check=False, purpose="verify the root filesystem").stdout
+        whole = run(["blkid", "-p", "-o", "export", str(disk)], reporter=build.reporter, check=False,
+                    purpose="verify nothing but the partition table is at the disk start").stdout
+        if "label: dos" not in table or "start=        2048" not in table:
+            raise InstallFailed(f"the assembled disk has no MBR partition at 1 MiB:\n{table}")
+        if f"UUID={root_uuid}" not in probe:
+            raise InstallFailed(f"no ext4 filesystem {root_uuid} at 1 MiB in the assembled disk:\n{probe}")
+        if "PTTYPE=dos" not in whole:
+            raise InstallFailed(f"the disk start does not read as an MBR disk:\n{whole}")
 
     def _configure(self, root: Path, root_uuid: str, build: Build) -> None:
         def write(rel: str, text: str, mode: int = 0o644) -> None:
@@ -129,5 +145,20 @@ class BootstrapInstaller:
     def finalize(self, guest: Guest, build: Build) -> None:
         # grub from the image itself, so the boot code matches the grub.cfg and modules it reads.
         device = guest.g.list_devices()[0]
-        guest.command(["grub-install", "--target=i386-pc", device], purpose="install the boot loader")
+        if guest.root_device != device + "1":
+            raise InstallFailed(f"the root filesystem is on {guest.root_device}, expected {device}1")
+        try:
+            guest.command(["grub-install", "--target=i386-pc", device], purpose="install the boot loader")
+        except CustomizeFailed as first:
+            # Seen once under heavy load: grub-probe inside the appliance did not relate the root
+            # partition to its disk. Record what grub sees, and try once more.
+            build.reporter.info("grub-install failed; recording what grub sees and retrying once")
+            diag = guest.command(["sh", "-c", "grub-probe -v --target=drive /boot/grub 2>&1 | tail -n 20; "
+                                  "ls -l /dev/sd* /sys/dev/block/ 2>&1; cat /proc/self/mountinfo"],
+                                 purpose="diagnose grub-install")
+            build.reporter.log(diag)
+            try:
+                guest.command(["grub-install", "--target=i386-pc", device], purpose="install the boot loader")
+            except CustomizeFailed:
+                raise InstallFailed(f"grub-install failed twice: {first}\n--- what grub saw ---\n{diag}") from None
         guest.command(["update-grub"], purpose="write grub.cfg (serial console, root by UUID)")

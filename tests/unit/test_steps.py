@@ -21,7 +21,7 @@ def test_every_step_is_well_formed():
     steps = all_steps()
     names = [s.name for s in steps]
     assert len(names) == len(set(names))
-    assert REQUIRED <= set(names)
+    assert set(names) >= REQUIRED
     for s in steps:
         assert STEP_NAME.match(s.name), s.name
         assert s.summary and "\n" not in s.summary and len(s.summary) < 140

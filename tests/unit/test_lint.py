@@ -1,0 +1,27 @@
+"""Linters are part of the suite (ruff); they run on the whole project in a couple of seconds."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ..conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or str(ROOT / ".venv/bin/ruff")
+    res = subprocess.run([ruff, "check", "--output-format", "concise", "imagebuild", "tasks.py", "tests"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_tasks_module_imports_and_lists():
+    res = subprocess.run([sys.executable, "-m", "invoke", "--list"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    for task in ("build", "list", "show", "validate", "steps", "boot-test", "clean", "test"):
+        assert task in res.stdout

@@ -1,0 +1,126 @@
+"""Interrupts and kills at real stages leave nothing behind: no domain, no qemu, no mount, no scratch
+dir, no file under a final artifact name. Each test runs `invoke` as a user would, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imagebuild.procs import processes_mentioning
+from imagebuild.workspace import DOMAIN_PREFIX, mounts_below
+
+from ..conftest import ROOT, run_invoke
+
+pytestmark = pytest.mark.vm
+
+
+def start_invoke(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def our_domains(prefix: str) -> list[str]:
+    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return [d for d in out if d.startswith(prefix)]
+
+
+def assert_nothing_left(env: dict[str, str], recipe: str) -> None:
+    work, out = Path(env["IMAGEBUILD_WORK"]), Path(env["IMAGEBUILD_OUTPUT"])
+    assert our_domains(DOMAIN_PREFIX + recipe) == []
+    assert processes_mentioning(str(work)) == []
+    assert mounts_below(work) == [] if work.exists() else True
+    assert not work.exists() or list(work.iterdir()) == [], list(work.iterdir())
+    assert not list(out.glob(".tmp-*")) if out.exists() else True
+    assert not (out / recipe / f"{recipe}.qcow2").exists()
+
+
+@pytest.fixture
+def fresh_env(tmp_path):
+    env = dict(os.environ)
+    env["IMAGEBUILD_OUTPUT"] = str(tmp_path / "output")
+    env["IMAGEBUILD_WORK"] = str(tmp_path / "work")
+    return env
+
+
+def _wait_for_mmdebstrap(env: dict[str, str]) -> None:
+    work = Path(env["IMAGEBUILD_WORK"])
+    wait_for(lambda: any("mmdebstrap" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+                         for p in processes_mentioning(str(work)) if Path(f"/proc/{p}").exists()),
+             120, "mmdebstrap to start")
+    time.sleep(5)  # let it get into package extraction, where it has mounts and files open
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_install_cleans_up(fresh_env, sig):
+    p = start_invoke(["build", "debian12"], fresh_env)
+    _wait_for_mmdebstrap(fresh_env)
+    t = time.monotonic()
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + sig, err
+    assert time.monotonic() - t < 30
+    assert "interrupted by" in err
+    assert_nothing_left(fresh_env, "debian12")
+    failed = list((Path(fresh_env["IMAGEBUILD_OUTPUT"]) / "failed").glob("debian12-*/build.log"))
+    assert len(failed) == 1 and "mmdebstrap" in failed[0].read_text()
+
+
+def test_killed_build_is_cleaned_by_the_next_clean(fresh_env):
+    p = start_invoke(["build", "debian12"], fresh_env)
+    _wait_for_mmdebstrap(fresh_env)
+    p.kill()  # SIGKILL: nothing runs in-process; children get SIGTERM via PR_SET_PDEATHSIG
+    p.communicate(timeout=30)
+    work = Path(fresh_env["IMAGEBUILD_WORK"])
+    assert list(work.iterdir()), "a killed build leaves its work dir for `clean` to find"
+    wait_for(lambda: processes_mentioning(str(work)) == [], 60, "the build's children to exit")
+    res = run_invoke(["clean"], fresh_env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "work dir" in res.stderr and "removed" in res.stdout
+    assert_nothing_left(fresh_env, "debian12")
+    again = run_invoke(["clean"], fresh_env, timeout=120)
+    assert again.returncode == 0 and "removed 0 leftover(s)" in again.stdout
+
+
+def test_sigint_during_boot_test_destroys_the_domain(built_debian12, fresh_env):
+    image = built_debian12 / "debian12.qcow2"
+    before = image.stat().st_mtime_ns
+    p = start_invoke(["boot-test", str(image)], fresh_env)
+    wait_for(lambda: our_domains(DOMAIN_PREFIX + "debian12-boottest"), 120, "the boot-test domain")
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert our_domains(DOMAIN_PREFIX + "debian12-boottest") == []
+    assert_nothing_left(fresh_env, "debian12-boottest")
+    assert image.stat().st_mtime_ns == before
+
+
+def test_boot_test_task_passes_on_the_built_image(built_debian12, fresh_env):
+    res = run_invoke(["boot-test", str(built_debian12 / "debian12.qcow2")], fresh_env, timeout=900)
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout)
+    assert result["passed"] and all(c["ok"] for c in result["checks"])
+    # a second clone of the same image: a different MAC and machine-id than the build's own boot test
+    m = json.loads((built_debian12 / "manifest.json").read_text())
+    first = {c["name"]: c["detail"] for c in m["boot_test"]["checks"]}
+    second = {c["name"]: c["detail"] for c in result["checks"]}
+    assert result["mac"] != m["boot_test"]["mac"]
+    assert first["machine-id"] != second["machine-id"]
+    assert first["ssh-hostkeys"].split(";")[1] != second["ssh-hostkeys"].split(";")[1]  # fingerprints
