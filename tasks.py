@@ -88,7 +88,7 @@ def validate(c, recipe):
     """Check a recipe, its answer file and the host tools, without downloading or booting anything."""
     from imagebuild.pipeline import validate as run_validate
     from imagebuild.recipe import load_recipe
-    run_validate(load_recipe(recipe))
+    run_validate(load_recipe(recipe), Reporter())
     print(f"{recipe}: ok")
 
 
@@ -184,3 +184,13 @@ def publish(c, recipe, to="glance", cloud=None, ovirt_config=None, force=False, 
                          options=Options(cloud=cloud, ovirt_config=ovirt_config,
                                          rate_limit=parse_rate(limit_rate)))
     print(json.dumps(result.to_json(), indent=2))
+
+
+@task(help={"recipe": "a VM-install recipe"})
+@edge
+def pin(c, recipe):
+    """Download a VM recipe's installer kernel and initrd and print their sha256, to verify and pin."""
+    from imagebuild.install.media import pin_boot_files
+    from imagebuild.recipe import load_recipe
+    pins = pin_boot_files(load_recipe(recipe), reporter=Reporter())
+    print("\n".join(f'{k} = "{v}"' for k, v in pins.items()))

@@ -232,6 +232,12 @@ def _environment(dirs: Sequence[Path]) -> jinja2.Environment:
 
 
 def answer_file_kind(recipe: Recipe) -> AnswerFileKind:
+    """The template's suffix names the installer (recipe validation allows only these two)."""
+    template = recipe.install.vm.template
+    if template.endswith(".ks.j2"):
+        return AnswerFileKind.KICKSTART
+    if template.endswith(".preseed.j2"):
+        return AnswerFileKind.PRESEED
     return AnswerFileKind.KICKSTART if recipe.image.family is Family.EL else AnswerFileKind.PRESEED
 
 
@@ -240,7 +246,7 @@ def kickstart_syntax(recipe: Recipe) -> str:
     from pykickstart.version import versionMap
 
     major = recipe.image.os_version.split(".")[0]
-    name = f"RHEL{major}"
+    name = recipe.install.vm.kickstart_syntax or f"RHEL{major}"
     if name not in versionMap:
         raise RecipeError(f"pykickstart has no kickstart syntax '{name}' for os_version "
                           f"'{recipe.image.os_version}'", file=_leaf(recipe), key="image.os_version")
@@ -973,7 +979,10 @@ def validate_recipe(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, for_b
     vm = recipe.install.vm
     problems: list[str] = []
     for key in ("kernel_sha256", "initrd_sha256"):
-        if not getattr(vm, key):
+        if not getattr(vm, key) and vm.media_trust == "first-use":
+            problems.append(f"install.vm.{key} is not pinned: the media will be trusted on first use and "
+                            "held to that hash afterwards (install.vm.media_trust = 'first-use')")
+        elif not getattr(vm, key):
             msg = (f"install.vm.{key} is not pinned: a build boots only pinned media (run the media pin "
                    "helper, verify the values and write them into the recipe)")
             if for_build:

@@ -20,7 +20,7 @@ from . import customize as cz
 from .accel import choose_accel
 from .boottest import boot_test
 from .errors import BuildInterrupted, ImageBuildError, PreflightError
-from .events import Reporter
+from .events import NULL_REPORTER, Reporter
 from .guest import open_guest
 from .install import installer_for
 from .manifest import write_manifest, write_sha256sums
@@ -45,11 +45,11 @@ WORK_SPACE_GIB = 4      # root tree + working disk + compressed copy, for a ~1 G
 OUTPUT_SPACE_GIB = 1
 
 
-def validate(recipe: Recipe) -> None:
+def validate(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, for_build: bool = False) -> None:
     """Everything checkable before any download, disk file or VM: tools, answer files, step names."""
     installer = installer_for(recipe)
     require_tools({**COMMON_TOOLS, **installer.tools(recipe)})
-    installer.validate(recipe, None)
+    installer.validate(recipe, reporter, for_build=for_build)
     cz.selected_steps(recipe)
 
 
@@ -88,7 +88,7 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
     if recipe.abstract:
         raise ImageBuildError(f"recipe '{recipe.name}' is abstract (a base for others to extend); "
                               "build one that extends it")
-    validate(recipe)
+    validate(recipe, reporter, for_build=True)
     installer = installer_for(recipe)
     steps = cz.selected_steps(recipe)
     with signals_raise(), ExitStack() as stack:

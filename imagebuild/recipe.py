@@ -91,6 +91,8 @@ class VMInstall:
     root_password_env: str = "IMAGEBUILD_ROOT_PASSWORD"
     root_password_file: str = ""
     kernel_args: tuple[str, ...] = ()  # appended to the installer's kernel command line
+    kickstart_syntax: str = ""         # pykickstart version (e.g. RHEL7); default RHEL<os major> for EL
+    media_trust: str = "pinned"        # "pinned": refuse unpinned media; "first-use": record the first hash
 
 
 @dataclass(frozen=True)
@@ -441,9 +443,14 @@ def _validate_vm(recipe: Recipe, check: Any) -> None:
     """The VM backend's rules (answer-file contents are checked by ``answerfile.validate_recipe``)."""
     vm = recipe.install.vm
     check(bool(vm.template), "install.vm.template", "a VM install needs an answer-file template")
-    suffix = ".ks.j2" if recipe.image.family is Family.EL else ".preseed.j2"
-    check(vm.template.endswith(suffix), "install.vm.template",
-          f"a {recipe.image.family} install takes a '*{suffix}' template, not '{vm.template}'")
+    # The template's suffix names the installer: a kickstart drives anaconda (or anything that reads
+    # one, like the tests' scripted installer), a preseed drives debian-installer.
+    check(vm.template.endswith((".ks.j2", ".preseed.j2")), "install.vm.template",
+          f"an answer-file template is a '*.ks.j2' kickstart or a '*.preseed.j2' preseed, not '{vm.template}'")
+    check(not vm.template.endswith(".preseed.j2") or recipe.image.family is Family.DEBIAN,
+          "install.vm.template", "a preseed drives debian-installer: only for family 'debian'")
+    check(not vm.template.endswith(".ks.j2") or recipe.image.family is Family.EL or bool(vm.kickstart_syntax),
+          "install.vm.kickstart_syntax", "a kickstart for a non-EL family must name its pykickstart syntax")
     check(bool(re.match(r"^(https?|file)://", vm.tree_url)), "install.vm.tree_url",
           "must be the http(s) or file URL of an install tree")
     for key in ("kernel", "initrd"):
@@ -457,6 +464,7 @@ def _validate_vm(recipe: Recipe, check: Any) -> None:
     for name in vm.variables:
         check(VARIABLE_RE.match(name) is not None, f"install.vm.variables.{name}",
               "variable names are identifiers (letters, digits, _)")
+    check(vm.media_trust in ("pinned", "first-use"), "install.vm.media_trust", "must be 'pinned' or 'first-use'")
     check(vm.memory_mib >= 512, "install.vm.memory_mib", "must be at least 512")
     check(1 <= vm.vcpus <= 64, "install.vm.vcpus", "must be between 1 and 64")
     check(vm.inactivity_seconds >= 30, "install.vm.inactivity_seconds", "must be at least 30")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol
 
+from ..events import Reporter
 from ..guest import Guest
 from ..recipe import Backend, Recipe
 from ..workspace import Build
@@ -21,8 +22,9 @@ class Installer(Protocol):
         """Host programs needed, each with what it is needed for."""
         ...
 
-    def validate(self, recipe: Recipe, build: Build | None) -> None:
-        """Everything that can be checked before a download or a VM starts."""
+    def validate(self, recipe: Recipe, reporter: Reporter, *, for_build: bool) -> None:
+        """Everything that can be checked before a download or a VM starts (``for_build``: also what a
+        real build needs, such as pinned media and the root password)."""
         ...
 
     def describe(self, recipe: Recipe) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import CustomizeFailed, InstallFailed
+from ..events import Reporter
 from ..guest import Guest
 from ..recipe import Backend, Recipe
 from ..run import run
@@ -71,7 +72,7 @@ class BootstrapInstaller:
                 "sfdisk": "write the MBR partition table", "mkfs.ext4": "write the root tree into the disk",
                 "systemctl": "enable units in the tree offline (systemctl --root)"}
 
-    def validate(self, recipe: Recipe, build: Build | None) -> None:
+    def validate(self, recipe: Recipe, reporter: Reporter, *, for_build: bool) -> None:
         return None  # recipe.validate already checked suite, mirror, variant and package names
 
     def describe(self, recipe: Recipe) -> dict[str, Any]:

@@ -316,6 +316,8 @@ class BootMedia:
     kernel_url: str
     initrd_url: str
     checksum_source: str         # which index was cross-checked, or "" if the tree had none
+    kernel_sha256: str = ""      # what was verified (the pin, or the first-use record)
+    initrd_sha256: str = ""
 
 
 def resolve_boot_files(recipe: Recipe, *, mirrors: Mapping[str, str] | None = None,
@@ -364,17 +366,67 @@ def resolve_boot_files(recipe: Recipe, *, mirrors: Mapping[str, str] | None = No
 def fetch_boot_files(recipe: Recipe, *, cache_dir: Path | None = None,
                      mirrors: Mapping[str, str] | None = None, reporter: Reporter = NULL_REPORTER,
                      timeout: float = 60.0) -> BootMedia:
-    """Fetch (or take from the cache, re-verified) the installer kernel and initrd a recipe boots."""
+    """Fetch (or take from the cache, re-verified) the installer kernel and initrd a recipe boots.
+
+    Unpinned media are refused, unless the recipe opts into ``install.vm.media_trust = "first-use"``:
+    then the first download's sha256 is recorded in the cache (``first-use-pins.json``) and every later
+    build verifies against it, as SSH does with host keys; the manifest records the hash either way.
+    """
+    root = cache_dir if cache_dir is not None else media_cache_dir()
     kernel, initrd, source = resolve_boot_files(recipe, mirrors=mirrors, reporter=reporter, timeout=timeout)
+    resolved = []
     for bf in (kernel, initrd):
         if not bf.sha256:
-            hint = f" The tree's {source} lists {bf.listed_sha256}." if bf.listed_sha256 else ""
-            raise MediaError(f"install.vm.{bf.role}_sha256 is not pinned: a build boots only pinned "
-                             f"media.{hint} Verify the value (pin_boot_files downloads and hashes it) "
-                             "and write it into the recipe.")
-    paths = [fetch(bf.url, bf.sha256, cache_dir=cache_dir, reporter=reporter, timeout=timeout)
-             for bf in (kernel, initrd)]
-    return BootMedia(paths[0], paths[1], kernel.url, initrd.url, source)
+            if recipe.install.vm.media_trust != "first-use":
+                hint = f" The tree's {source} lists {bf.listed_sha256}." if bf.listed_sha256 else ""
+                raise MediaError(f"install.vm.{bf.role}_sha256 is not pinned: a build boots only pinned "
+                                 f"media.{hint} Verify the value (pin_boot_files downloads and hashes it) "
+                                 "and write it into the recipe.")
+            bf = _first_use(bf, root, reporter=reporter, timeout=timeout)
+        resolved.append(bf)
+    paths = [fetch(bf.url, bf.sha256, cache_dir=root, reporter=reporter, timeout=timeout) for bf in resolved]
+    return BootMedia(paths[0], paths[1], kernel.url, initrd.url, source, resolved[0].sha256, resolved[1].sha256)
+
+
+def _first_use(bf: BootFile, root: Path, *, reporter: Reporter, timeout: float) -> BootFile:
+    import dataclasses
+    import json
+    store = root / "first-use-pins.json"
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / ".first-use.lock", reporter):
+        pins = json.loads(store.read_text()) if store.exists() else {}
+        if bf.url in pins:
+            reporter.info(f"warning: {bf.role} {bf.url} is not pinned in the recipe; verifying against the "
+                          f"sha256 recorded at its first use ({pins[bf.url]})")
+            return dataclasses.replace(bf, sha256=pins[bf.url])
+        digest = _download_unverified(bf, root, reporter=reporter, timeout=timeout, source="")
+        pins[bf.url] = digest
+        tmp = store.with_suffix(".partial")
+        tmp.write_text(json.dumps(pins, indent=2, sort_keys=True))
+        os.replace(tmp, store)
+    reporter.info(f"warning: {bf.role} {bf.url} is not pinned in the recipe; trusting it on first use and "
+                  f"recording sha256 {digest} (pin it in the recipe: install.vm.{bf.role}_sha256)")
+    return dataclasses.replace(bf, sha256=digest)
+
+
+def _download_unverified(bf: BootFile, root: Path, *, reporter: Reporter, timeout: float, source: str) -> str:
+    """Download a file with no pin into the cache under its own hash; returns the hash."""
+    scratch = root / "unverified"
+    scratch.mkdir(parents=True, exist_ok=True)
+    part = scratch / f"{uuid.uuid4().hex}-{_file_name(bf.url)}.part"
+    try:
+        _download(bf.url, part, reporter=reporter, timeout=timeout, attempts=4)
+        digest = sha256_file(part)
+        if bf.listed_sha256 and digest != bf.listed_sha256:
+            raise ChecksumMismatch(f"{bf.url}: sha256 is {digest}, but the tree's {source or 'index'} lists "
+                                   f"{bf.listed_sha256}; the download was deleted")
+        slot = root / "sha256" / digest
+        slot.mkdir(parents=True, exist_ok=True)
+        with _locked(slot / ".lock", reporter):
+            os.replace(part, slot / _file_name(bf.url))
+    finally:
+        part.unlink(missing_ok=True)
+    return digest
 
 
 def pin_boot_files(recipe: Recipe, *, cache_dir: Path | None = None,
@@ -390,21 +442,7 @@ def pin_boot_files(recipe: Recipe, *, cache_dir: Path | None = None,
     kernel, initrd, source = resolve_boot_files(recipe, mirrors=mirrors, reporter=reporter, timeout=timeout)
     pins: dict[str, str] = {}
     for bf in (kernel, initrd):
-        scratch = root / "unverified"
-        scratch.mkdir(parents=True, exist_ok=True)
-        part = scratch / f"{uuid.uuid4().hex}-{_file_name(bf.url)}.part"
-        try:
-            _download(bf.url, part, reporter=reporter, timeout=timeout, attempts=4)
-            digest = sha256_file(part)
-            if bf.listed_sha256 and digest != bf.listed_sha256:
-                raise ChecksumMismatch(f"{bf.url}: sha256 is {digest}, but the tree's {source} lists "
-                                       f"{bf.listed_sha256}; the download was deleted")
-            slot = root / "sha256" / digest
-            slot.mkdir(parents=True, exist_ok=True)
-            with _locked(slot / ".lock", reporter):
-                os.replace(part, slot / _file_name(bf.url))
-        finally:
-            part.unlink(missing_ok=True)
+        digest = _download_unverified(bf, root, reporter=reporter, timeout=timeout, source=source)
         origin = f" (matches the tree's {source})" if bf.listed_sha256 else " (the tree lists no checksum)"
         reporter.info(f"{bf.role} {bf.url}: sha256 {digest}{origin}")
         pins[f"{bf.role}_sha256"] = digest

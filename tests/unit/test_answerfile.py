@@ -383,7 +383,7 @@ def test_password_canary_never_leaves_the_hash(tmp_path, monkeypatch):
 
 
 def test_build_requires_password_and_pins():
-    recipe = load_recipe("centos7")
+    recipe = with_vm(load_recipe("centos7"), media_trust="pinned")
     with pytest.raises(RecipeError) as info:
         validate_recipe(recipe, for_build=True, environ={"IMAGEBUILD_ROOT_PASSWORD": "pw"})
     assert info.value.key == "install.vm.kernel_sha256"
@@ -398,9 +398,12 @@ def test_build_requires_password_and_pins():
 
 def test_validate_without_password_only_warns():
     out = io.StringIO()
-    validate_recipe(load_recipe("centos7"), Reporter(out), environ={})
+    validate_recipe(with_vm(load_recipe("centos7"), media_trust="pinned"), Reporter(out), environ={})
     assert "warning: no root password" in out.getvalue()
     assert "warning: install.vm.kernel_sha256 is not pinned" in out.getvalue()
+    out = io.StringIO()
+    validate_recipe(load_recipe("centos7"), Reporter(out), environ={})
+    assert "trusted on first use" in out.getvalue()
 
 
 # -- the plan ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.server
+import json
 import os
 import random
 import threading
@@ -154,7 +155,7 @@ def cache(tmp_path):
 def el_recipe(server: TreeServer, **changes):
     recipe = load_recipe("centos7")
     values = {"tree_url": server.url, "kernel_sha256": sha(server.kernel),
-              "initrd_sha256": sha(server.initrd), **changes}
+              "initrd_sha256": sha(server.initrd), "media_trust": "pinned", **changes}
     vm = dataclasses.replace(recipe.install.vm, **values)
     return dataclasses.replace(recipe, install=dataclasses.replace(recipe.install, vm=vm))
 
@@ -364,6 +365,21 @@ def test_unpinned_recipe_is_refused_with_the_listed_checksum(tree, cache):
     assert "install.vm.kernel_sha256 is not pinned" in str(info.value)
     assert f"lists {sha(tree.kernel)}" in str(info.value)
     assert tree.gets(KERNEL) == []
+
+
+def test_first_use_trust_records_the_hash_and_holds_later_builds_to_it(tree, cache):
+    recipe = el_recipe(tree, kernel_sha256="", initrd_sha256="", media_trust="first-use")
+    boot = fetch_boot_files(recipe, cache_dir=cache)
+    assert (boot.kernel_sha256, boot.initrd_sha256) == (sha(tree.kernel), sha(tree.initrd))
+    pins = json.loads((cache / "first-use-pins.json").read_text())
+    assert pins == {tree.url + KERNEL[1:]: sha(tree.kernel), tree.url + INITRD[1:]: sha(tree.initrd)}
+    # the same URL now serves something else: the recorded hash refuses it
+    (tree.root / "images" / "pxeboot" / "vmlinuz").write_bytes(b"swapped kernel")
+    for p in (cache / "sha256").glob("*/vmlinuz"):
+        p.unlink()
+    with pytest.raises(ChecksumMismatch):
+        fetch_boot_files(el_recipe(tree, kernel_sha256="", initrd_sha256="", media_trust="first-use"),
+                         cache_dir=cache)
 
 
 def test_pin_boot_files_then_build_without_downloading_again(tree, cache):

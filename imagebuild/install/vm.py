@@ -1,0 +1,94 @@
+"""The unattended installer in a guest: anaconda with a kickstart, debian-installer with a preseed.
+
+The installer's own kernel and initrd (pinned, cached, re-verified) boot directly in a transient
+libvirt domain; the rendered answer file is appended to the initrd as a cpio archive and named on the
+kernel command line (``inst.ks=file:/ks.cfg`` / ``preseed/file=/preseed.cfg``); the target is an empty
+qcow2 on virtio with discard on. The watchdog (``watchdog.py``) streams the serial console and the
+installer's virtio-serial log into the build log and stops the install on a fatal line, on inactivity
+or on the absolute timeout. Success needs positive proof twice: the completion marker on the console
+before the guest powered off by itself, and the marker file on the disk (checked and removed in the
+libguestfs session, ``finalize``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ..accel import Accel
+from ..answerfile import COMPLETION_MARKER, answer_file_kind, prepare_answer_file, validate_recipe
+from ..domain import DiskSpec, DomainSpec, random_mac
+from ..errors import InstallFailed
+from ..events import Reporter
+from ..guest import Guest
+from ..recipe import Backend, Recipe
+from ..run import run
+from ..workspace import Build
+from .initrd import inject
+from .media import fetch_boot_files
+from .vm_plan import ANACONDA_LOG_PORT, describe_vm_install, kernel_arguments
+from .watchdog import Limits, run_installer
+
+# Written by the answer file's last %post / late_command; proves the install ran to its end.
+COMPLETION_FILE = "/imagebuild-install-complete"
+
+
+def install_limits(recipe: Recipe, accel: Accel) -> Limits:
+    vm = recipe.install.vm
+    # Recipe timeouts are for KVM; emulation is several times slower.
+    factor = recipe.boot_test.tcg_factor if accel is Accel.TCG else 1
+    return Limits(inactivity_seconds=vm.inactivity_seconds * factor, timeout_seconds=vm.timeout_seconds * factor)
+
+
+class VMInstaller:
+    backend: ClassVar[Backend] = Backend.VM
+
+    def tools(self, recipe: Recipe) -> dict[str, str]:
+        return {"qemu-img": "create the target disk", "openssl": "hash the root password (passwd -6)"}
+
+    def validate(self, recipe: Recipe, reporter: Reporter, *, for_build: bool) -> None:
+        validate_recipe(recipe, reporter, for_build=for_build)
+
+    def describe(self, recipe: Recipe) -> dict[str, Any]:
+        return describe_vm_install(recipe)
+
+    def install(self, build: Build) -> None:
+        r, rep = build.recipe, build.reporter
+        assert build.accel is not None
+        with rep.step("fetch install media"):
+            media = fetch_boot_files(r, reporter=rep)
+        with rep.step("render answer file"):
+            answer = prepare_answer_file(r, rep)
+        initrd = inject(media.initrd, {answer.name: (answer.text.encode(), 0o600)}, build.work / "initrd.img")
+        disk = build.work / "disk.qcow2"
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1", str(disk), f"{r.image.disk_gib}G"],
+            reporter=rep, purpose="the empty target disk")
+        log_socket = build.work / "installer-log.sock" if answer_file_kind(r).value == "kickstart" else None
+        spec = DomainSpec(
+            name=f"{build.domain_prefix}-install", accel=build.accel.accel, memory_mib=r.install.vm.memory_mib,
+            vcpus=r.install.vm.vcpus, disks=(DiskSpec(disk, "qcow2"),),
+            console_log=build.staging / "install-console.log", mac=random_mac(), machine=r.image.machine_type,
+            kernel=media.kernel, initrd=initrd, cmdline=" ".join(kernel_arguments(r)), guest_agent=False,
+            extra_channels=((ANACONDA_LOG_PORT, log_socket),) if log_socket else ())
+        limits = install_limits(r, build.accel.accel)
+        rep.info(f"installer: {media.kernel_url} ({build.accel.accel}; inactivity {limits.inactivity_seconds}s, "
+                 f"timeout {limits.timeout_seconds}s)")
+        with rep.step("run installer"):
+            outcome = run_installer(spec, limits=limits, marker=COMPLETION_MARKER, reporter=rep,
+                                    log_socket=log_socket, keep_dir=build.staging)
+        rep.info(f"the installer finished and powered off after {outcome.seconds:.0f}s")
+        initrd.unlink()
+        build.disk, build.disk_format = disk, "qcow2"
+        build.inputs.update({
+            "tree_url": r.install.vm.tree_url, "kernel": media.kernel_url, "initrd": media.initrd_url,
+            "kernel_sha256": media.kernel_sha256, "initrd_sha256": media.initrd_sha256,
+            "media_trust": r.install.vm.media_trust, "answer_file": answer.name,
+            "answer_template": answer.template, "install_seconds": round(outcome.seconds, 1)})
+
+    def finalize(self, guest: Guest, build: Build) -> None:
+        if not guest.is_file(COMPLETION_FILE):
+            raise InstallFailed(f"the installer powered off but its last step never ran: {COMPLETION_FILE} is "
+                                "missing from the disk")
+        guest.remove(COMPLETION_FILE)
+
+
+__all__ = ["VMInstaller", "COMPLETION_FILE", "install_limits"]
