@@ -176,9 +176,9 @@ def _keep_logs_on_failure(staging: Path, build_id: str) -> None:
         return  # renamed into place: success
     failed = output_root() / "failed" / build_id
     failed.mkdir(parents=True, exist_ok=True)
-    for name in ("build.log", "events.jsonl", "boot-console.log", "install-console.log", "screenshot.ppm"):
-        if (staging / name).exists():
-            shutil.move(str(staging / name), failed / name)
+    for f in staging.iterdir():
+        if f.is_file() and f.suffix != ".qcow2" and not f.name.endswith(".partial"):
+            shutil.move(str(f), failed / f.name)  # logs, consoles, screenshots: never an image
     shutil.rmtree(staging, ignore_errors=True)
 
 

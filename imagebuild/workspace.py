@@ -70,6 +70,19 @@ class Build:
     def artifact_name(self) -> str:
         return f"{self.recipe.name}.qcow2"
 
+    def socket_dir(self) -> Path:
+        """A short path for unix sockets (108-byte limit; the work dir may be deep), owned by the build."""
+        d = socket_dir_for(self.build_id)
+        if not d.exists():
+            d.mkdir(mode=0o700)
+            self.stack.callback(shutil.rmtree, d, True)
+        return d
+
+
+def socket_dir_for(build_id: str) -> Path:
+    import tempfile
+    return Path(tempfile.gettempdir()) / f"imagebuild-{build_id}"
+
 
 def create_work_dir(build_id: str) -> Path:
     root = work_root()
@@ -151,6 +164,8 @@ def clean_stale(reporter: Reporter) -> list[str]:
                     removed.append(f"processes {' '.join(map(str, orphans))}")
                 remove_tree(work, reporter)
                 removed.append(f"work dir {work}")
+                if socket_dir_for(work.name).exists():
+                    shutil.rmtree(socket_dir_for(work.name), ignore_errors=True)
     out = output_root()
     if out.is_dir():
         for tmp in sorted(out.glob(".tmp-*")) + sorted(out.glob(".old-*")):

@@ -52,6 +52,12 @@ DEBIAN_INITRD = "netboot/debian-installer/amd64/initrd.gz"
 TREE_INDEX = {Family.EL: ".treeinfo", Family.DEBIAN: "SHA256SUMS"}
 
 
+def tree_index(recipe: Recipe) -> str:
+    """The tree's checksum index follows the installer: anaconda trees have .treeinfo, d-i SHA256SUMS."""
+    from ..answerfile import AnswerFileKind, answer_file_kind
+    return ".treeinfo" if answer_file_kind(recipe) is AnswerFileKind.KICKSTART else "SHA256SUMS"
+
+
 class MediaError(InstallFailed):
     """Install media could not be fetched, or is not what the recipe pins."""
 
@@ -294,7 +300,7 @@ def _tree_url(recipe: Recipe, mirrors: Mapping[str, str] | None) -> str:
 def boot_file_paths(recipe: Recipe) -> tuple[str, str]:
     """The kernel and initrd paths inside the tree: the recipe's, else the family's usual layout."""
     vm = recipe.install.vm
-    if recipe.image.family is Family.EL:
+    if tree_index(recipe) == ".treeinfo":
         return vm.kernel or EL_KERNEL, vm.initrd or EL_INITRD
     return vm.kernel or DEBIAN_KERNEL, vm.initrd or DEBIAN_INITRD
 
@@ -329,7 +335,7 @@ def resolve_boot_files(recipe: Recipe, *, mirrors: Mapping[str, str] | None = No
     """
     vm = recipe.install.vm
     tree = _tree_url(recipe, mirrors)
-    index = TREE_INDEX[recipe.image.family]
+    index = tree_index(recipe)
     kernel_path, initrd_path = boot_file_paths(recipe)
     listed: dict[str, str] = {}
     try:

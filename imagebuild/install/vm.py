@@ -62,7 +62,7 @@ class VMInstaller:
         disk = build.work / "disk.qcow2"
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1", str(disk), f"{r.image.disk_gib}G"],
             reporter=rep, purpose="the empty target disk")
-        log_socket = build.work / "installer-log.sock" if answer_file_kind(r).value == "kickstart" else None
+        log_socket = build.socket_dir() / "installer-log.sock" if answer_file_kind(r).value == "kickstart" else None
         spec = DomainSpec(
             name=f"{build.domain_prefix}-install", accel=build.accel.accel, memory_mib=r.install.vm.memory_mib,
             vcpus=r.install.vm.vcpus, disks=(DiskSpec(disk, "qcow2"),),

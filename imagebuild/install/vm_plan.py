@@ -20,7 +20,7 @@ from ..answerfile import (
 )
 from ..errors import RecipeError
 from ..recipe import Backend, Recipe
-from .media import TREE_INDEX, boot_file_paths
+from .media import boot_file_paths, tree_index
 
 # anaconda streams its logs to this virtio-serial port when the guest has one (lorax does the same).
 ANACONDA_LOG_PORT = "org.fedoraproject.anaconda.log.0"
@@ -58,7 +58,7 @@ def describe_vm_install(recipe: Recipe, *, mirrors: Mapping[str, str] | None = N
         "initrd": {"path": initrd_path, "url": urljoin(tree, initrd_path),
                    "sha256": vm.initrd_sha256 or None},
         "pinned": bool(vm.kernel_sha256 and vm.initrd_sha256),
-        "checksums_cross_checked_with": TREE_INDEX[recipe.image.family],
+        "checksums_cross_checked_with": tree_index(recipe),
         "kernel_args": args,
         "cmdline": " ".join(args),
         "answer_file": {

@@ -1,0 +1,200 @@
+"""The VM install runner, proven with real guests: the SCRIPTED INSTALLER (tests/vm/standin/, a
+stand-in for anaconda; no CentOS media can be reached here) boots from an install tree served on
+127.0.0.1, reads the real EL7 base kickstart injected into its initrd, installs Debian 12 onto the
+target disk and powers off; the disk then goes through generalize, sparsify and the boot test.
+The watchdog tests make the installer hang, crash or power off early."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from imagebuild.recipe import load_recipe
+
+from ..conftest import ROOT, run_invoke
+from .standin import build_tree
+from .test_interrupts import assert_nothing_left, our_domains
+
+CANARY = "Canary-Pw-7f3a9c1e"
+SCRIPTED = ROOT / "tests" / "data" / "scripted"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # noqa: ANN002
+        pass
+
+
+@pytest.fixture(scope="session")
+def payload(tmp_path_factory):
+    """The root tree the stand-in installs (where anaconda would install packages): Debian 12 with the
+    debian12 recipe's system and package set, made by mmdebstrap as a tarball."""
+    r = load_recipe("debian12")
+    out = tmp_path_factory.mktemp("payload") / "rootfs.tar"
+    pkgs = ",".join(dict.fromkeys(r.install.bootstrap.include + r.packages.all))
+    b = r.install.bootstrap
+    subprocess.run(["unshare", "--mount", "--propagation", "private", "mmdebstrap", "--mode=root",
+                    f"--variant={b.variant}", f"--include={pkgs}", b.suite, str(out),
+                    f"deb {b.mirror} {b.suite} main", f"deb {b.security_mirror} {b.suite}-security main"],
+                   check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tree(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tree")
+    root = base / "tree"
+    pins = build_tree(root, base, None)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(_QuietHandler, directory=str(root)))
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield {"port": server.server_address[1], "root": root, **pins}
+    server.shutdown()
+
+
+@pytest.fixture
+def scripted_env(tmp_path, tree):
+    """Environment with a recipe dir for scripted-installer recipes; returns (env, make_recipe)."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    env = dict(os.environ)
+    env.update({"IMAGEBUILD_OUTPUT": str(tmp_path / "output"), "IMAGEBUILD_WORK": str(tmp_path / "work"),
+                "IMAGEBUILD_RECIPE_PATH": str(recipes), "IMAGEBUILD_TEMPLATE_PATH": str(SCRIPTED),
+                "IMAGEBUILD_CACHE": str(tmp_path / "cache"), "IMAGEBUILD_ROOT_PASSWORD": CANARY})
+    # the KVM probe's answer is per host boot: share it instead of probing again in the new cache dir
+    from imagebuild.accel import cache_dir
+    if (cache_dir() / "accel.json").exists():
+        (tmp_path / "cache").mkdir()
+        (tmp_path / "cache" / "accel.json").write_text((cache_dir() / "accel.json").read_text())
+
+    def make(name: str, *, pre_script: str = "", inactivity: int = 300, tcg_factor: int = 4) -> str:
+        port = tree["port"]
+        (recipes / f"{name}.toml").write_text(f'''
+description = "Debian 12 installed by the SCRIPTED INSTALLER (a stand-in for anaconda)"
+version = "12"
+[image]
+os_distro = "debian"
+os_version = "12"
+family = "debian"
+disk_gib = 3
+[install]
+backend = "vm"
+[install.vm]
+template = "scripted.ks.j2"
+kickstart_syntax = "RHEL7"
+tree_url = "http://127.0.0.1:{port}/"
+kernel_sha256 = "{tree["kernel_sha256"]}"
+initrd_sha256 = "{tree["initrd_sha256"]}"
+memory_mib = 1024
+inactivity_seconds = {inactivity}
+timeout_seconds = 3600
+[install.vm.variables]
+payload_url = "http://10.0.2.2:{port}"
+pre_script = {json.dumps(pre_script)}
+lang = "en_US.UTF-8"
+keymap = "us"
+timezone = "UTC"
+disk = "vda"
+root_fstype = "ext4"
+kernel_append = ""
+[packages]
+extra = ["qemu-guest-agent"]
+[boot_test]
+tcg_factor = {tcg_factor}
+''')
+        return name
+
+    return env, make
+
+
+def _failed_dir(env: dict[str, str], recipe: str) -> Path:
+    dirs = sorted((Path(env["IMAGEBUILD_OUTPUT"]) / "failed").glob(f"{recipe}-*"))
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+@pytest.mark.build
+def test_scripted_install_end_to_end(scripted_env, tree, payload):
+    env, make = scripted_env
+    (tree["root"] / "rootfs.tar").unlink(missing_ok=True)
+    (tree["root"] / "rootfs.tar").symlink_to(payload)
+    name = make("scripted-debian12")
+    res = run_invoke(["build", name], env, timeout=3600)
+    assert res.returncode == 0, res.stderr[-6000:]
+    out = Path(env["IMAGEBUILD_OUTPUT"]) / name
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["boot_test"]["passed"] and all(c["ok"] for c in m["boot_test"]["checks"])
+    assert m["inputs"]["answer_file"] == "ks.cfg" and m["inputs"]["install_seconds"] > 0
+    assert set(m["stages"]) == {"install", "customize", "sparsify", "boot-test"}
+    # the secret: never in the logs, the manifest, the event stream or the image's bytes
+    for f in ("build.log", "manifest.json", "events.jsonl", "boot-console.log"):
+        assert CANARY not in (out / f).read_text(errors="replace"), f
+    assert CANARY not in res.stdout + res.stderr
+    raw = Path(env["IMAGEBUILD_WORK"]).parent / "image.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(out / f"{name}.qcow2"), str(raw)],
+                   check=True)
+    needle = CANARY.encode()
+    with open(raw, "rb") as f:
+        prev = b""
+        while chunk := f.read(64 << 20):
+            assert needle not in prev[-len(needle):] + chunk
+            prev = chunk
+    raw.unlink()
+    # the installer's leftovers were generalized away, the crypted password stayed
+    from imagebuild.accel import choose_accel
+    from imagebuild.guest import open_guest
+    with open_guest(out / f"{name}.qcow2", "qcow2", accel=choose_accel().accel, readonly=True) as guest:
+        for gone in ("/root/anaconda-ks.cfg", "/root/original-ks.cfg", "/imagebuild-install-complete"):
+            assert not guest.lexists(gone), gone
+        shadow = guest.read("/etc/shadow")
+        assert shadow.startswith("root:$6$")
+    assert our_domains("imagebuild-" + name) == []
+
+
+@pytest.mark.vm
+def test_hang_is_stopped_by_the_inactivity_timeout(scripted_env):
+    env, make = scripted_env
+    name = make("scripted-hang", pre_script="sleep 100000", inactivity=30, tcg_factor=1)
+    t = time.monotonic()
+    res = run_invoke(["build", name], env, timeout=600)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "install hung: no disk I/O and no installer output for 30s" in res.stderr
+    assert time.monotonic() - t < 240
+    failed = _failed_dir(env, name)
+    assert "Running kickstart %pre script" in (failed / "install-console.log").read_text(errors="replace")
+    assert (failed / "install-screenshot.ppm").stat().st_size > 0
+    assert_nothing_left(env, name)
+
+
+@pytest.mark.vm
+def test_fatal_installer_line_stops_the_install_within_seconds(scripted_env):
+    env, make = scripted_env
+    name = make("scripted-crash", pre_script='echo "Traceback (most recent call last):"; sleep 100000',
+                inactivity=600, tcg_factor=1)
+    t = time.monotonic()
+    res = run_invoke(["build", name], env, timeout=600)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "install failed: the installer crashed: 'Traceback (most recent call last):'" in res.stderr
+    assert time.monotonic() - t < 200  # boot under TCG plus seconds; far below the 600 s inactivity limit
+    assert_nothing_left(env, name)
+
+
+@pytest.mark.vm
+def test_early_poweroff_is_a_failed_install(scripted_env):
+    env, make = scripted_env
+    name = make("scripted-early", pre_script="poweroff -f", inactivity=300, tcg_factor=1)
+    res = run_invoke(["build", name], env, timeout=600)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "powered off after" in res.stderr and "without printing the completion marker" in res.stderr
+    console = (_failed_dir(env, name) / "install-console.log").read_text(errors="replace")
+    assert "Running kickstart %pre script" in console  # it really got that far, then powered off
+    assert_nothing_left(env, name)
+    assert not (Path(env["IMAGEBUILD_OUTPUT"]) / name).exists()
