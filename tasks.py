@@ -50,8 +50,9 @@ def build(c, recipe, no_boot_test=False, keep_work=False, verbose=False, publish
                     keep_work=keep_work)
     print(out)
     if publish:
-        from imagebuild.publish import publish as run_publish  # type: ignore[attr-defined]
-        run_publish(recipe, to=publish, cloud=cloud, reporter=Reporter(verbose=verbose))
+        from imagebuild.publish import publish as run_publish
+        result = run_publish(recipe, out, to=publish, cloud=cloud, reporter=Reporter(verbose=verbose))
+        print(json.dumps(result.to_json(), indent=2))
 
 
 @task(name="list", help={"all": "also list abstract base recipes"})

@@ -71,15 +71,15 @@ def build_initrd(dest: Path, work: Path) -> Path:
         (root / d).mkdir(parents=True)
     shutil.copy2("/bin/busybox", root / "bin/busybox")
     applets = subprocess.run(["/bin/busybox", "--list"], check=True, capture_output=True, text=True).stdout.split()
+    own = {Path(p).name for p in PROGRAMS}  # the real e2fsprogs/util-linux tools, not busybox's
     for a in applets:
         link = root / "bin" / a
-        if not link.exists():
+        if not link.exists() and a not in own:
             link.symlink_to("busybox")
     for prog in PROGRAMS:
         _copy(prog, root)
         for lib in _libs(prog):
             _copy(lib, root)
-    (root / "usr/sbin/sfdisk").unlink(missing_ok=True)
     shutil.copy2("/etc/mke2fs.conf", root / "etc/mke2fs.conf")
     moddir = Path("/lib/modules") / version
     for rel in _module_closure(version):
