@@ -141,7 +141,7 @@ def check_dhcp(agent: Agent, ctx: CheckContext) -> Check:
         nic = _nic(agent, ctx.mac)
         addrs = [a for a in (nic or {}).get("addr_info", [])
                  if a.get("family") == "inet" and a.get("dynamic")]
-        if addrs:
+        if nic is not None and addrs:
             return Check("dhcp", True, f"{nic['ifname']} leased {addrs[0]['local']}/{addrs[0]['prefixlen']}")
         if time.monotonic() > ctx.deadline:
             return Check("dhcp", False, "no DHCP-assigned IPv4 address on the test NIC")

@@ -37,6 +37,11 @@ class GuestError(CustomizeFailed):
     pass
 
 
+def _kill_appliance() -> None:
+    """Break a blocked libguestfs call: the appliance (and any helper) is a descendant of ours."""
+    kill_descendants()
+
+
 class Guest:
     def __init__(self, g: Any, reporter: Reporter) -> None:
         self.g = g
@@ -47,7 +52,7 @@ class Guest:
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self.g, name)
         try:
-            return call_interruptibly(lambda: fn(*args, **kwargs), on_interrupt=kill_descendants)
+            return call_interruptibly(lambda: fn(*args, **kwargs), on_interrupt=_kill_appliance)
         except RuntimeError as exc:  # guestfs reports every failure as RuntimeError
             raise GuestError(f"libguestfs {name}{args!r} failed: {exc}") from None
 
@@ -186,7 +191,7 @@ def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_
                      f"network {'on' if network else 'off'})")
         guest = Guest(g, reporter)
         try:
-            call_interruptibly(g.launch, on_interrupt=kill_descendants)
+            call_interruptibly(g.launch, on_interrupt=_kill_appliance)
         except RuntimeError as exc:
             raise ImageBuildError(f"libguestfs could not launch its appliance: {exc} "
                                   "(run libguestfs-test-tool for details)") from None

@@ -128,7 +128,7 @@ def remove_tree(path: Path, reporter: Reporter) -> None:
 def destroy_domains(prefix: str, reporter: Reporter) -> list[str]:
     """Destroy (and undefine) every libvirt domain whose name starts with ``prefix``."""
     from .domain import connect
-    names = []
+    names: list[str] = []
     try:
         conn = connect()
     except Exception as exc:  # libvirt not running: nothing of ours can be there

@@ -82,6 +82,9 @@ class _LineSource:
             out, self.lines = self.lines, []
             return out
 
+    def poll(self) -> None:
+        """Pull new data if the source is polled (a file); a socket reader feeds itself."""
+
 
 class _FileTail(_LineSource):
     def __init__(self, name: str, path: Path) -> None:
@@ -131,9 +134,6 @@ class _SocketReader(_LineSource):
             self.feed(data)
         if sock is not None:
             sock.close()
-
-    def poll(self) -> None:
-        pass
 
     def close(self) -> None:
         self._stop.set()

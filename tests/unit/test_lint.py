@@ -25,3 +25,9 @@ def test_tasks_module_imports_and_lists():
     assert res.returncode == 0, res.stderr
     for task in ("build", "list", "show", "validate", "steps", "boot-test", "clean", "test"):
         assert task in res.stdout
+
+
+def test_mypy_is_clean():
+    mypy = shutil.which("mypy") or str(ROOT / ".venv/bin/mypy")
+    res = subprocess.run([mypy, "imagebuild"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -75,7 +75,8 @@ def scripted_env(tmp_path, tree):
         (tmp_path / "cache").mkdir()
         (tmp_path / "cache" / "accel.json").write_text((cache_dir() / "accel.json").read_text())
 
-    def make(name: str, *, pre_script: str = "", inactivity: int = 300, tcg_factor: int = 4) -> str:
+    def make(name: str, *, pre_script: str = "", inactivity: int = 300, tcg_factor: int = 4,
+             timeout: int = 3600) -> str:
         port = tree["port"]
         (recipes / f"{name}.toml").write_text(f'''
 description = "Debian 12 installed by the SCRIPTED INSTALLER (a stand-in for anaconda)"
@@ -95,7 +96,7 @@ kernel_sha256 = "{tree["kernel_sha256"]}"
 initrd_sha256 = "{tree["initrd_sha256"]}"
 memory_mib = 1024
 inactivity_seconds = {inactivity}
-timeout_seconds = 3600
+timeout_seconds = {timeout}
 [install.vm.variables]
 payload_url = "http://10.0.2.2:{port}"
 pre_script = {json.dumps(pre_script)}
@@ -171,6 +172,20 @@ def test_hang_is_stopped_by_the_inactivity_timeout(scripted_env):
     failed = _failed_dir(env, name)
     assert "Running kickstart %pre script" in (failed / "install-console.log").read_text(errors="replace")
     assert (failed / "install-screenshot.ppm").stat().st_size > 0
+    assert_nothing_left(env, name)
+
+
+@pytest.mark.vm
+def test_endless_activity_is_stopped_by_the_absolute_timeout(scripted_env):
+    env, make = scripted_env
+    name = make("scripted-busy", pre_script="while true; do echo still working; sleep 2; done",
+                inactivity=30, timeout=60, tcg_factor=1)
+    t = time.monotonic()
+    res = run_invoke(["build", name], env, timeout=600)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "install did not finish within 60s (install.vm.timeout_seconds)" in res.stderr
+    assert time.monotonic() - t < 240
+    assert "still working" in (_failed_dir(env, name) / "install-console.log").read_text(errors="replace")
     assert_nothing_left(env, name)
 
 
