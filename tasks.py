@@ -112,7 +112,7 @@ def boot_test(c, image, recipe=None):
     from imagebuild.accel import choose_accel
     from imagebuild.boottest import boot_test as run_boot_test
     from imagebuild.manifest import read_manifest
-    from imagebuild.recipe import Recipe, load_recipe, to_data
+    from imagebuild.recipe import Recipe, load_recipe
     from imagebuild.run import signals_raise
     from imagebuild.workspace import create_work_dir, new_build_id, remove_tree
 
@@ -135,7 +135,6 @@ def boot_test(c, image, recipe=None):
             result = run_boot_test(path, r, accel=accel, work=work, name=f"imagebuild-{bid}",
                                    console_log=console, reporter=rep)
             print(json.dumps(result.to_data(), indent=2))
-            _ = to_data
         finally:
             remove_tree(work, rep)
 

@@ -19,7 +19,7 @@ from typing import Any
 from . import customize as cz
 from .accel import choose_accel
 from .boottest import boot_test
-from .errors import BuildInterrupted, ImageBuildError, PreflightError
+from .errors import ImageBuildError, PreflightError
 from .events import NULL_REPORTER, Reporter
 from .guest import open_guest
 from .install import installer_for
@@ -181,5 +181,3 @@ def _keep_logs_on_failure(staging: Path, build_id: str) -> None:
             shutil.move(str(f), failed / f.name)  # logs, consoles, screenshots: never an image
     shutil.rmtree(staging, ignore_errors=True)
 
-
-__all__ = ["build", "validate", "BuildInterrupted"]
