@@ -12,11 +12,12 @@ libguestfs session, ``finalize``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ..accel import Accel
 from ..answerfile import COMPLETION_MARKER, answer_file_kind, prepare_answer_file, validate_recipe
-from ..domain import DiskSpec, DomainSpec, random_mac
+from ..domain import DiskSpec, DomainSpec, domain_xml, random_mac
 from ..errors import InstallFailed
 from ..events import Reporter
 from ..guest import Guest
@@ -49,7 +50,26 @@ class VMInstaller:
         validate_recipe(recipe, reporter, for_build=for_build)
 
     def describe(self, recipe: Recipe) -> dict[str, Any]:
-        return describe_vm_install(recipe)
+        plan = describe_vm_install(recipe)
+        plan["media_trust"] = recipe.install.vm.media_trust
+        # Placeholders in capitals: WORK is work/BUILD_ID, OUTPUT the output dir, MEDIA the media cache.
+        spec = self._domain_spec(recipe, name=f"imagebuild-{recipe.name}-BUILD_ID-install", accel=Accel.KVM,
+                                 disk=Path("WORK/disk.qcow2"), console=Path("OUTPUT/.tmp-BUILD_ID/install-console.log"),
+                                 kernel=Path("MEDIA/vmlinuz"), initrd=Path("WORK/initrd.img (installer initrd + ks)"),
+                                 log_socket=Path("/tmp/imagebuild-BUILD_ID/installer-log.sock"),
+                                 mac="52:54:00:xx:xx:xx")
+        plan["domain_xml"] = domain_xml(spec) + "<!-- type='qemu' (TCG) when the KVM probe fails -->\n"
+        return plan
+
+    def _domain_spec(self, recipe: Recipe, *, name: str, accel: Accel, disk: Path, console: Path, kernel: Path,
+                     initrd: Path, log_socket: Path | None, mac: str) -> DomainSpec:
+        vm = recipe.install.vm
+        kickstart = answer_file_kind(recipe).value == "kickstart"
+        return DomainSpec(
+            name=name, accel=accel, memory_mib=vm.memory_mib, vcpus=vm.vcpus, disks=(DiskSpec(disk, "qcow2"),),
+            console_log=console, mac=mac, machine=recipe.image.machine_type, kernel=kernel, initrd=initrd,
+            cmdline=" ".join(kernel_arguments(recipe)), guest_agent=False,
+            extra_channels=((ANACONDA_LOG_PORT, log_socket),) if kickstart and log_socket else ())
 
     def install(self, build: Build) -> None:
         r, rep = build.recipe, build.reporter
@@ -63,12 +83,9 @@ class VMInstaller:
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1", str(disk), f"{r.image.disk_gib}G"],
             reporter=rep, purpose="the empty target disk")
         log_socket = build.socket_dir() / "installer-log.sock" if answer_file_kind(r).value == "kickstart" else None
-        spec = DomainSpec(
-            name=f"{build.domain_prefix}-install", accel=build.accel.accel, memory_mib=r.install.vm.memory_mib,
-            vcpus=r.install.vm.vcpus, disks=(DiskSpec(disk, "qcow2"),),
-            console_log=build.staging / "install-console.log", mac=random_mac(), machine=r.image.machine_type,
-            kernel=media.kernel, initrd=initrd, cmdline=" ".join(kernel_arguments(r)), guest_agent=False,
-            extra_channels=((ANACONDA_LOG_PORT, log_socket),) if log_socket else ())
+        spec = self._domain_spec(r, name=f"{build.domain_prefix}-install", accel=build.accel.accel, disk=disk,
+                                 console=build.staging / "install-console.log", kernel=media.kernel,
+                                 initrd=initrd, log_socket=log_socket, mac=random_mac())
         limits = install_limits(r, build.accel.accel)
         rep.info(f"installer: {media.kernel_url} ({build.accel.accel}; inactivity {limits.inactivity_seconds}s, "
                  f"timeout {limits.timeout_seconds}s)")
