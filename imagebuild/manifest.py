@@ -28,11 +28,11 @@ def manifest_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_sha256sums(directory: Path, names: list[str]) -> Path:
-    from .sparsify import hash_file
+def write_sha256sums(directory: Path, files: dict[str, str | None]) -> Path:
+    """``files`` maps a name to its sha256 when already known (the artifact: hashed once, at creation)."""
     lines = []
-    for name in names:
-        sha256, _ = hash_file(directory / name)
+    for name, known in files.items():
+        sha256 = known or hashlib.sha256((directory / name).read_bytes()).hexdigest()
         lines.append(f"{sha256}  {name}\n")
     path = directory / "SHA256SUMS"
     tmp = path.with_name(".SHA256SUMS.partial")

@@ -140,7 +140,7 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
             "customize_steps": [s.name for s in steps],
         }
         write_manifest(staging, manifest)
-        write_sha256sums(staging, [b.artifact_name, "manifest.json"])
+        write_sha256sums(staging, {b.artifact_name: info.sha256, "manifest.json": None})
         total = sum(reporter.stage_seconds.values())
         reporter.info("stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in reporter.stage_seconds.items())
                       + f" (total {total:.0f}s)")
