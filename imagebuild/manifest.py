@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .digest import sha256_file
+
 SCHEMA = 1
 MANIFEST = "manifest.json"
 
@@ -32,7 +34,7 @@ def write_sha256sums(directory: Path, files: dict[str, str | None]) -> Path:
     """``files`` maps a name to its sha256 when already known (the artifact: hashed once, at creation)."""
     lines = []
     for name, known in files.items():
-        sha256 = known or hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        sha256 = known or sha256_file(directory / name)
         lines.append(f"{sha256}  {name}\n")
     path = directory / "SHA256SUMS"
     tmp = path.with_name(".SHA256SUMS.partial")

@@ -19,6 +19,7 @@ from typing import Any
 from . import customize as cz
 from .accel import choose_accel
 from .boottest import boot_test
+from .digest import sha256_file
 from .errors import ImageBuildError, PreflightError
 from .events import NULL_REPORTER, Reporter
 from .guest import open_guest
@@ -26,7 +27,7 @@ from .install import installer_for
 from .manifest import write_manifest, write_sha256sums
 from .recipe import Recipe, load_recipe, to_data
 from .run import require_tools, signals_raise
-from .sparsify import compress, hash_file
+from .sparsify import compress
 from .workspace import (
     Build,
     clean_stale,
@@ -127,7 +128,7 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
             with reporter.step("boot-test", stage=True):
                 result = boot_test(artifact, recipe, accel=b.accel, work=work, name=f"{b.domain_prefix}-boot",
                                    console_log=staging / "boot-console.log", reporter=reporter)
-                if hash_file(artifact)[0] != info.sha256:
+                if sha256_file(artifact) != info.sha256:
                     raise ImageBuildError("the artifact changed during the boot test (it must stay read-only)")
                 boot = result.to_data()
         manifest = {

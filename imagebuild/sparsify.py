@@ -12,12 +12,12 @@ checked with ``qemu-img check`` and for the absence of a backing file, then rena
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .digest import hash_file
 from .errors import ImageBuildError
 from .events import Reporter
 from .run import run
@@ -35,15 +35,6 @@ class ArtifactInfo:
     file_size: int
     sha256: str
     sha512: str
-
-
-def hash_file(path: Path) -> tuple[str, str]:
-    s256, s512 = hashlib.sha256(), hashlib.sha512()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * 1024 * 1024):
-            s256.update(chunk)
-            s512.update(chunk)
-    return s256.hexdigest(), s512.hexdigest()
 
 
 def image_info(path: Path, fmt: str, reporter: Reporter) -> dict:
@@ -65,11 +56,11 @@ def compress(src: Path, src_format: str, dest: Path, *, compat: str, reporter: R
         info = image_info(tmp, "qcow2", reporter)
         if info.get("backing-filename") or info.get("full-backing-filename"):
             raise ImageBuildError(f"{tmp} unexpectedly has a backing file")
-        sha256, sha512 = hash_file(tmp)
+        digests = hash_file(tmp)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return ArtifactInfo(file=dest.name, format="qcow2", compat=compat, compression=COMPRESSION,
                         virtual_size=int(info["virtual-size"]), file_size=dest.stat().st_size,
-                        sha256=sha256, sha512=sha512)
+                        sha256=digests["sha256"], sha512=digests["sha512"])

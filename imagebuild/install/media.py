@@ -21,7 +21,6 @@ from __future__ import annotations
 import configparser
 import contextlib
 import fcntl
-import hashlib
 import http.client
 import os
 import re
@@ -35,9 +34,10 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urljoin, urlsplit
 
 from ..answerfile import rewrite_url, site_mirrors  # noqa: F401 - site_mirrors is re-exported
+from ..digest import sha256_file
 from ..errors import InstallFailed
 from ..events import NULL_REPORTER, Reporter
-from ..recipe import Family, Recipe
+from ..recipe import Recipe
 
 USER_AGENT = "imagebuild/0.1 (+golden image builder)"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -49,9 +49,6 @@ EL_KERNEL = "images/pxeboot/vmlinuz"
 EL_INITRD = "images/pxeboot/initrd.img"
 DEBIAN_KERNEL = "netboot/debian-installer/amd64/linux"
 DEBIAN_INITRD = "netboot/debian-installer/amd64/initrd.gz"
-TREE_INDEX = {Family.EL: ".treeinfo", Family.DEBIAN: "SHA256SUMS"}
-
-
 def tree_index(recipe: Recipe) -> str:
     """The tree's checksum index follows the installer: anaconda trees have .treeinfo, d-i SHA256SUMS."""
     from ..answerfile import AnswerFileKind, answer_file_kind
@@ -76,14 +73,6 @@ def media_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 
 # -- hashing and downloading ---------------------------------------------------------------------
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _file_name(url: str) -> str:
     name = PurePosixPath(urlsplit(url).path).name

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..digest import hash_file
 from ..errors import PublishError, ToolMissing
 from ..events import NULL_REPORTER, Reporter
 from ..run import run
@@ -130,19 +131,6 @@ def _get(data: dict[str, Any], dotted: str, kind: type | tuple[type, ...], manif
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
         raise PublishError(f"{manifest}: '{dotted}' has the wrong type ({type(value).__name__})")
     return value
-
-
-def hash_file(path: Path, algorithms: tuple[str, ...] = ("sha256", "sha512"),
-              progress: Callable[[int], None] | None = None) -> dict[str, str]:
-    """Hash a file once for several algorithms, in chunks."""
-    hashers = {a: hashlib.new(a) for a in algorithms}
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            for h in hashers.values():
-                h.update(chunk)
-            if progress:
-                progress(len(chunk))
-    return {a: h.hexdigest() for a, h in hashers.items()}
 
 
 def _qemu_img_info(path: Path, reporter: Reporter) -> dict[str, Any]:
