@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -164,7 +165,33 @@ paste.filter_factory = oslo_middleware:HTTPProxyToWSGI.factory
 """
 
 
-class GlanceServer:
+class _Server:
+    """A server process the tests own: started by start(), stopped (and its scratch dir removed) on exit."""
+    proc: subprocess.Popen[bytes] | None
+    dir: Path
+    _own_dir: bool
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class GlanceServer(_Server):
     """A throw-away Glance on 127.0.0.1: ``with GlanceServer() as g: g.endpoint``."""
 
     def __init__(self, workdir: Path | None = None, port: int | None = None) -> None:
@@ -206,26 +233,10 @@ class GlanceServer:
         _wait_http(self.endpoint + "/healthcheck", self.proc, self.log, timeout=90)
         return self
 
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.proc = None
-
     def clouds_yaml(self, name: str = "test-glance") -> str:
         """A clouds.yaml for openstacksdk: no Keystone, the image endpoint given directly."""
         return (f"clouds:\n  {name}:\n    auth_type: none\n    auth:\n      endpoint: {self.endpoint}\n"
                 f"    image_endpoint_override: {self.endpoint}\n    image_api_version: '2'\n")
-
-    def __enter__(self) -> GlanceServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.__exit__()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # -- ovirt-imageio ---------------------------------------------------------------------------------
@@ -289,7 +300,7 @@ formatter = long
 """
 
 
-class ImageioServer:
+class ImageioServer(_Server):
     """A standalone ovirt-imageio daemon on 127.0.0.1 with a throw-away CA."""
 
     def __init__(self, workdir: Path | None = None) -> None:
@@ -366,22 +377,6 @@ class ImageioServer:
 
     def remove_ticket(self, ticket_id: str) -> None:
         self._control("DELETE", f"/tickets/{ticket_id}")
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.proc = None
-
-    def __enter__(self) -> ImageioServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.__exit__()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
