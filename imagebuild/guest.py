@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,6 +65,22 @@ class Guest:
         for line in out.splitlines()[-40:]:
             self.reporter.log(f"[guest]   {line}")
         return out
+
+    def kernel_disk_of_root(self) -> tuple[str, int]:
+        """The appliance kernel's name for the disk under the mounted `/` and the partition number.
+
+        libguestfs renames devices in its API (`/dev/sda` is always the first disk added), but a
+        program run by `command` sees the appliance's own kernel names, and the kernel may number
+        our disk after the appliance's root disk. A boot loader installed on the API name would then
+        go to the wrong disk, so ask the kernel which disk holds `/`.
+        """
+        majmin = root_majmin(self.command(["cat", "/proc/self/mountinfo"]))
+        sys_part = f"/sys/dev/block/{majmin}"
+        disk = self.command(["readlink", "-f", f"{sys_part}/.."]).strip().rsplit("/", 1)[-1]
+        part = self.command(["cat", f"{sys_part}/partition"]).strip()
+        if not disk or not part.isdigit():
+            raise GuestError(f"cannot relate the root filesystem ({majmin}) to a disk: {disk!r} {part!r}")
+        return f"/dev/{disk}", int(part)
 
     # -- files -------------------------------------------------------------------------------------
     def exists(self, path: str) -> bool:
@@ -150,6 +167,18 @@ class Guest:
         fs = [d for d, t in self.filesystems().items() if t not in ("swap", "unknown", "")]
         self.root_device = fs[0]
         self.g.mount(self.root_device, "/")
+
+
+def root_majmin(mountinfo: str) -> str:
+    """`major:minor` of the filesystem mounted last on `/` in a /proc/self/mountinfo text."""
+    found = ""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/" and re.fullmatch(r"\d+:\d+", fields[2]):
+            found = fields[2]
+    if not found:
+        raise GuestError("no filesystem is mounted on / (mountinfo has no such line)")
+    return found
 
 
 def layout_problems(guest: Guest) -> list[str]:

@@ -145,21 +145,20 @@ class BootstrapInstaller:
 
     def finalize(self, guest: Guest, build: Build) -> None:
         # grub from the image itself, so the boot code matches the grub.cfg and modules it reads.
-        device = guest.g.list_devices()[0]
-        if guest.root_device != device + "1":
-            raise InstallFailed(f"the root filesystem is on {guest.root_device}, expected {device}1")
+        api_disk = guest.g.list_devices()[0]
+        if guest.root_device != api_disk + "1":
+            raise InstallFailed(f"the root filesystem is on {guest.root_device}, expected {api_disk}1")
+        # Inside the appliance the kernel may call our disk /dev/sdb (its own root disk taking sda):
+        # grub-install runs there, so it gets the kernel's name, never the libguestfs API name.
+        disk, partno = guest.kernel_disk_of_root()
+        if partno != 1:
+            raise InstallFailed(f"the root filesystem is partition {partno} of {disk}, expected partition 1")
+        build.reporter.log(f"grub target: {disk} (libguestfs calls it {api_disk})")
         try:
-            guest.command(["grub-install", "--target=i386-pc", device], purpose="install the boot loader")
-        except CustomizeFailed as first:
-            # Seen once under heavy load: grub-probe inside the appliance did not relate the root
-            # partition to its disk. Record what grub sees, and try once more.
-            build.reporter.info("grub-install failed; recording what grub sees and retrying once")
+            guest.command(["grub-install", "--target=i386-pc", disk], purpose="install the boot loader")
+        except CustomizeFailed as exc:
             diag = guest.command(["sh", "-c", "grub-probe -v --target=drive /boot/grub 2>&1 | tail -n 20; "
-                                  "ls -l /dev/sd* /sys/dev/block/ 2>&1; cat /proc/self/mountinfo"],
+                                  "ls -l /dev/sd* /dev/vd* /sys/dev/block/ 2>&1; cat /proc/self/mountinfo"],
                                  purpose="diagnose grub-install")
-            build.reporter.log(diag)
-            try:
-                guest.command(["grub-install", "--target=i386-pc", device], purpose="install the boot loader")
-            except CustomizeFailed:
-                raise InstallFailed(f"grub-install failed twice: {first}\n--- what grub saw ---\n{diag}") from None
+            raise InstallFailed(f"grub-install {disk} failed: {exc}\n--- what grub saw ---\n{diag}") from None
         guest.command(["update-grub"], purpose="write grub.cfg (serial console, root by UUID)")
