@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import ToolMissing
 from .events import NULL_REPORTER, Reporter
+from .procs import boot_id
 from .run import run
 
 PROBE_TIMEOUT_SECONDS = 20
@@ -41,13 +42,6 @@ def cache_dir() -> Path:
     base = os.environ.get("IMAGEBUILD_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "imagebuild")
     return Path(base)
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 def _probe_kernel() -> str | None:
@@ -83,7 +77,7 @@ def choose_accel(reporter: Reporter = NULL_REPORTER) -> AccelChoice:
     if os.environ.get("IMAGEBUILD_ACCEL"):
         return probe_kvm(reporter)
     path = cache_dir() / "accel.json"
-    boot = _boot_id()
+    boot = boot_id()
     try:
         cached = json.loads(path.read_text())
         if cached.get("boot_id") == boot:

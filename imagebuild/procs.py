@@ -1,9 +1,11 @@
-"""Finding and stopping our own descendant processes (a libguestfs appliance, a stuck helper)."""
+"""Finding and stopping our own descendant processes (a libguestfs appliance, a stuck helper), and
+naming a process so that another one can later tell whether it still runs."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
 
@@ -86,3 +88,40 @@ def stop_processes(pids: list[int], grace: float = 10.0) -> None:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def boot_id() -> str:
+    """This host boot's random id (changes at every boot)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def proc_start_time(pid: int) -> str:
+    """When ``pid`` started, in clock ticks since boot ("" if it does not exist): with the pid it names
+    one process, since pids are reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_token(pid: int | None = None) -> str:
+    """``host/boot_id/pid/start``: names one process on one host boot, for owner records kept elsewhere."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}/{boot_id()}/{pid}/{proc_start_time(pid)}"
+
+
+def token_alive(token: str) -> bool | None:
+    """Whether the process a :func:`process_token` names still runs: None when this host cannot tell
+    (the token comes from another host, or is not a token)."""
+    parts = token.split("/")
+    if len(parts) != 4 or not parts[2].isdigit():
+        return None
+    host, boot, pid, start = parts
+    if host != socket.gethostname():
+        return None
+    if boot != boot_id():
+        return False  # this host has rebooted since
+    return pid_alive(int(pid)) and proc_start_time(int(pid)) == start

@@ -136,6 +136,7 @@ class Glance:
     latest_tag: str = ""               # a tag moved to the newest image of this recipe ("" = none)
     method: str = "auto"               # auto (import where offered), glance-direct or upload
     timeout_seconds: int = 1800        # for the image to become active after the bytes are sent
+    stale_upload_minutes: int = 30     # another host's unfinished upload of this artifact is a leftover after this
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class Ovirt:
     template: bool = False             # also make a template from the uploaded disk
     cluster: str = "Default"           # the cluster the template belongs to
     timeout_seconds: int = 1800
+    stale_upload_minutes: int = 30     # another host's unfinished upload of this artifact is a leftover after this
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 from .accel import AccelChoice
 from .errors import PreflightError
 from .events import Reporter
-from .procs import pid_alive, processes_mentioning, stop_processes
+from .procs import pid_alive, proc_start_time, processes_mentioning, stop_processes
 from .recipe import PROJECT_ROOT, Recipe
 from .run import run
 
@@ -37,13 +37,6 @@ def output_root() -> Path:
 
 def new_build_id(recipe_name: str) -> str:
     return f"{recipe_name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
-
-
-def _proc_start_time(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
 
 
 @dataclass
@@ -89,7 +82,7 @@ def create_work_dir(build_id: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     work = root / build_id
     work.mkdir(mode=0o700)
-    owner = {"pid": os.getpid(), "start": _proc_start_time(os.getpid()), "build_id": build_id}
+    owner = {"pid": os.getpid(), "start": proc_start_time(os.getpid()), "build_id": build_id}
     (work / "owner.json").write_text(json.dumps(owner))
     return work
 
@@ -101,7 +94,7 @@ def owner_alive(work: Path) -> bool:
         # an unreadable owner file: only a very new dir may be mid-creation
         return time.time() - work.stat().st_mtime < 60
     pid = int(owner.get("pid", 0))
-    return pid > 0 and pid_alive(pid) and _proc_start_time(pid) == owner.get("start")
+    return pid > 0 and pid_alive(pid) and proc_start_time(pid) == owner.get("start")
 
 
 def mounts_below(path: Path) -> list[str]:

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import random
 import re
 import signal
 import threading
@@ -31,6 +32,7 @@ from typing import Any
 from ..digest import hash_file
 from ..errors import PublishError, ToolMissing
 from ..events import NULL_REPORTER, Reporter
+from ..procs import token_alive
 from ..run import run
 
 MANIFEST = "manifest.json"
@@ -397,6 +399,32 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+RIVAL_POLL_SECONDS = 3.0  # how often a publish looks again at another one's upload of the same artifact
+
+
+def rival_at_work(token: str, started: float, stale_minutes: int, status: str) -> tuple[bool, str]:
+    """Is an unfinished upload of our artifact, made by the publish ``token`` (a process token) that
+    started at ``started`` (epoch seconds), still at work? ``(False, why)`` makes it a leftover.
+
+    This host can tell whether its own processes run; another host's upload is presumed at work
+    until it is ``stale_minutes`` old."""
+    alive = token_alive(token)
+    if alive is None and token:
+        age_min = (time.time() - started) / 60
+        if age_min < stale_minutes:
+            return True, ""
+        return False, f"left {status} by {token} {age_min:.0f} min ago, past stale_upload_minutes = {stale_minutes}"
+    if alive:
+        return True, ""
+    return False, f"left {status} by a publish that is gone ({token or 'no uploader recorded'})"
+
+
+def yield_pause() -> None:
+    """After stepping back for a publish that started no later: a random pause, so two that started
+    in the same clock step do not collide again."""
+    time.sleep(random.uniform(0.5, RIVAL_POLL_SECONDS))
 
 
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5,

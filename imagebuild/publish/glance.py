@@ -6,12 +6,15 @@ through imagebuild's arguments or logs.
 
 One publish, in order:
 1. find images carrying our ``imagebuild_sha256``: an ``active`` one whose ``os_hash_value`` is ours
-   makes this a no-op; a leftover of an upload killed too hard to clean up (``queued``, ``saving``,
-   ``uploading``, ``importing``) is deleted;
+   makes this a no-op. An unfinished one (``queued``, ``saving``, ``uploading``, ``importing``) is
+   either another publish at work, which this one waits for, or the leftover of an upload killed too
+   hard to clean up, which is deleted. Its ``imagebuild_uploader`` (host/boot/pid/start) tells which
+   on this host; another host's upload counts as a leftover once ``stale_upload_minutes`` old;
 2. create the image record (qcow2/bare, versioned name, os_*/hw_* properties, min_disk from the
-   virtual size, min_ram from the recipe, provenance properties), then send the bytes from disk in
-   chunks, through the interoperable import (``glance-direct``) where the cloud offers it, a plain
-   upload otherwise;
+   virtual size, min_ram from the recipe, provenance properties). If another publish of the same
+   artifact created its record no later than ours, ours is deleted and this one waits (so two
+   simultaneous publishes make one image). Then send the bytes from disk in chunks, through the
+   interoperable import (``glance-direct``) where the cloud offers it, a plain upload otherwise;
 3. wait for ``active`` and compare Glance's own ``size`` and ``os_hash_value`` (sha512) with ours;
 4. move the recipe's ``latest_tag`` to its newest image and rotate to the newest ``keep`` images.
 Any failure or interrupt in 2-3 deletes the image: nothing is left in queued/saving/importing.
@@ -20,22 +23,29 @@ Any failure or interrupt in 2-3 deletes the image: nothing is left in queued/sav
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ImageBuildError, PublishError
 from ..events import Reporter
+from ..procs import process_token
 from ..recipe import Glance
 from .common import (
     CHUNK_SIZE,
+    RIVAL_POLL_SECONDS,
     Artifact,
     Progress,
     PublishResult,
     UploadStream,
     describe_exception,
+    rival_at_work,
     signals_deferred,
     wait_until,
+    yield_pause,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +55,7 @@ if TYPE_CHECKING:
 # Statuses of an image whose bytes never fully arrived (Glance API v2 image states).
 UNFINISHED = ("queued", "saving", "uploading", "importing")
 FAILED = ("killed", "deleted", "pending_delete", "deactivated")
+UPLOADER = "imagebuild_uploader"  # the process_token of the publish that created the image
 
 
 def glance_properties(artifact: Artifact, settings: Glance) -> dict[str, str]:
@@ -188,8 +199,92 @@ def _wait_active(images: Images, image_id: str, method: str, timeout: float) -> 
     return wait_until(check, timeout=timeout, what=f"Glance image {image_id} to become active")
 
 
+def _glance_time(value: str | None) -> float:
+    """Seconds since the epoch of a Glance timestamp (``2026-11-27T08:39:28Z``); 0 if absent."""
+    if not value:
+        return 0.0
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+@dataclass
+class Survey:
+    """What Glance holds of one artifact, once leftovers and bad copies are deleted."""
+    existing: Any = None                                     # an active image with our bytes
+    rivals: list[dict[str, Any]] = field(default_factory=list)  # other publishes still uploading
+
+
+def _survey(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
+            own_id: str = "") -> Survey:
+    survey = Survey()
+    for found in _list_images(images, imagebuild_sha256=artifact.sha256):
+        if found["id"] == own_id:
+            continue
+        status = found.get("status")
+        if status == "active":
+            img = images.get_image(found["id"])
+            ok, why = _hash_matches(img, artifact)
+            if not ok:
+                _delete(images, found["id"], reporter, f"carries our sha256 but {why}")
+            elif survey.existing is None or (img.created_at or "") < (survey.existing.created_at or ""):
+                survey.existing = img
+        elif status in UNFINISHED:
+            token = found.get(UPLOADER, "")
+            at_work, why = rival_at_work(token, _glance_time(found.get("created_at")),
+                                         settings.stale_upload_minutes, f"'{status}'")
+            if at_work:
+                survey.rivals.append(found)
+            else:
+                _delete(images, found["id"], reporter, why)
+    return survey
+
+
+def _publish_once(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
+                  rate_limit: int | None) -> tuple[Any, bool, str]:
+    """Find the artifact in Glance or upload it, never two copies: (image, created, method)."""
+    deadline = time.monotonic() + settings.timeout_seconds
+    waited_for: set[str] = set()
+    while True:
+        survey = _survey(images, artifact, settings, reporter)
+        if survey.existing is not None:
+            img = survey.existing
+            reporter.info(f"Glance already has this artifact as {img.name} ({img.id}): nothing to upload")
+            return img, False, ""
+        if not survey.rivals:
+            done = _upload(images, artifact, settings, reporter, rate_limit)
+            if done is not None:
+                reporter.info(f"Glance image {done[0].id} is active; size and sha512 match")
+                return done[0], True, done[1]
+            continue  # another publish of this artifact started first: wait for it
+        for rival in survey.rivals:
+            if rival["id"] not in waited_for:
+                waited_for.add(rival["id"])
+                reporter.info(f"another publish ({rival.get(UPLOADER) or 'unknown'}) is uploading this "
+                              f"artifact as Glance image {rival['id']} ('{rival.get('status')}'); waiting for it")
+        if time.monotonic() >= deadline:
+            raise PublishError(f"another publish of this artifact is still uploading it after "
+                               f"{settings.timeout_seconds}s (Glance image {survey.rivals[0]['id']}); "
+                               "try again later, or delete that image if its publisher is gone")
+        time.sleep(RIVAL_POLL_SECONDS)
+
+
+def _started_first(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
+                   image: Any) -> str:
+    """After creating ``image``: the id of a copy of the artifact created no later (so ours yields)."""
+    survey = _survey(images, artifact, settings, reporter, own_id=image.id)
+    ours = image.created_at or ""
+    if survey.existing is not None:
+        return str(survey.existing.id)
+    for rival in survey.rivals:
+        # Glance's clock has one-second steps: on a tie both yield, then retry after a random pause.
+        if (rival.get("created_at") or "") <= ours:
+            return str(rival["id"])
+    return ""
+
+
 def _upload(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
-            rate_limit: int | None) -> tuple[Any, str]:
+            rate_limit: int | None) -> tuple[Any, str] | None:
+    """Create the image and send the bytes: (image, method), or None when another publish of the
+    same artifact turned out to have started first (ours is deleted again)."""
     from openstack import exceptions as os_exc
     from openstack.image.v2.image import Image
 
@@ -198,7 +293,7 @@ def _upload(images: Images, artifact: Artifact, settings: Glance, reporter: Repo
         image = Image.new(name=artifact.versioned_name, disk_format="qcow2", container_format="bare",
                           visibility=settings.visibility, tags=list(settings.tags),
                           min_disk=artifact.min_disk_gib, min_ram=artifact.image.min_ram_mib,
-                          **props).create(images)
+                          **props, **{UPLOADER: process_token()}).create(images)
     except os_exc.SDKException as exc:
         raise PublishError(f"Glance refused to create image {artifact.versioned_name}: "
                            f"{describe_exception(exc)}") from None
@@ -208,6 +303,11 @@ def _upload(images: Images, artifact: Artifact, settings: Glance, reporter: Repo
                   f"by {'the glance-direct import' if method == 'glance-direct' else 'plain upload'}")
     stream: UploadStream | None = None
     try:
+        first = _started_first(images, artifact, settings, reporter, image)
+        if first:
+            _delete(images, image.id, reporter, f"another publish of this artifact started first ({first})")
+            yield_pause()
+            return None
         progress = Progress(reporter, "upload", artifact.file_size)
         stream = UploadStream(artifact.path, progress, rate_limit=rate_limit)
         if method == "glance-direct":
@@ -289,27 +389,7 @@ def publish_to_glance(artifact: Artifact, settings: Glance, *, cloud: str | None
     try:
         images = images_v2(conn)
         endpoint = images.get_endpoint() or ""
-        existing = None
-        for found in _list_images(images, imagebuild_sha256=artifact.sha256):
-            if found.get("status") == "active":
-                img = images.get_image(found["id"])
-                ok, why = _hash_matches(img, artifact)
-                if ok and existing is None:
-                    existing = img
-                    continue
-                if not ok:
-                    _delete(images, found["id"], reporter, f"carries our sha256 but {why}")
-            elif found.get("status") in UNFINISHED:
-                _delete(images, found["id"], reporter,
-                        f"left '{found['status']}' by an earlier publish that was killed")
-        if existing is not None:
-            reporter.info(f"Glance already has this artifact as {existing.name} ({existing.id}): "
-                          "nothing to upload")
-            image, created, method = existing, False, ""
-        else:
-            image, method = _upload(images, artifact, settings, reporter, rate_limit)
-            created = True
-            reporter.info(f"Glance image {image.id} is active; size and sha512 match")
+        image, created, method = _publish_once(images, artifact, settings, reporter, rate_limit)
         rotated = _tend_recipe(images, artifact, settings, image, reporter)
         return PublishResult(target="glance", image_id=image.id, name=image.name, created=created,
                              forced=artifact.forced, location=endpoint, method=method, rotated=rotated)

@@ -6,6 +6,11 @@ transfer URL (the ovirt-imageio daemon on a host, or the engine's proxy), finali
 ``finished_success``. Any failure or interrupt cancels the transfer and removes the disk. The qcow2 is
 sent as it is (transfer format ``cow``), so the disk is exactly the tested artifact.
 
+The disk's description records the artifact's sha256 and the publish that made it (its process token
+and start time). A later publish of the same artifact uses an OK disk, waits for one still being
+filled by a publish at work, and removes one whose publish is gone; a publish that finds another one
+created no later than its own disk steps back, so two simultaneous publishes make one disk.
+
 Where to connect comes from oVirt's conventions, never from the command line:
 ``ovirt.conf`` (``$OVIRT_CONFIG_FILE`` or ``~/.config/ovirt.conf``, the file oVirt's SDK examples read;
 section given by ``--ovirt-config``) with ``engine_url``, ``username``, ``password``, ``cafile``,
@@ -18,29 +23,35 @@ from __future__ import annotations
 import configparser
 import http.client
 import os
+import re
 import ssl
 import stat
 import time
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from ..errors import ImageBuildError, PublishError
 from ..events import Reporter
+from ..procs import process_token
 from ..recipe import Ovirt
 from .common import (
+    RIVAL_POLL_SECONDS,
     Artifact,
     Progress,
     PublishResult,
     UploadStream,
     describe_exception,
+    rival_at_work,
     signals_deferred,
     wait_until,
+    yield_pause,
 )
 
 DESCRIPTION_PREFIX = "imagebuild"
+COMPLETE = " complete"  # appended to the description once the disk holds the verified bytes
 
 
 @dataclass(frozen=True)
@@ -109,10 +120,51 @@ def load_engine(section: str | None, settings: Ovirt) -> Engine:
                   ca_file=values["cafile"], storage_domain=storage_domain)
 
 
-def _description(artifact: Artifact) -> str:
+def _description(artifact: Artifact, started: float) -> str:
     return (f"{DESCRIPTION_PREFIX} recipe={artifact.recipe} build={artifact.build_id} "
             f"sha256={artifact.sha256} boot_test={artifact.boot_test}"
-            + (" forced=true" if artifact.forced else ""))
+            + (" forced=true" if artifact.forced else "")
+            + f" uploader={process_token()} started={started:.3f}")
+
+
+def _uploader(description: str) -> tuple[str, float]:
+    token = re.search(r"\buploader=(\S+)", description)
+    started = re.search(r"\bstarted=([0-9.]+)", description)
+    return (token.group(1) if token else "", float(started.group(1)) if started else 0.0)
+
+
+@dataclass
+class DiskSurvey:
+    existing: Any = None                                    # an OK disk holding the artifact
+    rivals: list[Any] = field(default_factory=list)         # disks other publishes are still filling
+
+
+def _survey(disks: Any, types: Any, name: str, artifact: Artifact, settings: Ovirt, reporter: Reporter,
+            own_id: str = "") -> DiskSurvey:
+    """The disks named for this build: a finished one holding the artifact, the ones other publishes
+    are filling; any other is a leftover and is removed."""
+    survey = DiskSurvey()
+    for disk in disks.list(search=f"name={name}"):
+        if disk.id == own_id:
+            continue
+        desc = disk.description or ""
+        ours = f"sha256={artifact.sha256}" in desc
+        token, started = _uploader(desc)
+        finished = desc.endswith(COMPLETE) or not token  # no uploader: written before uploaders were recorded
+        if ours and finished and disk.status == types.DiskStatus.OK:
+            if survey.existing is None or started < _uploader(survey.existing.description or "")[1]:
+                survey.existing = disk
+            continue
+        why = "it holds another artifact"
+        if ours:
+            at_work, why = rival_at_work(token, started, settings.stale_upload_minutes,
+                                         str(getattr(disk.status, "value", disk.status)))
+            if at_work:
+                survey.rivals.append(disk)
+                continue
+        reporter.info(f"removing oVirt disk {disk.id} ({name}): {why}")
+        disks.disk_service(disk.id).remove()
+    return survey
 
 
 def _send(url: str, ca_file: str, stream: UploadStream, size: int) -> None:
@@ -154,68 +206,11 @@ def publish_to_ovirt(artifact: Artifact, settings: Ovirt, *, config: str | None 
         system = connection.system_service()
         disks = system.disks_service()
 
-        # Idempotence: the disk named after this build, carrying our sha256, already there and OK.
-        for disk in disks.list(search=f"name={name}"):
-            if disk.description and f"sha256={artifact.sha256}" in disk.description \
-                    and disk.status == types.DiskStatus.OK:
-                reporter.info(f"oVirt already has this artifact as disk {name} ({disk.id}): "
-                              "nothing to upload")
-                return PublishResult(target="ovirt", image_id=disk.id, name=name, created=False,
-                                     forced=artifact.forced, location=engine.url)
-            reporter.info(f"removing oVirt disk {disk.id} ({name}): left by an earlier publish that "
-                          "did not finish")
-            disks.disk_service(disk.id).remove()
-
-        disk = disks.add(types.Disk(
-            name=name, description=_description(artifact), content_type=types.DiskContentType.DATA,
-            format=types.DiskFormat.COW, sparse=True, provisioned_size=artifact.virtual_size,
-            initial_size=artifact.file_size,
-            storage_domains=[types.StorageDomain(name=engine.storage_domain)]))
-        reporter.event("ovirt-disk-created", disk_id=disk.id, name=name)
-        disk_service = disks.disk_service(disk.id)
-        transfer_service = None
-        stream: UploadStream | None = None
-        try:
-            wait_until(lambda: disk_service.get().status == types.DiskStatus.OK,
-                       timeout=settings.timeout_seconds, what=f"oVirt disk {disk.id} to be created")
-            transfers = system.image_transfers_service()
-            transfer = transfers.add(types.ImageTransfer(
-                disk=types.Disk(id=disk.id), direction=types.ImageTransferDirection.UPLOAD,
-                format=types.DiskFormat.COW, inactivity_timeout=120))
-            transfer_service = transfers.image_transfer_service(transfer.id)
-
-            def ready() -> Any:
-                t = transfer_service.get()
-                if t.phase == types.ImageTransferPhase.TRANSFERRING:
-                    return t
-                if t.phase != types.ImageTransferPhase.INITIALIZING:
-                    raise PublishError(f"oVirt image transfer {transfer.id} went to {t.phase} before sending")
-                return None
-
-            transfer = wait_until(ready, timeout=300, what=f"oVirt image transfer {transfer.id}")
-            url = transfer.transfer_url or transfer.proxy_url
-            if not url:
-                raise PublishError(f"oVirt image transfer {transfer.id} has no transfer or proxy URL")
-            reporter.info(f"created oVirt disk {disk.id} ({name}) in {engine.storage_domain}; "
-                          f"sending the bytes to ovirt-imageio at {urlparse(url).netloc}")
-            progress = Progress(reporter, "upload", artifact.file_size)
-            stream = UploadStream(artifact.path, progress, rate_limit=rate_limit)
-            _send(url, engine.ca_file, stream, artifact.file_size)
-            progress.done()
-            transfer_service.finalize()
-            _wait_finalized(sdk, types, transfer_service, disk_service, transfer.id,
-                            settings.timeout_seconds)
-            reporter.info(f"oVirt disk {disk.id} is OK")
-        except BaseException as exc:
-            with signals_deferred():
-                _undo(transfer_service, disk_service, disk.id, reporter, type(exc).__name__)
-            if isinstance(exc, ImageBuildError) or not isinstance(exc, Exception):
-                raise
-            raise PublishError(f"uploading to oVirt failed: {describe_exception(exc)}; "
-                               f"disk {disk.id} was removed") from None
-        finally:
-            if stream is not None:
-                stream.close()
+        disk, created = _find_or_upload(system, disks, types, sdk, engine, name, artifact, settings,
+                                         reporter, rate_limit)
+        if not created:
+            return PublishResult(target="ovirt", image_id=disk.id, name=name, created=False,
+                                 forced=artifact.forced, location=engine.url)
         extra: dict[str, str] = {}
         if settings.template:
             extra["template_id"] = _make_template(system, types, disk.id, name, settings, reporter)
@@ -226,6 +221,105 @@ def publish_to_ovirt(artifact: Artifact, settings: Ovirt, *, config: str | None 
     finally:
         with suppress(Exception):
             connection.close()
+
+
+def _find_or_upload(system: Any, disks: Any, types: Any, sdk: Any, engine: Engine, name: str,
+                    artifact: Artifact, settings: Ovirt, reporter: Reporter,
+                    rate_limit: int | None) -> tuple[Any, bool]:
+    """The disk holding the artifact, found (False) or uploaded now (True); never two of them."""
+    deadline = time.monotonic() + settings.timeout_seconds
+    waited_for: set[str] = set()
+    while True:
+        survey = _survey(disks, types, name, artifact, settings, reporter)
+        if survey.existing is not None:
+            reporter.info(f"oVirt already has this artifact as disk {name} ({survey.existing.id}): "
+                          "nothing to upload")
+            return survey.existing, False
+        if not survey.rivals:
+            disk = _upload_disk(system, disks, types, sdk, engine, name, artifact, settings, reporter,
+                                rate_limit)
+            if disk is not None:
+                return disk, True
+            continue  # another publish of this artifact started first: wait for it
+        for rival in survey.rivals:
+            if rival.id not in waited_for:
+                waited_for.add(rival.id)
+                reporter.info(f"another publish ({_uploader(rival.description or '')[0] or 'unknown'}) is "
+                              f"uploading this artifact as oVirt disk {rival.id}; waiting for it")
+        if time.monotonic() >= deadline:
+            raise PublishError(f"another publish of this artifact is still uploading it after "
+                               f"{settings.timeout_seconds}s (oVirt disk {survey.rivals[0].id}); "
+                               "try again later, or remove that disk if its publisher is gone")
+        time.sleep(RIVAL_POLL_SECONDS)
+
+
+def _upload_disk(system: Any, disks: Any, types: Any, sdk: Any, engine: Engine, name: str,
+                 artifact: Artifact, settings: Ovirt, reporter: Reporter,
+                 rate_limit: int | None) -> Any:
+    """Add the disk and fill it: the disk, or None when another publish of the artifact turned out to
+    have started no later (ours is removed again)."""
+    started = time.time()
+    disk = disks.add(types.Disk(
+        name=name, description=_description(artifact, started), content_type=types.DiskContentType.DATA,
+        format=types.DiskFormat.COW, sparse=True, provisioned_size=artifact.virtual_size,
+        initial_size=artifact.file_size,
+        storage_domains=[types.StorageDomain(name=engine.storage_domain)]))
+    reporter.event("ovirt-disk-created", disk_id=disk.id, name=name)
+    disk_service = disks.disk_service(disk.id)
+    transfer_service = None
+    stream: UploadStream | None = None
+    try:
+        wait_until(lambda: disk_service.get().status == types.DiskStatus.OK,
+                   timeout=settings.timeout_seconds, what=f"oVirt disk {disk.id} to be created")
+        others = _survey(disks, types, name, artifact, settings, reporter, own_id=disk.id)
+        first = others.existing or next((r for r in others.rivals
+                                         if _uploader(r.description or "")[1] <= started), None)
+        if first is not None:
+            with signals_deferred():
+                _undo(None, disk_service, disk.id, reporter,
+                      f"another publish of this artifact started first ({first.id})")
+            yield_pause()
+            return None
+        transfers = system.image_transfers_service()
+        transfer = transfers.add(types.ImageTransfer(
+            disk=types.Disk(id=disk.id), direction=types.ImageTransferDirection.UPLOAD,
+            format=types.DiskFormat.COW, inactivity_timeout=120))
+        transfer_service = transfers.image_transfer_service(transfer.id)
+
+        def ready() -> Any:
+            t = transfer_service.get()
+            if t.phase == types.ImageTransferPhase.TRANSFERRING:
+                return t
+            if t.phase != types.ImageTransferPhase.INITIALIZING:
+                raise PublishError(f"oVirt image transfer {transfer.id} went to {t.phase} before sending")
+            return None
+
+        transfer = wait_until(ready, timeout=300, what=f"oVirt image transfer {transfer.id}")
+        url = transfer.transfer_url or transfer.proxy_url
+        if not url:
+            raise PublishError(f"oVirt image transfer {transfer.id} has no transfer or proxy URL")
+        reporter.info(f"created oVirt disk {disk.id} ({name}) in {engine.storage_domain}; "
+                      f"sending the bytes to ovirt-imageio at {urlparse(url).netloc}")
+        progress = Progress(reporter, "upload", artifact.file_size)
+        stream = UploadStream(artifact.path, progress, rate_limit=rate_limit)
+        _send(url, engine.ca_file, stream, artifact.file_size)
+        progress.done()
+        transfer_service.finalize()
+        _wait_finalized(sdk, types, transfer_service, disk_service, transfer.id,
+                        settings.timeout_seconds)
+        disk_service.update(types.Disk(description=_description(artifact, started) + COMPLETE))
+        reporter.info(f"oVirt disk {disk.id} is OK")
+    except BaseException as exc:
+        with signals_deferred():
+            _undo(transfer_service, disk_service, disk.id, reporter, type(exc).__name__)
+        if isinstance(exc, ImageBuildError) or not isinstance(exc, Exception):
+            raise
+        raise PublishError(f"uploading to oVirt failed: {describe_exception(exc)}; "
+                           f"disk {disk.id} was removed") from None
+    finally:
+        if stream is not None:
+            stream.close()
+    return disk
 
 
 def _wait_finalized(sdk: Any, types: Any, transfer_service: Any, disk_service: Any, transfer_id: str,

@@ -272,6 +272,26 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reply(200, _template_xml(d.state.templates[parts[1]]))
             return self._fault(404, f"no such resource {path}")
 
+    def do_PUT(self) -> None:  # noqa: N802
+        """Disk updates: the description only (what a publish changes once the bytes are verified)."""
+        d = self.double
+        path = urlparse(self.path).path
+        body = self._body()
+        with d.lock:
+            d.state.calls.append(f"PUT {path}")
+            if not self._authorized():
+                return None
+            parts = path[len(API) + 1:].split("/")
+            if parts[0] == "disks" and len(parts) == 2 and parts[1] in d.state.disks:
+                disk = d.state.disks[parts[1]]
+                if disk.status == "locked":
+                    return self._fault(409, "Cannot edit Virtual Disk: Disk is locked.")
+                description = ET.fromstring(body).findtext("description")
+                if description is not None:
+                    disk.description = description
+                return self._reply(200, _disk_xml(disk))
+            return self._fault(404, f"no such resource {path}")
+
     def do_DELETE(self) -> None:  # noqa: N802
         d = self.double
         url = urlparse(self.path)

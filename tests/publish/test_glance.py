@@ -16,6 +16,7 @@ from conftest import CLOUD, MakeBuild, glance_conn, recipe_for
 
 from imagebuild.errors import PublishError
 from imagebuild.events import Reporter
+from imagebuild.procs import process_token
 from imagebuild.publish import Options, publish
 from imagebuild.publish.common import load_published_artifact
 from imagebuild.publish.glance import UNFINISHED, publish_to_glance
@@ -72,7 +73,8 @@ def test_publish_describes_the_image_and_matches_sha512(glance, cloud, make_buil
         "imagebuild_recipe": recipe.name, "imagebuild_recipe_version": "12",
         "imagebuild_build_id": manifest["build_id"], "imagebuild_built": manifest["finished"],
         "imagebuild_sha256": manifest["artifact"]["sha256"], "imagebuild_manifest_sha256": manifest_digest,
-        "imagebuild_boot_test": "passed", "imagebuild_forced": "false"}
+        "imagebuild_boot_test": "passed", "imagebuild_forced": "false",
+        "imagebuild_uploader": process_token()}  # this process published it
     record = [json.loads(line) for line in (out / "published.jsonl").read_text().splitlines()]
     assert record[-1]["image_id"] == result.image_id and record[-1]["forced"] is False
     # Glance stored exactly our bytes, in its file store.
@@ -251,3 +253,75 @@ def test_invoke_publish_task(glance, cloud, make_build: MakeBuild, tmp_path: Pat
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 8, run.stderr
     assert "imagebuild: error:" in run.stderr and "--force" in run.stderr
+
+
+def _result(proc: subprocess.Popen[str]) -> tuple[dict, str]:  # type: ignore[type-arg]
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    return json.loads(stdout.splitlines()[0]), stderr
+
+
+def test_simultaneous_publishes_make_one_image(glance, cloud, make_build: MakeBuild, tmp_path: Path) -> None:
+    """Two CI runners publish the same artifact at once: neither deletes the other's upload, and
+    Glance ends with one image, which both report."""
+    recipe = recipe_for("t-race")
+    out = make_build(recipe, data_mib=16)
+    procs = [_spawn(out, recipe, tmp_path, "--rate", str(8 * 2**20))[0] for _ in range(2)]
+    (a, a_err), (b, b_err) = (_result(p) for p in procs)
+    assert a["image_id"] == b["image_id"], (a_err, b_err)
+    assert sorted([a["created"], b["created"]]) == [False, True]
+    waiter_log = b_err if a["created"] else a_err
+    assert "waiting for it" in waiter_log or "started first" in waiter_log, waiter_log
+    left = images_of(glance, imagebuild_recipe=recipe.name)
+    assert [(i["id"], i["status"]) for i in left] == [(a["image_id"], "active")]
+
+
+def _forge_unfinished(glance, sha256: str, uploader: str) -> str:  # type: ignore[no-untyped-def]
+    """An image record as another host's publish leaves it while uploading (queued, no bytes yet)."""
+    from openstack.image.v2.image import Image
+
+    conn = glance_conn(glance)
+    try:
+        return str(Image.new(name="t-foreign", disk_format="qcow2", container_format="bare",
+                             imagebuild_recipe="t-foreign", imagebuild_sha256=sha256,
+                             imagebuild_uploader=uploader).create(conn.image).id)
+    finally:
+        conn.close()
+
+
+def test_another_hosts_upload_is_waited_for_then_its_copy_used(glance, cloud, make_build: MakeBuild,
+                                                              tmp_path: Path) -> None:
+    """Another host's unfinished upload of the same artifact may be alive: wait, never delete it."""
+    recipe = recipe_for("t-foreign")
+    out = make_build(recipe)
+    foreign = _forge_unfinished(glance, load_published_artifact(out).sha256, "ci-runner-7/b00t/4242/99")
+    proc, events = _spawn(out, recipe, tmp_path)
+    log = events.with_suffix(".log")
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "waiting for it" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(4)  # more than one poll: it keeps waiting, the foreign image stays
+    assert proc.poll() is None
+    assert [i["id"] for i in images_of(glance, imagebuild_recipe="t-foreign")] == [foreign]
+    conn = glance_conn(glance)  # the other host gives up on its upload
+    try:
+        conn.image.delete_image(foreign)
+    finally:
+        conn.close()
+    result, _ = _result(proc)
+    assert result["created"] and result["image_id"] != foreign
+    assert [i["status"] for i in images_of(glance, imagebuild_recipe="t-foreign")] == ["active"]
+
+
+def test_another_hosts_stale_upload_is_a_leftover(glance, cloud, make_build: MakeBuild, tmp_path: Path) -> None:
+    recipe = recipe_for("t-stale", stale_upload_minutes=0)
+    out = make_build(recipe)
+    foreign = _forge_unfinished(glance, load_published_artifact(out).sha256, "ci-runner-9/b00t/4242/99")
+    reporter = quiet_reporter(tmp_path)
+    result = publish(recipe, out, to="glance", options=Options(cloud=cloud), reporter=reporter)
+    assert result.created
+    assert "past stale_upload_minutes = 0" in (tmp_path / "publish.log").read_text()
+    sha256 = load_published_artifact(out).sha256
+    assert [i["id"] for i in images_of(glance, imagebuild_sha256=sha256)] == [result.image_id]
+    assert foreign != result.image_id

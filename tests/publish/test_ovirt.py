@@ -164,3 +164,55 @@ def test_engine_settings_come_from_config_or_environment(tmp_path: Path,
     monkeypatch.setenv("OVIRT_CAFILE", str(ca))
     with pytest.raises(PublishError, match="must be https"):
         load_engine(None, Ovirt(storage_domain="x"))
+
+
+def _spawn_child(out: Path, recipe, tmp_path: Path, tag: str) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
+    recipe_json = tmp_path / f"recipe-{tag}.json"
+    recipe_json.write_text(recipe.to_json())
+    return subprocess.Popen([sys.executable, str(CHILD), str(out), str(recipe_json), "ovirt",
+                             "--ovirt-config", "test-engine", "--rate", str(6 * 2**20),
+                             "--events", str(tmp_path / f"child-{tag}.events")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_simultaneous_publishes_make_one_disk(engine: EngineDouble, make_build: MakeBuild,
+                                              tmp_path: Path) -> None:
+    recipe = recipe_for("o-race")
+    out = make_build(recipe, data_mib=8)
+    procs = [_spawn_child(out, recipe, tmp_path, tag) for tag in "ab"]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, stderr
+        results.append(json.loads(stdout.splitlines()[0]))
+    assert results[0]["image_id"] == results[1]["image_id"]
+    assert sorted(r["created"] for r in results) == [False, True]
+    [disk] = engine.state.disks.values()
+    assert disk.id == results[0]["image_id"] and disk.status == "ok"
+    assert disk.description.endswith(" complete")
+
+
+def test_a_gone_publishers_disk_is_removed(engine: EngineDouble, make_build: MakeBuild, tmp_path: Path) -> None:
+    """A disk a killed publish left (never marked complete; its process is gone) is not the artifact."""
+    import socket
+    import xml.etree.ElementTree as ET
+
+    from imagebuild.procs import boot_id
+    from imagebuild.publish.common import load_published_artifact
+
+    recipe = recipe_for("o-gone")
+    out = make_build(recipe)
+    artifact = load_published_artifact(out)
+    body = ET.fromstring(
+        f"<disk><name>{artifact.versioned_name}</name><provisioned_size>1</provisioned_size>"
+        f"<description>imagebuild sha256={artifact.sha256} uploader={socket.gethostname()}/{boot_id()}/"
+        f"4194303/1 started={time.time():.3f}</description>"
+        "<storage_domains><storage_domain><name>images</name></storage_domain></storage_domains></disk>")
+    with engine.lock:
+        leftover = engine.add_disk(body).id
+    time.sleep(0.5)  # the double unlocks it, as a killed publish leaves it
+    result = publish(recipe, out, to="ovirt", options=Options(ovirt_config="test-engine"),
+                     reporter=reporter(tmp_path))
+    assert result.created and list(engine.state.disks) == [result.image_id] != [leftover]
+    assert "left ok by a publish that is gone" in (tmp_path / "publish.log").read_text()
