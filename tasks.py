@@ -41,13 +41,15 @@ def edge(fn):  # type: ignore[no-untyped-def]
             "keep_work": "keep the scratch dir under work/ for debugging",
             "verbose": "stream the build log to the terminal",
             "publish": "after a successful build, publish to this target (glance or ovirt)",
-            "cloud": "clouds.yaml entry for --publish glance"})
+            "cloud": "clouds.yaml entry for --publish glance",
+            "no_cache": "download every package again, ignoring the host's package cache"})
 @edge
-def build(c, recipe, no_boot_test=False, keep_work=False, verbose=False, publish=None, cloud=None):
+def build(c, recipe, no_boot_test=False, keep_work=False, verbose=False, publish=None, cloud=None,
+          no_cache=False):
     """Build a recipe into output/RECIPE/: qcow2, manifest.json, SHA256SUMS, logs."""
     from imagebuild.pipeline import build as run_build
     out = run_build(recipe, reporter=Reporter(verbose=verbose), run_boot_test=not no_boot_test,
-                    keep_work=keep_work)
+                    keep_work=keep_work, use_cache=not no_cache)
     print(out)
     if publish:
         from imagebuild.publish import publish as run_publish

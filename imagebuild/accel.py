@@ -13,10 +13,10 @@ import json
 import os
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 from .errors import ToolMissing
 from .events import NULL_REPORTER, Reporter
+from .paths import cache_root
 from .procs import boot_id
 from .run import run
 
@@ -36,12 +36,6 @@ class AccelChoice:
     @property
     def libvirt_domain_type(self) -> str:
         return "kvm" if self.accel is Accel.KVM else "qemu"
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("IMAGEBUILD_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "imagebuild")
-    return Path(base)
 
 
 def _probe_kernel() -> str | None:
@@ -76,7 +70,7 @@ def choose_accel(reporter: Reporter = NULL_REPORTER) -> AccelChoice:
     """The accelerator for every guest and for libguestfs, decided once per host boot."""
     if os.environ.get("IMAGEBUILD_ACCEL"):
         return probe_kvm(reporter)
-    path = cache_dir() / "accel.json"
+    path = cache_root() / "accel.json"
     boot = boot_id()
     try:
         cached = json.loads(path.read_text())

@@ -83,7 +83,7 @@ def tool_versions() -> dict[str, str]:
 
 
 def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
-          keep_work: bool = False) -> Path:
+          keep_work: bool = False, use_cache: bool = True) -> Path:
     """Build ``recipe_name`` into ``output/<recipe>/``; returns that directory."""
     recipe = load_recipe(recipe_name)
     if recipe.abstract:
@@ -106,7 +106,7 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
         reporter.attach(staging / "build.log", staging / "events.jsonl")
         stack.callback(reporter.close)
         b = Build(recipe=recipe, build_id=build_id, work=work, output_dir=output_root() / recipe.name,
-                  staging=staging, reporter=reporter, stack=stack)
+                  staging=staging, reporter=reporter, stack=stack, use_cache=use_cache)
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         reporter.info(f"build {build_id}: recipe {recipe.name} ({' <- '.join(Path(s).stem for s in recipe.sources)})")
         b.accel = choose_accel(reporter)

@@ -54,6 +54,7 @@ class Build:
     disk_format: str = "raw"
     inputs: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    use_cache: bool = True              # reuse verified downloads kept on this host (apt packages)
 
     @property
     def domain_prefix(self) -> str:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from ..errors import CustomizeFailed, InstallFailed
 from ..events import Reporter
 from ..guest import Guest
+from ..paths import cache_root
 from ..recipe import Backend, Recipe
 from ..run import run
 from ..workspace import Build, remove_tree
@@ -52,16 +53,55 @@ def sources_list(recipe: Recipe) -> list[str]:
     return lines
 
 
-def mmdebstrap_argv(recipe: Recipe, target: Path) -> list[str]:
+def apt_cache_dir(recipe: Recipe) -> Path:
+    """The host's package cache for this recipe's suite (a plain directory of .deb files)."""
+    return cache_root() / "apt" / f"debian-{recipe.install.bootstrap.suite}-amd64"
+
+
+def mmdebstrap_argv(recipe: Recipe, target: Path, apt_cache: Path | None = None) -> list[str]:
     b = recipe.install.bootstrap
     packages = list(dict.fromkeys(b.include + recipe.packages.all))
+    cache: list[str] = []
+    if apt_cache is not None:
+        # mmdebstrap's own package-cache recipe (its manual, EXAMPLES): the cached .debs go into the
+        # tree's apt cache before apt runs, and every .deb apt used comes back out before cleanup.
+        # apt re-checks each cached file against the hashes in the signed index, so a stale or
+        # damaged file is fetched again, never installed.
+        cache = ["--skip=essential/unlink",
+                 '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
+                 f"--setup-hook=sync-in {apt_cache} /var/cache/apt/archives/",
+                 f"--customize-hook=sync-out /var/cache/apt/archives {apt_cache}"]
     # A private mount namespace: whatever mmdebstrap mounts inside the tree disappears with it, even
     # if the build is killed with SIGKILL, so a stale tree can never pin /proc or /dev.
     return ["unshare", "--mount", "--propagation", "private",
             "mmdebstrap", "--mode=root", f"--variant={b.variant}",
             f"--components={','.join(b.components)}", f"--include={','.join(packages)}",
-            "--aptopt=Acquire::Retries \"3\"", "--dpkgopt=force-unsafe-io",
+            "--aptopt=Acquire::Retries \"3\"", "--dpkgopt=force-unsafe-io", *cache,
             b.suite, str(target), *sources_list(recipe)]
+
+
+def installed_debs(dpkg_status: str) -> set[str]:
+    """The archive file names (as apt names them in /var/cache/apt/archives) of the installed packages."""
+    names = set()
+    for stanza in dpkg_status.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " ")
+        if "install ok installed" in fields.get("Status", "") and "Package" in fields:
+            version = fields.get("Version", "").replace(":", "%3a")
+            names.add(f"{fields['Package']}_{version}_{fields.get('Architecture', 'all')}.deb")
+    return names
+
+
+def tend_apt_cache(cache: Path, rootfs: Path, cached_before: set[str], reporter: Reporter) -> dict[str, Any]:
+    """Keep in the cache exactly the .debs of this tree (so it never grows past one system), and say
+    how many of them the cache supplied."""
+    wanted = installed_debs((rootfs / "var/lib/dpkg/status").read_text())
+    for stale in sorted({p.name for p in cache.glob("*.deb")} - wanted):
+        (cache / stale).unlink(missing_ok=True)
+    hits = len(cached_before & wanted)
+    size = sum(p.stat().st_size for p in cache.glob("*.deb"))
+    reporter.info(f"package cache: {hits} of {len(wanted)} packages came from {cache} "
+                  f"({size / 2**20:.0f} MiB kept)")
+    return {"dir": str(cache), "packages": len(wanted), "from_cache": hits, "size": size}
 
 
 class BootstrapInstaller:
@@ -76,7 +116,8 @@ class BootstrapInstaller:
         return None  # recipe.validate already checked suite, mirror, variant and package names
 
     def describe(self, recipe: Recipe) -> dict[str, Any]:
-        return {"backend": "bootstrap", "command": mmdebstrap_argv(recipe, Path("<work>/rootfs")),
+        command = mmdebstrap_argv(recipe, Path("<work>/rootfs"), apt_cache_dir(recipe))
+        return {"backend": "bootstrap", "command": command,
                 "disk": {"label": "dos", "partitions": [{"start": "1MiB", "fs": "ext4", "mount": "/"}],
                          "size_gib": recipe.image.disk_gib},
                 "kernel_cmdline": SERIAL_CMDLINE, "bootloader": "grub-pc (BIOS), installed from the image"}
@@ -85,8 +126,18 @@ class BootstrapInstaller:
         r, rep = build.recipe, build.reporter
         rootfs = build.work / "rootfs"
         build.stack.callback(remove_tree, rootfs, rep)
+        cache = apt_cache_dir(r) if build.use_cache else None
+        if cache is not None and any(c.isspace() for c in str(cache)):
+            rep.info(f"package cache off: mmdebstrap's sync hooks cannot take a path with spaces ({cache})")
+            cache = None
+        cached_before: set[str] = set()
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            cached_before = {p.name for p in cache.glob("*.deb")}
         with rep.step("mmdebstrap"):
-            run(mmdebstrap_argv(r, rootfs), reporter=rep, purpose="build the root tree")
+            run(mmdebstrap_argv(r, rootfs, cache), reporter=rep, purpose="build the root tree")
+        if cache is not None:
+            build.inputs["package_cache"] = tend_apt_cache(cache, rootfs, cached_before, rep)
         root_uuid = str(uuid.uuid4())
         with rep.step("configure tree"):
             self._configure(rootfs, root_uuid, build)

@@ -6,7 +6,7 @@ that pin is the trust anchor, whatever mirror serves the file. The tree's own ch
 ``[checksums]`` of ``.treeinfo``, Debian's ``SHA256SUMS``) is checked against the pin as well, before
 the large download starts, so a moved tree is reported as such.
 
-Cache layout (``media_cache_dir()``: ``$IMAGEBUILD_CACHE/media``, else ``~/.cache/imagebuild/media``)::
+Cache layout (``media_cache_dir()``: ``media/`` under :func:`imagebuild.paths.cache_root`)::
 
     sha256/<hex>/<name>        a verified file; re-hashed on every use
     sha256/<hex>/<name>.part   a download in progress or interrupted: resumed, never used as is
@@ -37,6 +37,7 @@ from ..answerfile import rewrite_url, site_mirrors  # noqa: F401 - site_mirrors 
 from ..digest import sha256_file
 from ..errors import InstallFailed
 from ..events import NULL_REPORTER, Reporter
+from ..paths import cache_root
 from ..recipe import Recipe
 
 USER_AGENT = "imagebuild/0.1 (+golden image builder)"
@@ -66,10 +67,7 @@ class ChecksumMismatch(MediaError):
 # -- configuration -------------------------------------------------------------------------------
 
 def media_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    if env.get("IMAGEBUILD_CACHE"):
-        return Path(env["IMAGEBUILD_CACHE"]).expanduser() / "media"
-    return Path("~/.cache/imagebuild/media").expanduser()
+    return cache_root(environ) / "media"
 
 
 # -- hashing and downloading ---------------------------------------------------------------------

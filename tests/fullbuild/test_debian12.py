@@ -53,6 +53,12 @@ def test_manifest_records_what_was_built_and_proven(built_debian12, accel):
     for p in ("net-tools", "lrzsz", "screen", "tree", "vim", "wget", "qemu-guest-agent", "linux-image-amd64"):
         assert pkgs.get(p), p
     assert m["inputs"]["suite"] == "bookworm" and m["inputs"]["mirror"].startswith("http")
+    # the host's package cache holds exactly this system's .debs, as apt names them
+    cache = m["inputs"]["package_cache"]
+    debs = {p.name for p in Path(cache["dir"]).glob("*.deb")}
+    assert cache["packages"] == len(debs) == len(pkgs)
+    for name, version in pkgs.items():
+        assert any(d.startswith(f"{name}_{version.replace(':', '%3a')}_") for d in debs), (name, version)
     assert {"qemu-img", "libguestfs", "libvirt"} <= set(m["tools"])
 
 

@@ -23,6 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
+from imagebuild.paths import cache_root
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
@@ -40,11 +42,7 @@ VERSIONS = _versions()
 
 
 def cache_dir() -> Path:
-    if os.environ.get("IMAGEBUILD_CACHE_DIR"):
-        base = Path(os.environ["IMAGEBUILD_CACHE_DIR"])
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagebuild"
-    return base / "publish"
+    return cache_root() / "publish"  # where .ci/publish-setup puts the venvs
 
 
 def glance_venv() -> Path:
