@@ -979,6 +979,8 @@ def validate_recipe(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, for_b
     vm = recipe.install.vm
     problems: list[str] = []
     for key in ("kernel_sha256", "initrd_sha256"):
+        if not getattr(vm, key) and vm.media_trust == "signed":
+            continue  # the archive's signed index supplies the hash (checked before any download)
         if not getattr(vm, key) and vm.media_trust == "first-use":
             problems.append(f"install.vm.{key} is not pinned: the media will be trusted on first use and "
                             "held to that hash afterwards (install.vm.media_trust = 'first-use')")

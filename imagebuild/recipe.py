@@ -92,7 +92,9 @@ class VMInstall:
     root_password_file: str = ""
     kernel_args: tuple[str, ...] = ()  # appended to the installer's kernel command line
     kickstart_syntax: str = ""         # pykickstart version (e.g. RHEL7); default RHEL<os major> for EL
-    media_trust: str = "pinned"        # "pinned": refuse unpinned media; "first-use": record the first hash
+    media_trust: str = "pinned"        # "pinned": refuse unpinned media; "first-use": record the first hash;
+    #                                    "signed": the hashes in the archive's signed index (Debian InRelease)
+    keyring: str = ""                  # gpgv keyring for a Debian tree's InRelease (default: debian-archive-keyring)
 
 
 @dataclass(frozen=True)
@@ -466,7 +468,8 @@ def _validate_vm(recipe: Recipe, check: Any) -> None:
     for name in vm.variables:
         check(VARIABLE_RE.match(name) is not None, f"install.vm.variables.{name}",
               "variable names are identifiers (letters, digits, _)")
-    check(vm.media_trust in ("pinned", "first-use"), "install.vm.media_trust", "must be 'pinned' or 'first-use'")
+    check(vm.media_trust in ("pinned", "first-use", "signed"), "install.vm.media_trust",
+          "must be 'pinned', 'first-use' or 'signed'")
     check(vm.memory_mib >= 512, "install.vm.memory_mib", "must be at least 512")
     check(1 <= vm.vcpus <= 64, "install.vm.vcpus", "must be between 1 and 64")
     check(vm.inactivity_seconds >= 30, "install.vm.inactivity_seconds", "must be at least 30")

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import dataclasses
 import fcntl
+import hashlib
 import http.client
 import os
 import re
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -39,8 +42,10 @@ from ..errors import InstallFailed
 from ..events import NULL_REPORTER, Reporter
 from ..paths import cache_root
 from ..recipe import Recipe
+from ..run import run
 
 USER_AGENT = "imagebuild/0.1 (+golden image builder)"
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1 << 20
 MAX_INDEX_BYTES = 1 << 20           # .treeinfo / SHA256SUMS are a few KiB
@@ -58,6 +63,10 @@ def tree_index(recipe: Recipe) -> str:
 
 class MediaError(InstallFailed):
     """Install media could not be fetched, or is not what the recipe pins."""
+
+
+class SignatureError(MediaError):
+    """A signed index (Debian's InRelease) did not verify against the keyring."""
 
 
 class ChecksumMismatch(MediaError):
@@ -201,19 +210,92 @@ def fetch(url: str, sha256: str, *, cache_dir: Path | None = None, reporter: Rep
                            "deleted (the mirror serves a different file, or the pin is wrong)")
 
 
-def fetch_text(url: str, *, timeout: float = 30.0, max_bytes: int = MAX_INDEX_BYTES) -> str:
-    """A small text file (``.treeinfo``, ``SHA256SUMS``), read into memory; not cached."""
+def fetch_bytes(url: str, *, timeout: float = 30.0, max_bytes: int = MAX_INDEX_BYTES) -> bytes:
+    """A small file (``.treeinfo``, ``SHA256SUMS``, ``InRelease``), read into memory; not cached."""
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}),
                                     timeout=timeout) as resp:
-            data = resp.read(max_bytes + 1)
+            data: bytes = resp.read(max_bytes + 1)
     except urllib.error.HTTPError as exc:
         raise MediaError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         raise MediaError(f"cannot download {url}: {getattr(exc, 'reason', None) or exc}") from None
     if len(data) > max_bytes:
         raise MediaError(f"{url} is larger than {max_bytes} bytes; it is not an install tree index")
-    return data.decode("utf-8", errors="replace")
+    return data
+
+
+def fetch_text(url: str, *, timeout: float = 30.0, max_bytes: int = MAX_INDEX_BYTES) -> str:
+    return fetch_bytes(url, timeout=timeout, max_bytes=max_bytes).decode("utf-8", errors="replace")
+
+
+# -- signed indexes (Debian: dists/<suite>/InRelease) --------------------------------------------
+
+def dists_split(tree_url: str) -> tuple[str, str] | None:
+    """``(".../dists/<suite>/", "path/below/")`` for a tree inside a Debian archive, else None."""
+    m = re.match(r"^(.*/dists/[^/]+/)(.*)$", tree_url)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def gpgv_verify(signed: bytes, keyring: str, *, reporter: Reporter = NULL_REPORTER) -> tuple[str, list[str]]:
+    """Verify a clearsigned file with gpgv against ``keyring``: (the signed text as gpgv extracted it,
+    the good signers). As apt does, one valid signature by a key in the keyring suffices (a signature
+    by a key the keyring lacks is skipped); any bad signature fails."""
+    if not Path(keyring).is_file():
+        raise MediaError(f"keyring {keyring} does not exist (install debian-archive-keyring, or set "
+                         "install.vm.keyring)")
+    with tempfile.TemporaryDirectory(prefix="imagebuild-gpgv-") as tmp:
+        src, out = Path(tmp) / "InRelease", Path(tmp) / "Release"
+        src.write_bytes(signed)
+        res = run(["gpgv", "--status-fd", "1", "--keyring", keyring, "--output", str(out), str(src)],
+                  reporter=reporter, check=False, purpose="verify the archive's signature")
+        status = [line.split(" ", 2)[1:] for line in res.stdout.splitlines() if line.startswith("[GNUPG:] ")]
+        bad = [rest for kind, *rest in status if kind in ("BADSIG", "EXPKEYSIG", "REVKEYSIG", "EXPSIG")]
+        good = [rest[0].split(" ", 1)[1] if " " in rest[0] else rest[0]
+                for kind, *rest in status if kind == "GOODSIG" and rest]
+        valid = [rest for kind, *rest in status if kind == "VALIDSIG"]
+        if bad or not good or not valid or not out.is_file():
+            why = "a bad or expired signature" if bad else f"no valid signature by a key in {keyring}"
+            raise SignatureError(f"the archive's InRelease failed verification: {why}\n{res.stderr.strip()}")
+        return out.read_text(errors="replace"), good
+
+
+def release_sha256(release: str) -> dict[str, str]:
+    """The ``SHA256:`` section of a Release file: path -> hex."""
+    listed: dict[str, str] = {}
+    section = False
+    for line in release.splitlines():
+        if not line.startswith(" "):
+            section = line.rstrip() == "SHA256:"
+            continue
+        parts = line.split()
+        if section and len(parts) == 3 and re.fullmatch(r"[0-9a-f]{64}", parts[0]):
+            listed[parts[2]] = parts[0]
+    return listed
+
+
+def authenticate_index(tree_url: str, index: str, data: bytes, keyring: str, *,
+                       reporter: Reporter = NULL_REPORTER, timeout: float = 30.0) -> str:
+    """Chain a Debian tree's checksum index to the archive's signed InRelease: gpgv checks InRelease
+    against the keyring, and InRelease's SHA256 for the index must be the index's. Returns how it was
+    authenticated ("" when the tree is not inside a Debian archive, so there is nothing to chain to)."""
+    split = dists_split(tree_url)
+    if split is None:
+        reporter.log(f"{tree_url} is not inside a dists/<suite>/ tree: {index} cannot be authenticated")
+        return ""
+    dists, below = split
+    release_url = urljoin(dists, "InRelease")
+    text, signers = gpgv_verify(fetch_bytes(release_url, timeout=timeout), keyring, reporter=reporter)
+    path = below + index
+    listed = release_sha256(text).get(path)
+    if listed is None:
+        raise MediaError(f"{release_url} lists no sha256 for {path}: the tree is not part of that release")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != listed:
+        raise ChecksumMismatch(f"{urljoin(tree_url, index)} has sha256 {digest}, but the signed {release_url} "
+                               f"lists {listed}: the mirror serves an index the archive did not sign")
+    reporter.info(f"{index} authenticated: its sha256 is in {release_url}, signed by {signers[0]}")
+    return f"{release_url} (gpgv: {signers[0]})"
 
 
 # -- install trees -------------------------------------------------------------------------------
@@ -299,6 +381,7 @@ class BootFile:
     url: str
     sha256: str                  # the recipe's pin ("" when not pinned)
     listed_sha256: str | None    # what the tree's index (.treeinfo / SHA256SUMS) says, if anything
+    signed_by: str = ""          # the signed file that vouches for that index, if any (Debian InRelease)
 
 
 @dataclass(frozen=True)
@@ -309,8 +392,9 @@ class BootMedia:
     kernel_url: str
     initrd_url: str
     checksum_source: str         # which index was cross-checked, or "" if the tree had none
-    kernel_sha256: str = ""      # what was verified (the pin, or the first-use record)
+    kernel_sha256: str = ""      # what was verified (the pin, the signed index, or the first-use record)
     initrd_sha256: str = ""
+    signed_by: str = ""          # the signed file that vouched for the tree's index, if any
 
 
 def resolve_boot_files(recipe: Recipe, *, mirrors: Mapping[str, str] | None = None,
@@ -325,8 +409,10 @@ def resolve_boot_files(recipe: Recipe, *, mirrors: Mapping[str, str] | None = No
     index = tree_index(recipe)
     kernel_path, initrd_path = boot_file_paths(recipe)
     listed: dict[str, str] = {}
+    raw = b""
     try:
-        text = fetch_text(urljoin(tree, index), timeout=timeout)
+        raw = fetch_bytes(urljoin(tree, index), timeout=timeout)
+        text = raw.decode("utf-8", errors="replace")
     except MediaError as exc:
         if "HTTP 404" not in str(exc) or not (vm.kernel and vm.initrd):
             raise
@@ -342,10 +428,24 @@ def resolve_boot_files(recipe: Recipe, *, mirrors: Mapping[str, str] | None = No
         listed = {p: d for p in (kernel_path, initrd_path) if (d := info.sha256(p) or "")}
     elif index == "SHA256SUMS":
         listed = parse_sha256sums(text)
+    signed_by = ""
+    if index == "SHA256SUMS":
+        try:
+            signed_by = authenticate_index(tree, index, raw, vm.keyring or DEBIAN_KEYRING,
+                                           reporter=reporter, timeout=timeout)
+        except (SignatureError, ChecksumMismatch):
+            raise  # evidence of tampering (or of the wrong keyring): never build on it
+        except MediaError as exc:
+            if vm.media_trust == "signed":
+                raise
+            reporter.info(f"warning: {exc}; relying on the recipe's pins")
+    if vm.media_trust == "signed" and not signed_by:
+        raise MediaError(f"install.vm.media_trust = 'signed' needs a tree whose checksum index is signed "
+                         f"(a Debian dists/<suite>/ tree with InRelease); {tree} has none")
     files = []
     wanted = (("kernel", kernel_path, vm.kernel_sha256), ("initrd", initrd_path, vm.initrd_sha256))
     for role, path, pin in wanted:
-        bf = BootFile(role, path, urljoin(tree, path), pin, listed.get(path))
+        bf = BootFile(role, path, urljoin(tree, path), pin, listed.get(path), signed_by)
         if bf.sha256 and bf.listed_sha256 and bf.sha256 != bf.listed_sha256:
             raise ChecksumMismatch(
                 f"the tree's {index} lists sha256 {bf.listed_sha256} for {path}, but the recipe pins "
@@ -368,9 +468,15 @@ def fetch_boot_files(recipe: Recipe, *, cache_dir: Path | None = None,
     root = cache_dir if cache_dir is not None else media_cache_dir()
     kernel, initrd, source = resolve_boot_files(recipe, mirrors=mirrors, reporter=reporter, timeout=timeout)
     resolved = []
+    trust = recipe.install.vm.media_trust
     for bf in (kernel, initrd):
+        if not bf.sha256 and trust == "signed":
+            if not bf.listed_sha256:
+                raise MediaError(f"the signed {source} lists no sha256 for {bf.path}: nothing vouches for it")
+            reporter.info(f"{bf.role} {bf.path}: sha256 {bf.listed_sha256} from the signed {source}")
+            bf = dataclasses.replace(bf, sha256=bf.listed_sha256)
         if not bf.sha256:
-            if recipe.install.vm.media_trust != "first-use":
+            if trust != "first-use":
                 hint = f" The tree's {source} lists {bf.listed_sha256}." if bf.listed_sha256 else ""
                 raise MediaError(f"install.vm.{bf.role}_sha256 is not pinned: a build boots only pinned "
                                  f"media.{hint} Verify the value (pin_boot_files downloads and hashes it) "
@@ -378,11 +484,11 @@ def fetch_boot_files(recipe: Recipe, *, cache_dir: Path | None = None,
             bf = _first_use(bf, root, reporter=reporter, timeout=timeout)
         resolved.append(bf)
     paths = [fetch(bf.url, bf.sha256, cache_dir=root, reporter=reporter, timeout=timeout) for bf in resolved]
-    return BootMedia(paths[0], paths[1], kernel.url, initrd.url, source, resolved[0].sha256, resolved[1].sha256)
+    return BootMedia(paths[0], paths[1], kernel.url, initrd.url, source, resolved[0].sha256, resolved[1].sha256,
+                     kernel.signed_by)
 
 
 def _first_use(bf: BootFile, root: Path, *, reporter: Reporter, timeout: float) -> BootFile:
-    import dataclasses
     import json
     store = root / "first-use-pins.json"
     root.mkdir(parents=True, exist_ok=True)
@@ -437,6 +543,8 @@ def pin_boot_files(recipe: Recipe, *, cache_dir: Path | None = None,
     for bf in (kernel, initrd):
         digest = _download_unverified(bf, root, reporter=reporter, timeout=timeout, source=source)
         origin = f" (matches the tree's {source})" if bf.listed_sha256 else " (the tree lists no checksum)"
+        if bf.signed_by and bf.listed_sha256:
+            origin = f" (matches the tree's {source}, whose sha256 is in the signed {bf.signed_by})"
         reporter.info(f"{bf.role} {bf.url}: sha256 {digest}{origin}")
         pins[f"{bf.role}_sha256"] = digest
     return pins

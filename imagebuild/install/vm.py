@@ -25,7 +25,7 @@ from ..recipe import Backend, Recipe
 from ..run import run
 from ..workspace import Build
 from .initrd import inject
-from .media import fetch_boot_files
+from .media import dists_split, fetch_boot_files
 from .vm_plan import ANACONDA_LOG_PORT, describe_vm_install, kernel_arguments
 from .watchdog import Limits, run_installer
 
@@ -44,7 +44,10 @@ class VMInstaller:
     backend: ClassVar[Backend] = Backend.VM
 
     def tools(self, recipe: Recipe) -> dict[str, str]:
-        return {"qemu-img": "create the target disk", "openssl": "hash the root password (passwd -6)"}
+        tools = {"qemu-img": "create the target disk", "openssl": "hash the root password (passwd -6)"}
+        if dists_split(recipe.install.vm.tree_url) is not None:
+            tools["gpgv"] = "verify the Debian archive's signed InRelease"
+        return tools
 
     def validate(self, recipe: Recipe, reporter: Reporter, *, for_build: bool) -> None:
         validate_recipe(recipe, reporter, for_build=for_build)
@@ -98,7 +101,8 @@ class VMInstaller:
         build.inputs.update({
             "tree_url": r.install.vm.tree_url, "kernel": media.kernel_url, "initrd": media.initrd_url,
             "kernel_sha256": media.kernel_sha256, "initrd_sha256": media.initrd_sha256,
-            "media_trust": r.install.vm.media_trust, "answer_file": answer.name,
+            "media_trust": r.install.vm.media_trust, "media_signed_by": media.signed_by,
+            "answer_file": answer.name,
             "answer_template": answer.template, "install_seconds": round(outcome.seconds, 1)})
 
     def finalize(self, guest: Guest, build: Build) -> None:
