@@ -27,10 +27,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..digest import hash_file
-from ..errors import PublishError, ToolMissing
+from ..errors import ImageBuildError, PublishError, ToolMissing
 from ..events import NULL_REPORTER, Reporter
 from ..procs import token_alive
 from ..run import run
@@ -421,10 +421,59 @@ def rival_at_work(token: str, started: float, stale_minutes: int, status: str) -
     return False, f"left {status} by a publish that is gone ({token or 'no uploader recorded'})"
 
 
+@dataclass(frozen=True)
+class Rival:
+    """Another publish's unfinished upload of the same artifact."""
+    id: str
+    uploader: str        # its process token, or "" if it recorded none
+    status: str
+
+
+def find_or_upload(survey: Callable[[], tuple[Any, list[Rival]]], upload: Callable[[], Any], *,
+                   what: str, timeout: float, reporter: Reporter) -> tuple[Any, bool]:
+    """The one copy of an artifact in a store: ``(found, False)`` or ``(upload(), True)``.
+
+    ``survey`` returns the finished copy (or None) and the uploads other publishes have at work;
+    ``upload`` returns None when it stepped back for a publish that started no later. While another
+    publish is uploading the artifact, wait for it (at most ``timeout`` seconds), then look again."""
+    deadline = time.monotonic() + timeout
+    waited_for: set[str] = set()
+    while True:
+        existing, rivals = survey()
+        if existing is not None:
+            return existing, False
+        if not rivals:
+            done = upload()
+            if done is not None:
+                return done, True
+            continue  # another publish of this artifact started first: wait for it
+        for rival in rivals:
+            if rival.id not in waited_for:
+                waited_for.add(rival.id)
+                reporter.info(f"another publish ({rival.uploader or 'unknown'}) is uploading this artifact "
+                              f"as {what} {rival.id} ('{rival.status}'); waiting for it")
+        if time.monotonic() >= deadline:
+            raise PublishError(f"another publish of this artifact is still uploading it after {timeout:.0f}s "
+                               f"({what} {rivals[0].id}); try again later, or delete it if its publisher "
+                               "is gone")
+        time.sleep(RIVAL_POLL_SECONDS)
+
+
 def yield_pause() -> None:
     """After stepping back for a publish that started no later: a random pause, so two that started
     in the same clock step do not collide again."""
     time.sleep(random.uniform(0.5, RIVAL_POLL_SECONDS))
+
+
+def undo_upload(exc: BaseException, undo: Callable[[], None], failed: str) -> NoReturn:
+    """After an upload failed or was interrupted by ``exc``: run ``undo`` (remove what the store holds
+    of it) with signals held, so a second Ctrl-C cannot cut it short; then raise. Our own errors and
+    interrupts go on as they are; anything else becomes a PublishError saying ``failed``."""
+    with signals_deferred():
+        undo()
+    if isinstance(exc, ImageBuildError) or not isinstance(exc, Exception):
+        raise exc
+    raise PublishError(f"{failed}: {describe_exception(exc)}") from None
 
 
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5,

@@ -23,27 +23,27 @@ Any failure or interrupt in 2-3 deletes the image: nothing is left in queued/sav
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ImageBuildError, PublishError
+from ..errors import PublishError
 from ..events import Reporter
 from ..procs import process_token
 from ..recipe import Glance
 from .common import (
     CHUNK_SIZE,
-    RIVAL_POLL_SECONDS,
     Artifact,
     Progress,
     PublishResult,
+    Rival,
     UploadStream,
     describe_exception,
+    find_or_upload,
     rival_at_work,
-    signals_deferred,
+    undo_upload,
     wait_until,
     yield_pause,
 )
@@ -241,30 +241,18 @@ def _survey(images: Images, artifact: Artifact, settings: Glance, reporter: Repo
 def _publish_once(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
                   rate_limit: int | None) -> tuple[Any, bool, str]:
     """Find the artifact in Glance or upload it, never two copies: (image, created, method)."""
-    deadline = time.monotonic() + settings.timeout_seconds
-    waited_for: set[str] = set()
-    while True:
-        survey = _survey(images, artifact, settings, reporter)
-        if survey.existing is not None:
-            img = survey.existing
-            reporter.info(f"Glance already has this artifact as {img.name} ({img.id}): nothing to upload")
-            return img, False, ""
-        if not survey.rivals:
-            done = _upload(images, artifact, settings, reporter, rate_limit)
-            if done is not None:
-                reporter.info(f"Glance image {done[0].id} is active; size and sha512 match")
-                return done[0], True, done[1]
-            continue  # another publish of this artifact started first: wait for it
-        for rival in survey.rivals:
-            if rival["id"] not in waited_for:
-                waited_for.add(rival["id"])
-                reporter.info(f"another publish ({rival.get(UPLOADER) or 'unknown'}) is uploading this "
-                              f"artifact as Glance image {rival['id']} ('{rival.get('status')}'); waiting for it")
-        if time.monotonic() >= deadline:
-            raise PublishError(f"another publish of this artifact is still uploading it after "
-                               f"{settings.timeout_seconds}s (Glance image {survey.rivals[0]['id']}); "
-                               "try again later, or delete that image if its publisher is gone")
-        time.sleep(RIVAL_POLL_SECONDS)
+    def survey() -> tuple[Any, list[Rival]]:
+        found = _survey(images, artifact, settings, reporter)
+        return found.existing, [Rival(r["id"], r.get(UPLOADER, ""), r.get("status", "")) for r in found.rivals]
+
+    result, created = find_or_upload(survey, lambda: _upload(images, artifact, settings, reporter, rate_limit),
+                                     what="Glance image", timeout=settings.timeout_seconds, reporter=reporter)
+    if not created:
+        reporter.info(f"Glance already has this artifact as {result.name} ({result.id}): nothing to upload")
+        return result, False, ""
+    image, method = result
+    reporter.info(f"Glance image {image.id} is active; size and sha512 match")
+    return image, True, method
 
 
 def _started_first(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
@@ -329,16 +317,16 @@ def _upload(images: Images, artifact: Artifact, settings: Glance, reporter: Repo
         return img, method
     except BaseException as exc:
         # Ours until it is verified: never leave it queued/saving/importing, whatever stopped us.
-        with signals_deferred():
+        why = f"upload did not complete: {type(exc).__name__}"
+
+        def undo() -> None:
             try:
-                _delete(images, image.id, reporter, f"upload did not complete: {type(exc).__name__}")
+                _delete(images, image.id, reporter, why)
             except Exception as cleanup_exc:  # report both; the first failure is the story
                 reporter.info(f"⚠ could not delete Glance image {image.id}: "
                               f"{describe_exception(cleanup_exc)}; delete it by hand")
-        if isinstance(exc, ImageBuildError) or not isinstance(exc, Exception):
-            raise
-        raise PublishError(f"uploading to Glance failed: {describe_exception(exc)}; "
-                           f"image {image.id} was deleted") from None
+
+        undo_upload(exc, undo, f"uploading to Glance failed (image {image.id} was deleted)")
     finally:
         if stream is not None:
             stream.close()

@@ -33,19 +33,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ..errors import ImageBuildError, PublishError
+from ..errors import PublishError
 from ..events import Reporter
 from ..procs import process_token
 from ..recipe import Ovirt
 from .common import (
-    RIVAL_POLL_SECONDS,
     Artifact,
     Progress,
     PublishResult,
+    Rival,
     UploadStream,
     describe_exception,
+    find_or_upload,
     rival_at_work,
     signals_deferred,
+    undo_upload,
     wait_until,
     yield_pause,
 )
@@ -227,30 +229,18 @@ def _find_or_upload(system: Any, disks: Any, types: Any, sdk: Any, engine: Engin
                     artifact: Artifact, settings: Ovirt, reporter: Reporter,
                     rate_limit: int | None) -> tuple[Any, bool]:
     """The disk holding the artifact, found (False) or uploaded now (True); never two of them."""
-    deadline = time.monotonic() + settings.timeout_seconds
-    waited_for: set[str] = set()
-    while True:
-        survey = _survey(disks, types, name, artifact, settings, reporter)
-        if survey.existing is not None:
-            reporter.info(f"oVirt already has this artifact as disk {name} ({survey.existing.id}): "
-                          "nothing to upload")
-            return survey.existing, False
-        if not survey.rivals:
-            disk = _upload_disk(system, disks, types, sdk, engine, name, artifact, settings, reporter,
-                                rate_limit)
-            if disk is not None:
-                return disk, True
-            continue  # another publish of this artifact started first: wait for it
-        for rival in survey.rivals:
-            if rival.id not in waited_for:
-                waited_for.add(rival.id)
-                reporter.info(f"another publish ({_uploader(rival.description or '')[0] or 'unknown'}) is "
-                              f"uploading this artifact as oVirt disk {rival.id}; waiting for it")
-        if time.monotonic() >= deadline:
-            raise PublishError(f"another publish of this artifact is still uploading it after "
-                               f"{settings.timeout_seconds}s (oVirt disk {survey.rivals[0].id}); "
-                               "try again later, or remove that disk if its publisher is gone")
-        time.sleep(RIVAL_POLL_SECONDS)
+    def survey() -> tuple[Any, list[Rival]]:
+        found = _survey(disks, types, name, artifact, settings, reporter)
+        return found.existing, [Rival(d.id, _uploader(d.description or "")[0],
+                                      str(getattr(d.status, "value", d.status))) for d in found.rivals]
+
+    disk, created = find_or_upload(
+        survey, lambda: _upload_disk(system, disks, types, sdk, engine, name, artifact, settings, reporter,
+                                     rate_limit),
+        what="oVirt disk", timeout=settings.timeout_seconds, reporter=reporter)
+    if not created:
+        reporter.info(f"oVirt already has this artifact as disk {name} ({disk.id}): nothing to upload")
+    return disk, created
 
 
 def _upload_disk(system: Any, disks: Any, types: Any, sdk: Any, engine: Engine, name: str,
@@ -310,12 +300,9 @@ def _upload_disk(system: Any, disks: Any, types: Any, sdk: Any, engine: Engine, 
         disk_service.update(types.Disk(description=_description(artifact, started) + COMPLETE))
         reporter.info(f"oVirt disk {disk.id} is OK")
     except BaseException as exc:
-        with signals_deferred():
-            _undo(transfer_service, disk_service, disk.id, reporter, type(exc).__name__)
-        if isinstance(exc, ImageBuildError) or not isinstance(exc, Exception):
-            raise
-        raise PublishError(f"uploading to oVirt failed: {describe_exception(exc)}; "
-                           f"disk {disk.id} was removed") from None
+        why = type(exc).__name__
+        undo_upload(exc, lambda: _undo(transfer_service, disk_service, disk.id, reporter, why),
+                    f"uploading to oVirt failed (disk {disk.id} was removed)")
     finally:
         if stream is not None:
             stream.close()

@@ -272,6 +272,19 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reply(200, _template_xml(d.state.templates[parts[1]]))
             return self._fault(404, f"no such resource {path}")
 
+    def _named_disk(self, path: str) -> DiskRecord | None:
+        parts = path[len(API) + 1:].split("/")
+        if parts[0] == "disks" and len(parts) == 2:
+            return self.double.state.disks.get(parts[1])
+        return None
+
+    def _refused_while_locked(self, disk: DiskRecord, verb: str) -> bool:
+        """As the engine: a locked disk cannot change (the fault is sent)."""
+        if disk.status == "locked":
+            self._fault(409, f"Cannot {verb} Virtual Disk: Disk is locked.")
+            return True
+        return False
+
     def do_PUT(self) -> None:  # noqa: N802
         """Disk updates: the description only (what a publish changes once the bytes are verified)."""
         d = self.double
@@ -281,16 +294,15 @@ class _Handler(BaseHTTPRequestHandler):
             d.state.calls.append(f"PUT {path}")
             if not self._authorized():
                 return None
-            parts = path[len(API) + 1:].split("/")
-            if parts[0] == "disks" and len(parts) == 2 and parts[1] in d.state.disks:
-                disk = d.state.disks[parts[1]]
-                if disk.status == "locked":
-                    return self._fault(409, "Cannot edit Virtual Disk: Disk is locked.")
-                description = ET.fromstring(body).findtext("description")
-                if description is not None:
-                    disk.description = description
-                return self._reply(200, _disk_xml(disk))
-            return self._fault(404, f"no such resource {path}")
+            disk = self._named_disk(path)
+            if disk is None:
+                return self._fault(404, f"no such resource {path}")
+            if self._refused_while_locked(disk, "edit"):
+                return None
+            description = ET.fromstring(body).findtext("description")
+            if description is not None:
+                disk.description = description
+            return self._reply(200, _disk_xml(disk))
 
     def do_DELETE(self) -> None:  # noqa: N802
         d = self.double
@@ -301,12 +313,12 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorized():
                 return None
             parts = path[len(API) + 1:].split("/")
-            if parts[0] == "disks" and len(parts) == 2 and parts[1] in d.state.disks:
-                disk = d.state.disks[parts[1]]
-                if disk.status == "locked":
-                    return self._fault(409, "Cannot remove Virtual Disk: Disk is locked.")
+            disk = self._named_disk(path)
+            if disk is not None:
+                if self._refused_while_locked(disk, "remove"):
+                    return None
                 disk.path.unlink(missing_ok=True)
-                del d.state.disks[parts[1]]
+                del d.state.disks[disk.id]
                 return self._reply(200, ET.Element("action"))
             if parts[0] == "vms" and len(parts) == 2 and parts[1] in d.state.vms:
                 vm = d.state.vms.pop(parts[1])
