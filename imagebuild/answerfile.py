@@ -290,8 +290,8 @@ def rewrite_url(url: str, mirrors: Mapping[str, str] | None) -> str:
 
 
 _BAD_CHAR_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
-_BUILTINS = ("recipe_name", "os_version", "disk_gib", "tree_url", "packages", "root_password_hash",
-             "completion_marker", "serial_console")
+_BUILTINS = ("recipe_name", "os_version", "disk_gib", "tree_url", "install_from_cdrom", "packages",
+             "root_password_hash", "completion_marker", "serial_console")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -305,6 +305,7 @@ def template_variables(recipe: Recipe, *, root_password_hash: str,
         "os_version": recipe.image.os_version,
         "disk_gib": recipe.image.disk_gib,
         "tree_url": rewrite_url(vm.tree_url, mirrors),
+        "install_from_cdrom": bool(vm.iso_url),  # the installer's own ISO is attached as the CD-ROM
         "packages": list(recipe.packages.all),
         "root_password_hash": root_password_hash,
         "completion_marker": COMPLETION_MARKER,
@@ -978,7 +979,8 @@ def validate_recipe(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, for_b
         return
     vm = recipe.install.vm
     problems: list[str] = []
-    for key in ("kernel_sha256", "initrd_sha256"):
+    # An ISO is pinned as a whole (the kernel and initrd are read out of it); a tree, file by file.
+    for key in ("iso_sha256",) if vm.iso_url else ("kernel_sha256", "initrd_sha256"):
         if not getattr(vm, key) and vm.media_trust == "signed":
             continue  # the archive's signed index supplies the hash (checked before any download)
         if not getattr(vm, key) and vm.media_trust == "first-use":

@@ -40,6 +40,7 @@ class DiskSpec:
     target: str = "vda"
     bus: str = "virtio"
     readonly: bool = False
+    device: str = "disk"               # or "cdrom" (an install ISO; read-only, on IDE or SATA)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,13 @@ class DomainSpec:
     cmdline: str = ""
     guest_agent: bool = True
     extra_channels: tuple[tuple[str, Path], ...] = field(default_factory=tuple)  # (name, unix socket)
+
+
+def cdrom(iso: Path, machine: str) -> DiskSpec:
+    """An ISO as the guest's CD-ROM drive: IDE on the i440fx "pc" machine, SATA (AHCI) on q35."""
+    if "q35" in machine:
+        return DiskSpec(iso, "raw", target="sda", bus="sata", readonly=True, device="cdrom")
+    return DiskSpec(iso, "raw", target="hdc", bus="ide", readonly=True, device="cdrom")
 
 
 def domain_xml(spec: DomainSpec) -> str:
@@ -83,11 +91,14 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(dom, event).text = "destroy"
     dev = ET.SubElement(dom, "devices")
     for d in spec.disks:
-        disk = ET.SubElement(dev, "disk", type="file", device="disk")
-        ET.SubElement(disk, "driver", name="qemu", type=d.format, discard="unmap", cache="unsafe")
+        disk = ET.SubElement(dev, "disk", type="file", device=d.device)
+        if d.device == "cdrom":
+            ET.SubElement(disk, "driver", name="qemu", type=d.format)
+        else:
+            ET.SubElement(disk, "driver", name="qemu", type=d.format, discard="unmap", cache="unsafe")
         ET.SubElement(disk, "source", file=str(d.path))
         ET.SubElement(disk, "target", dev=d.target, bus=d.bus)
-        if d.readonly:
+        if d.readonly or d.device == "cdrom":
             ET.SubElement(disk, "readonly")
     if spec.mac is not None:
         nic = ET.SubElement(dev, "interface", type="user")

@@ -80,7 +80,10 @@ class VMInstall:
     template: str = ""                 # answer-file template under kickstart/
     variables: dict[str, str] = field(default_factory=dict)
     tree_url: str = ""                 # install tree with .treeinfo (EL) or netboot dir (Debian)
-    kernel: str = ""                   # path inside the tree; empty = from .treeinfo
+    iso_url: str = ""                  # or an install ISO: booted from, and attached as the CD-ROM
+    iso_sha256: str = ""
+    iso_checksums_url: str = ""        # the ISO's clearsigned checksum list (CentOS sha256sum.txt.asc)
+    kernel: str = ""                   # path inside the tree or ISO; empty = from .treeinfo / the family's
     initrd: str = ""
     kernel_sha256: str = ""
     initrd_sha256: str = ""
@@ -455,8 +458,17 @@ def _validate_vm(recipe: Recipe, check: Any) -> None:
           "install.vm.template", "a preseed drives debian-installer: only for family 'debian'")
     check(not vm.template.endswith(".ks.j2") or recipe.image.family is Family.EL or bool(vm.kickstart_syntax),
           "install.vm.kickstart_syntax", "a kickstart for a non-EL family must name its pykickstart syntax")
-    check(bool(re.match(r"^(https?|file)://", vm.tree_url)), "install.vm.tree_url",
-          "must be the http(s) or file URL of an install tree")
+    check(bool(vm.tree_url) != bool(vm.iso_url), "install.vm.iso_url" if vm.iso_url else "install.vm.tree_url",
+          "set exactly one install source: install.vm.tree_url or install.vm.iso_url "
+          "(a recipe extending a tree recipe sets tree_url = \"\")")
+    for key in ("tree_url", "iso_url", "iso_checksums_url"):
+        value = getattr(vm, key)
+        check(not value or bool(re.match(r"^(https?|file)://", value)), f"install.vm.{key}",
+              "must be an http(s) or file URL")
+    check(not vm.iso_checksums_url or bool(vm.iso_url), "install.vm.iso_checksums_url",
+          "only for an install ISO (install.vm.iso_url)")
+    check(vm.iso_sha256 == "" or SHA256_RE.match(vm.iso_sha256) is not None, "install.vm.iso_sha256",
+          "must be a sha256 (64 lower-case hex digits)")
     for key in ("kernel", "initrd"):
         path = getattr(vm, key)
         check(not path.startswith("/") and ".." not in path.split("/"), f"install.vm.{key}",

@@ -55,6 +55,8 @@ EL_KERNEL = "images/pxeboot/vmlinuz"
 EL_INITRD = "images/pxeboot/initrd.img"
 DEBIAN_KERNEL = "netboot/debian-installer/amd64/linux"
 DEBIAN_INITRD = "netboot/debian-installer/amd64/initrd.gz"
+DEBIAN_ISO_KERNEL = "install.amd/vmlinuz"   # on a debian-cd netinst/DVD image
+DEBIAN_ISO_INITRD = "install.amd/initrd.gz"
 def tree_index(recipe: Recipe) -> str:
     """The tree's checksum index follows the installer: anaconda trees have .treeinfo, d-i SHA256SUMS."""
     from ..answerfile import AnswerFileKind, answer_file_kind
@@ -237,7 +239,8 @@ def dists_split(tree_url: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
-def gpgv_verify(signed: bytes, keyring: str, *, reporter: Reporter = NULL_REPORTER) -> tuple[str, list[str]]:
+def gpgv_verify(signed: bytes, keyring: str, *, reporter: Reporter = NULL_REPORTER,
+                what: str = "the archive's InRelease") -> tuple[str, list[str]]:
     """Verify a clearsigned file with gpgv against ``keyring``: (the signed text as gpgv extracted it,
     the good signers). As apt does, one valid signature by a key in the keyring suffices (a signature
     by a key the keyring lacks is skipped); any bad signature fails."""
@@ -245,7 +248,7 @@ def gpgv_verify(signed: bytes, keyring: str, *, reporter: Reporter = NULL_REPORT
         raise MediaError(f"keyring {keyring} does not exist (install debian-archive-keyring, or set "
                          "install.vm.keyring)")
     with tempfile.TemporaryDirectory(prefix="imagebuild-gpgv-") as tmp:
-        src, out = Path(tmp) / "InRelease", Path(tmp) / "Release"
+        src, out = Path(tmp) / "signed", Path(tmp) / "verified"
         src.write_bytes(signed)
         res = run(["gpgv", "--status-fd", "1", "--keyring", keyring, "--output", str(out), str(src)],
                   reporter=reporter, check=False, purpose="verify the archive's signature")
@@ -256,7 +259,7 @@ def gpgv_verify(signed: bytes, keyring: str, *, reporter: Reporter = NULL_REPORT
         valid = [rest for kind, *rest in status if kind == "VALIDSIG"]
         if bad or not good or not valid or not out.is_file():
             why = "a bad or expired signature" if bad else f"no valid signature by a key in {keyring}"
-            raise SignatureError(f"the archive's InRelease failed verification: {why}\n{res.stderr.strip()}")
+            raise SignatureError(f"{what} failed verification: {why}\n{res.stderr.strip()}")
         return out.read_text(errors="replace"), good
 
 
@@ -371,6 +374,8 @@ def boot_file_paths(recipe: Recipe) -> tuple[str, str]:
     vm = recipe.install.vm
     if tree_index(recipe) == ".treeinfo":
         return vm.kernel or EL_KERNEL, vm.initrd or EL_INITRD
+    if vm.iso_url:
+        return vm.kernel or DEBIAN_ISO_KERNEL, vm.initrd or DEBIAN_ISO_INITRD
     return vm.kernel or DEBIAN_KERNEL, vm.initrd or DEBIAN_INITRD
 
 
@@ -395,6 +400,8 @@ class BootMedia:
     kernel_sha256: str = ""      # what was verified (the pin, the signed index, or the first-use record)
     initrd_sha256: str = ""
     signed_by: str = ""          # the signed file that vouched for the tree's index, if any
+    iso: Path | None = None      # the verified install ISO (attached as the CD-ROM), when installing from one
+    iso_sha256: str = ""
 
 
 def resolve_boot_files(recipe: Recipe, *, mirrors: Mapping[str, str] | None = None,
@@ -458,7 +465,7 @@ def resolve_boot_files(recipe: Recipe, *, mirrors: Mapping[str, str] | None = No
 
 def fetch_boot_files(recipe: Recipe, *, cache_dir: Path | None = None,
                      mirrors: Mapping[str, str] | None = None, reporter: Reporter = NULL_REPORTER,
-                     timeout: float = 60.0) -> BootMedia:
+                     timeout: float = 60.0, scratch: Path | None = None) -> BootMedia:
     """Fetch (or take from the cache, re-verified) the installer kernel and initrd a recipe boots.
 
     Unpinned media are refused, unless the recipe opts into ``install.vm.media_trust = "first-use"``:
@@ -466,6 +473,10 @@ def fetch_boot_files(recipe: Recipe, *, cache_dir: Path | None = None,
     build verifies against it, as SSH does with host keys; the manifest records the hash either way.
     """
     root = cache_dir if cache_dir is not None else media_cache_dir()
+    if recipe.install.vm.iso_url:
+        if scratch is None:
+            raise ValueError("an ISO install needs a scratch dir for the kernel and initrd read out of it")
+        return _boot_from_iso(recipe, root, scratch, mirrors=mirrors, reporter=reporter, timeout=timeout)
     kernel, initrd, source = resolve_boot_files(recipe, mirrors=mirrors, reporter=reporter, timeout=timeout)
     resolved = []
     trust = recipe.install.vm.media_trust
@@ -538,6 +549,14 @@ def pin_boot_files(recipe: Recipe, *, cache_dir: Path | None = None,
     hash, so the first pinned build does not download them again.
     """
     root = cache_dir if cache_dir is not None else media_cache_dir()
+    if recipe.install.vm.iso_url:
+        src = resolve_iso(recipe, mirrors=mirrors, reporter=reporter, timeout=timeout)
+        digest = _download_unverified(BootFile("iso", _file_name(src.url), src.url, "", src.listed_sha256 or None),
+                                      root, reporter=reporter, timeout=timeout,
+                                      source=recipe.install.vm.iso_checksums_url)
+        origin = f" (matches the signed {src.signed_by})" if src.signed_by else " (no signed checksum list)"
+        reporter.info(f"ISO {src.url}: sha256 {digest}{origin}")
+        return {"iso_sha256": digest}
     kernel, initrd, source = resolve_boot_files(recipe, mirrors=mirrors, reporter=reporter, timeout=timeout)
     pins: dict[str, str] = {}
     for bf in (kernel, initrd):
@@ -548,3 +567,82 @@ def pin_boot_files(recipe: Recipe, *, cache_dir: Path | None = None,
         reporter.info(f"{bf.role} {bf.url}: sha256 {digest}{origin}")
         pins[f"{bf.role}_sha256"] = digest
     return pins
+
+
+# -- install ISOs --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IsoSource:
+    url: str
+    sha256: str          # what the download is held to: the pin, or the signed list's under "signed"; "" = none
+    listed_sha256: str   # what the signed checksum list says ("" without one)
+    signed_by: str       # that list and its signer
+
+
+def resolve_iso(recipe: Recipe, *, mirrors: Mapping[str, str] | None = None,
+                reporter: Reporter = NULL_REPORTER, timeout: float = 30.0) -> IsoSource:
+    """The ISO's pin, checked against the distribution's clearsigned checksum list when the recipe
+    names one (``install.vm.iso_checksums_url``), before the large download starts."""
+    vm = recipe.install.vm
+    url = rewrite_url(vm.iso_url, mirrors)
+    pin, signed_by, listed = vm.iso_sha256, "", ""
+    if vm.iso_checksums_url:
+        sums_url = rewrite_url(vm.iso_checksums_url, mirrors)
+        keyring = vm.keyring or DEBIAN_KEYRING
+        text, signers = gpgv_verify(fetch_bytes(sums_url, timeout=timeout), keyring, reporter=reporter,
+                                    what=sums_url)
+        name = _file_name(url)
+        listed = parse_sha256sums(text).get(name, "")
+        if not listed:
+            raise MediaError(f"the signed {sums_url} lists no sha256 for {name}")
+        if pin and pin != listed:
+            raise ChecksumMismatch(f"the signed {sums_url} lists sha256 {listed} for {name}, but the recipe "
+                                   f"pins {pin} (install.vm.iso_sha256): the ISO or the pin is wrong")
+        signed_by = f"{sums_url} (gpgv: {signers[0]})"
+        reporter.info(f"{name}: sha256 {listed} is in {sums_url}, signed by {signers[0]}")
+        if not pin and vm.media_trust == "signed":
+            pin = listed
+    elif vm.media_trust == "signed":
+        raise MediaError("install.vm.media_trust = 'signed' with an ISO needs install.vm.iso_checksums_url "
+                         "(the distribution's clearsigned checksum list)")
+    return IsoSource(url, pin, listed, signed_by)
+
+
+def extract_from_iso(iso: Path, members: Mapping[str, str], dest: Path, *,
+                     reporter: Reporter = NULL_REPORTER) -> dict[str, Path]:
+    """Copy files out of an ISO 9660 image with xorriso (no mount, no loop device): ``{name: path in
+    the ISO}`` -> ``{name: file under dest}``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    argv = ["xorriso", "-osirrox", "on", "-indev", str(iso)]
+    out = {}
+    for name, member in members.items():
+        out[name] = dest / name
+        out[name].unlink(missing_ok=True)
+        argv += ["-extract", "/" + member.lstrip("/"), str(out[name])]
+    res = run(argv, reporter=reporter, check=False, purpose="read the installer's kernel and initrd out of the ISO")
+    missing = [members[n] for n, p in out.items() if not p.is_file()]
+    if res.returncode != 0 or missing:
+        raise MediaError(f"{iso.name} has no {', '.join(missing) or 'readable files'} "
+                         f"(set install.vm.kernel / install.vm.initrd to their paths in the ISO)")
+    for p in out.values():
+        p.chmod(0o644)  # ISO files are read-only; the build dir must stay removable
+    return out
+
+
+def _boot_from_iso(recipe: Recipe, root: Path, scratch: Path, *, mirrors: Mapping[str, str] | None,
+                   reporter: Reporter, timeout: float) -> BootMedia:
+    src = resolve_iso(recipe, mirrors=mirrors, reporter=reporter, timeout=timeout)
+    url, pin, signed_by = src.url, src.sha256, src.signed_by
+    if not pin:
+        if recipe.install.vm.media_trust != "first-use":
+            raise MediaError("install.vm.iso_sha256 is not pinned: a build boots only pinned media. Verify "
+                             "the ISO's sha256 (`invoke pin` prints it) and write it into the recipe.")
+        pin = _first_use(BootFile("iso", _file_name(url), url, "", src.listed_sha256 or None), root,
+                         reporter=reporter, timeout=timeout).sha256
+    iso = fetch(url, pin, cache_dir=root, reporter=reporter, timeout=timeout)
+    kernel_path, initrd_path = boot_file_paths(recipe)
+    files = extract_from_iso(iso, {"iso-kernel": kernel_path, "iso-initrd": initrd_path}, scratch,
+                             reporter=reporter)
+    return BootMedia(files["iso-kernel"], files["iso-initrd"], f"{url}!/{kernel_path}", f"{url}!/{initrd_path}",
+                     "iso", hashlib.sha256(files["iso-kernel"].read_bytes()).hexdigest(),
+                     hashlib.sha256(files["iso-initrd"].read_bytes()).hexdigest(), signed_by, iso, pin)

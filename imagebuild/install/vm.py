@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from ..accel import Accel
 from ..answerfile import COMPLETION_MARKER, answer_file_kind, prepare_answer_file, validate_recipe
-from ..domain import DiskSpec, DomainSpec, domain_xml, random_mac
+from ..domain import DiskSpec, DomainSpec, cdrom, domain_xml, random_mac
 from ..errors import InstallFailed
 from ..events import Reporter
 from ..guest import Guest
@@ -44,9 +44,14 @@ class VMInstaller:
     backend: ClassVar[Backend] = Backend.VM
 
     def tools(self, recipe: Recipe) -> dict[str, str]:
+        vm = recipe.install.vm
         tools = {"qemu-img": "create the target disk", "openssl": "hash the root password (passwd -6)"}
-        if dists_split(recipe.install.vm.tree_url) is not None:
+        if dists_split(vm.tree_url) is not None:
             tools["gpgv"] = "verify the Debian archive's signed InRelease"
+        if vm.iso_url:
+            tools["xorriso"] = "read the installer's kernel and initrd out of the ISO"
+        if vm.iso_checksums_url:
+            tools["gpgv"] = "verify the ISO's signed checksum list"
         return tools
 
     def validate(self, recipe: Recipe, reporter: Reporter, *, for_build: bool) -> None:
@@ -60,16 +65,19 @@ class VMInstaller:
                                  disk=Path("WORK/disk.qcow2"), console=Path("OUTPUT/.tmp-BUILD_ID/install-console.log"),
                                  kernel=Path("MEDIA/vmlinuz"), initrd=Path("WORK/initrd.img (installer initrd + ks)"),
                                  log_socket=Path("/tmp/imagebuild-BUILD_ID/installer-log.sock"),
-                                 mac="52:54:00:xx:xx:xx")
+                                 mac="52:54:00:xx:xx:xx",
+                                 iso=Path("MEDIA/sha256/ISO_SHA256/" + recipe.install.vm.iso_url.rsplit("/", 1)[-1])
+                                 if recipe.install.vm.iso_url else None)
         plan["domain_xml"] = domain_xml(spec) + "<!-- type='qemu' (TCG) when the KVM probe fails -->\n"
         return plan
 
     def _domain_spec(self, recipe: Recipe, *, name: str, accel: Accel, disk: Path, console: Path, kernel: Path,
-                     initrd: Path, log_socket: Path | None, mac: str) -> DomainSpec:
+                     initrd: Path, log_socket: Path | None, mac: str, iso: Path | None = None) -> DomainSpec:
         vm = recipe.install.vm
         kickstart = answer_file_kind(recipe).value == "kickstart"
+        disks = (DiskSpec(disk, "qcow2"),) + ((cdrom(iso, recipe.image.machine_type),) if iso else ())
         return DomainSpec(
-            name=name, accel=accel, memory_mib=vm.memory_mib, vcpus=vm.vcpus, disks=(DiskSpec(disk, "qcow2"),),
+            name=name, accel=accel, memory_mib=vm.memory_mib, vcpus=vm.vcpus, disks=disks,
             console_log=console, mac=mac, machine=recipe.image.machine_type, kernel=kernel, initrd=initrd,
             cmdline=" ".join(kernel_arguments(recipe)), guest_agent=False,
             extra_channels=((ANACONDA_LOG_PORT, log_socket),) if kickstart and log_socket else ())
@@ -78,7 +86,7 @@ class VMInstaller:
         r, rep = build.recipe, build.reporter
         assert build.accel is not None
         with rep.step("fetch install media"):
-            media = fetch_boot_files(r, reporter=rep)
+            media = fetch_boot_files(r, reporter=rep, scratch=build.work)
         with rep.step("render answer file"):
             answer = prepare_answer_file(r, rep)
         initrd = inject(media.initrd, {answer.name: (answer.text.encode(), 0o600)}, build.work / "initrd.img")
@@ -88,7 +96,7 @@ class VMInstaller:
         log_socket = build.socket_dir() / "installer-log.sock" if answer_file_kind(r).value == "kickstart" else None
         spec = self._domain_spec(r, name=f"{build.domain_prefix}-install", accel=build.accel.accel, disk=disk,
                                  console=build.staging / "install-console.log", kernel=media.kernel,
-                                 initrd=initrd, log_socket=log_socket, mac=random_mac())
+                                 initrd=initrd, log_socket=log_socket, mac=random_mac(), iso=media.iso)
         limits = install_limits(r, build.accel.accel)
         rep.info(f"installer: {media.kernel_url} ({build.accel.accel}; inactivity {limits.inactivity_seconds}s, "
                  f"timeout {limits.timeout_seconds}s)")
@@ -99,7 +107,8 @@ class VMInstaller:
         initrd.unlink()
         build.disk, build.disk_format = disk, "qcow2"
         build.inputs.update({
-            "tree_url": r.install.vm.tree_url, "kernel": media.kernel_url, "initrd": media.initrd_url,
+            "tree_url": r.install.vm.tree_url, "iso_url": r.install.vm.iso_url, "iso_sha256": media.iso_sha256,
+            "kernel": media.kernel_url, "initrd": media.initrd_url,
             "kernel_sha256": media.kernel_sha256, "initrd_sha256": media.initrd_sha256,
             "media_trust": r.install.vm.media_trust, "media_signed_by": media.signed_by,
             "answer_file": answer.name,

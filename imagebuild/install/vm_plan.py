@@ -31,8 +31,9 @@ def kernel_arguments(recipe: Recipe, *, mirrors: Mapping[str, str] | None = None
     kind = answer_file_kind(recipe)
     name = ANSWER_FILE_NAME[kind]
     if kind is AnswerFileKind.KICKSTART:
-        tree = rewrite_url(recipe.install.vm.tree_url, mirrors)
-        args = [f"inst.ks=file:/{name}", f"inst.repo={tree}", "inst.text", "inst.cmdline",
+        # From an ISO, anaconda finds its stage2 and packages on the attached CD-ROM.
+        repo = "cdrom" if recipe.install.vm.iso_url else rewrite_url(recipe.install.vm.tree_url, mirrors)
+        args = [f"inst.ks=file:/{name}", f"inst.repo={repo}", "inst.text", "inst.cmdline",
                 f"console={SERIAL_CONSOLE}"]
     else:
         args = ["auto=true", "priority=critical", f"preseed/file=/{name}", f"console={SERIAL_CONSOLE}"]
@@ -46,19 +47,30 @@ def describe_vm_install(recipe: Recipe, *, mirrors: Mapping[str, str] | None = N
                           key="install.backend")
     vm = recipe.install.vm
     kind = answer_file_kind(recipe)
-    tree = rewrite_url(vm.tree_url, mirrors)
-    tree = tree if tree.endswith("/") else tree + "/"
     kernel_path, initrd_path = boot_file_paths(recipe)
     args = kernel_arguments(recipe, mirrors=mirrors)
+    if vm.iso_url:
+        iso = rewrite_url(vm.iso_url, mirrors)
+        source: dict[str, Any] = {
+            "iso_url": iso, "iso_sha256": vm.iso_sha256 or None, "cdrom": iso,
+            "kernel": {"path": kernel_path, "from": "the ISO"},
+            "initrd": {"path": initrd_path, "from": "the ISO"},
+            "pinned": bool(vm.iso_sha256),
+            "checksums_cross_checked_with": vm.iso_checksums_url or None,
+        }
+    else:
+        tree = rewrite_url(vm.tree_url, mirrors)
+        tree = tree if tree.endswith("/") else tree + "/"
+        source = {
+            "tree_url": tree,
+            "kernel": {"path": kernel_path, "url": urljoin(tree, kernel_path), "sha256": vm.kernel_sha256 or None},
+            "initrd": {"path": initrd_path, "url": urljoin(tree, initrd_path), "sha256": vm.initrd_sha256 or None},
+            "pinned": bool(vm.kernel_sha256 and vm.initrd_sha256),
+            "checksums_cross_checked_with": tree_index(recipe),
+        }
     return {
         "backend": str(Backend.VM),
-        "tree_url": tree,
-        "kernel": {"path": kernel_path, "url": urljoin(tree, kernel_path),
-                   "sha256": vm.kernel_sha256 or None},
-        "initrd": {"path": initrd_path, "url": urljoin(tree, initrd_path),
-                   "sha256": vm.initrd_sha256 or None},
-        "pinned": bool(vm.kernel_sha256 and vm.initrd_sha256),
-        "checksums_cross_checked_with": tree_index(recipe),
+        **source,
         "kernel_args": args,
         "cmdline": " ".join(args),
         "answer_file": {

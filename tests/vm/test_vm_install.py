@@ -70,10 +70,10 @@ def scripted_env(tmp_path, tree):
                 "IMAGEBUILD_RECIPE_PATH": str(recipes), "IMAGEBUILD_TEMPLATE_PATH": str(SCRIPTED),
                 "IMAGEBUILD_CACHE": str(tmp_path / "cache"), "IMAGEBUILD_ROOT_PASSWORD": CANARY})
     # the KVM probe's answer is per host boot: share it instead of probing again in the new cache dir
-    from imagebuild.accel import cache_dir
-    if (cache_dir() / "accel.json").exists():
+    from imagebuild.paths import cache_root
+    if (cache_root() / "accel.json").exists():
         (tmp_path / "cache").mkdir()
-        (tmp_path / "cache" / "accel.json").write_text((cache_dir() / "accel.json").read_text())
+        (tmp_path / "cache" / "accel.json").write_text((cache_root() / "accel.json").read_text())
 
     def make(name: str, *, pre_script: str = "", inactivity: int = 300, tcg_factor: int = 4,
              timeout: int = 3600) -> str:
