@@ -239,14 +239,25 @@ def dists_split(tree_url: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
+def usable_keyring(keyring: str) -> str:
+    """The keyring's path, once it is known to be a file gpgv can read (checked before any download)."""
+    keyring = str(Path(keyring).expanduser())
+    if not Path(keyring).is_file():
+        raise MediaError(f"keyring {keyring} does not exist (install debian-archive-keyring, or set "
+                         "install.vm.keyring to the distribution's public key)")
+    with open(keyring, "rb") as f:
+        if f.read(36).startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK"):
+            raise MediaError(f"keyring {keyring} is ASCII-armored, which gpgv cannot read: convert it with "
+                             f"`gpg --dearmor < {keyring} > {keyring}.gpg` and name the .gpg file")
+    return keyring
+
+
 def gpgv_verify(signed: bytes, keyring: str, *, reporter: Reporter = NULL_REPORTER,
                 what: str = "the archive's InRelease") -> tuple[str, list[str]]:
     """Verify a clearsigned file with gpgv against ``keyring``: (the signed text as gpgv extracted it,
     the good signers). As apt does, one valid signature by a key in the keyring suffices (a signature
     by a key the keyring lacks is skipped); any bad signature fails."""
-    if not Path(keyring).is_file():
-        raise MediaError(f"keyring {keyring} does not exist (install debian-archive-keyring, or set "
-                         "install.vm.keyring)")
+    keyring = usable_keyring(keyring)
     with tempfile.TemporaryDirectory(prefix="imagebuild-gpgv-") as tmp:
         src, out = Path(tmp) / "signed", Path(tmp) / "verified"
         src.write_bytes(signed)
@@ -288,6 +299,7 @@ def authenticate_index(tree_url: str, index: str, data: bytes, keyring: str, *,
         return ""
     dists, below = split
     release_url = urljoin(dists, "InRelease")
+    keyring = usable_keyring(keyring)
     text, signers = gpgv_verify(fetch_bytes(release_url, timeout=timeout), keyring, reporter=reporter)
     path = below + index
     listed = release_sha256(text).get(path)
@@ -588,7 +600,7 @@ def resolve_iso(recipe: Recipe, *, mirrors: Mapping[str, str] | None = None,
     pin, signed_by, listed = vm.iso_sha256, "", ""
     if vm.iso_checksums_url:
         sums_url = rewrite_url(vm.iso_checksums_url, mirrors)
-        keyring = vm.keyring or DEBIAN_KEYRING
+        keyring = usable_keyring(vm.keyring or DEBIAN_KEYRING)
         text, signers = gpgv_verify(fetch_bytes(sums_url, timeout=timeout), keyring, reporter=reporter,
                                     what=sums_url)
         name = _file_name(url)

@@ -18,14 +18,14 @@ from typing import Any, ClassVar
 from ..accel import Accel
 from ..answerfile import COMPLETION_MARKER, answer_file_kind, prepare_answer_file, validate_recipe
 from ..domain import DiskSpec, DomainSpec, cdrom, domain_xml, random_mac
-from ..errors import InstallFailed
+from ..errors import InstallFailed, RecipeError
 from ..events import Reporter
 from ..guest import Guest
 from ..recipe import Backend, Recipe
 from ..run import run
 from ..workspace import Build
 from .initrd import inject
-from .media import dists_split, fetch_boot_files
+from .media import DEBIAN_KEYRING, dists_split, fetch_boot_files
 from .vm_plan import ANACONDA_LOG_PORT, describe_vm_install, kernel_arguments
 from .watchdog import Limits, run_installer
 
@@ -56,6 +56,17 @@ class VMInstaller:
 
     def validate(self, recipe: Recipe, reporter: Reporter, *, for_build: bool) -> None:
         validate_recipe(recipe, reporter, for_build=for_build)
+        vm = recipe.install.vm
+        if vm.iso_checksums_url or dists_split(vm.tree_url) is not None:
+            keyring = Path(vm.keyring or DEBIAN_KEYRING).expanduser()
+            if not keyring.is_file():
+                msg = (f"the keyring {keyring} that verifies the media's signed checksums does not exist "
+                       "(see the recipe's comment, or docs/answer-files.md, for where its key comes from)")
+                # Pinned media from a Debian tree still build without it, on the pins alone.
+                if for_build and (vm.iso_checksums_url or vm.media_trust == "signed"):
+                    raise RecipeError(msg, file=recipe.sources[0] if recipe.sources else None,
+                                      key="install.vm.keyring")
+                reporter.info(f"warning: {msg}")
 
     def describe(self, recipe: Recipe) -> dict[str, Any]:
         plan = describe_vm_install(recipe)

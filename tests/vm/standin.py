@@ -15,7 +15,8 @@ import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent / "standin"
-MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4", "crc32c_generic")
+MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4", "crc32c_generic",
+           "ata_piix", "sr_mod", "isofs")  # the last three: an install CD-ROM on the pc machine's IDE
 PROGRAMS = ("/sbin/sfdisk", "/sbin/mke2fs")
 
 
@@ -124,3 +125,18 @@ def build_tree(tree: Path, work: Path, payload: Path | None) -> dict[str, str]:
         (tree / "rootfs.tar").unlink(missing_ok=True)
         (tree / "rootfs.tar").symlink_to(payload)
     return pins
+
+
+def build_iso(iso: Path, tree: Path, payload: Path) -> str:
+    """An install ISO with the tree's layout (kernel, initrd, .treeinfo) and the payload, as a
+    distribution's DVD carries its packages; returns its sha256."""
+    top = iso.parent / (iso.name + ".d")
+    if top.exists():
+        shutil.rmtree(top)
+    shutil.copytree(tree / "images", top / "images")
+    shutil.copy2(tree / ".treeinfo", top / ".treeinfo")
+    (top / "rootfs.tar").symlink_to(payload)
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-follow-links", "-iso-level", "3", "-V",
+                    "IMAGEBUILD_STANDIN", "-R", "-o", str(iso), str(top)], check=True, capture_output=True)
+    shutil.rmtree(top)
+    return sha256(iso)

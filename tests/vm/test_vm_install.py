@@ -20,7 +20,7 @@ import pytest
 from imagebuild.recipe import load_recipe
 
 from ..conftest import ROOT, run_invoke
-from .standin import build_tree
+from .standin import build_iso, build_tree
 from .test_interrupts import assert_nothing_left, our_domains
 
 CANARY = "Canary-Pw-7f3a9c1e"
@@ -76,8 +76,11 @@ def scripted_env(tmp_path, tree):
         (tmp_path / "cache" / "accel.json").write_text((cache_root() / "accel.json").read_text())
 
     def make(name: str, *, pre_script: str = "", inactivity: int = 300, tcg_factor: int = 4,
-             timeout: int = 3600) -> str:
+             timeout: int = 3600, iso: tuple[str, str] | None = None) -> str:
         port = tree["port"]
+        source = (f'iso_url = "{iso[0]}"\niso_sha256 = "{iso[1]}"' if iso else
+                  f'tree_url = "http://127.0.0.1:{port}/"\nkernel_sha256 = "{tree["kernel_sha256"]}"\n'
+                  f'initrd_sha256 = "{tree["initrd_sha256"]}"')
         (recipes / f"{name}.toml").write_text(f'''
 description = "Debian 12 installed by the SCRIPTED INSTALLER (a stand-in for anaconda)"
 version = "12"
@@ -91,9 +94,7 @@ backend = "vm"
 [install.vm]
 template = "scripted.ks.j2"
 kickstart_syntax = "RHEL7"
-tree_url = "http://127.0.0.1:{port}/"
-kernel_sha256 = "{tree["kernel_sha256"]}"
-initrd_sha256 = "{tree["initrd_sha256"]}"
+{source}
 memory_mib = 1024
 inactivity_seconds = {inactivity}
 timeout_seconds = {timeout}
@@ -213,3 +214,24 @@ def test_early_poweroff_is_a_failed_install(scripted_env):
     assert "Running kickstart %pre script" in console  # it really got that far, then powered off
     assert_nothing_left(env, name)
     assert not (Path(env["IMAGEBUILD_OUTPUT"]) / name).exists()
+
+
+@pytest.mark.build
+def test_scripted_install_from_an_iso(scripted_env, tree, payload):
+    """The installer boots the kernel and initrd read out of a pinned ISO and installs from the same
+    ISO attached as its CD-ROM (kickstart `cdrom`, `inst.repo=cdrom`), with no install tree at all."""
+    env, make = scripted_env
+    iso = tree["root"] / "standin-dvd.iso"
+    if not iso.exists():
+        tree["iso_sha256"] = build_iso(iso, tree["root"], payload)
+    name = make("scripted-iso", iso=(f"http://127.0.0.1:{tree['port']}/{iso.name}", tree["iso_sha256"]))
+    res = run_invoke(["build", name], env, timeout=3600)
+    assert res.returncode == 0, res.stderr[-6000:]
+    out = Path(env["IMAGEBUILD_OUTPUT"]) / name
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["boot_test"]["passed"]
+    assert m["inputs"]["iso_sha256"] == tree["iso_sha256"] and m["inputs"]["tree_url"] == ""
+    assert m["inputs"]["kernel"].endswith("standin-dvd.iso!/images/pxeboot/vmlinuz")
+    log = (out / "build.log").read_text(errors="replace")
+    assert "Installing software from cdrom" in log and "inst.repo=cdrom" in log
+    assert our_domains("imagebuild-" + name) == []
