@@ -255,21 +255,24 @@ def usable_keyring(keyring: str) -> str:
 def gpgv_verify(signed: bytes, keyring: str, *, reporter: Reporter = NULL_REPORTER,
                 what: str = "the archive's InRelease") -> tuple[str, list[str]]:
     """Verify a clearsigned file with gpgv against ``keyring``: (the signed text as gpgv extracted it,
-    the good signers). As apt does, one valid signature by a key in the keyring suffices (a signature
-    by a key the keyring lacks is skipped); any bad signature fails."""
+    the good signers). As apt does, one valid signature by a key in the keyring suffices; a signature
+    by a key the keyring lacks, or by an expired key, counts for nothing; a bad signature, or one by a
+    revoked key, fails."""
     keyring = usable_keyring(keyring)
     with tempfile.TemporaryDirectory(prefix="imagebuild-gpgv-") as tmp:
         src, out = Path(tmp) / "signed", Path(tmp) / "verified"
         src.write_bytes(signed)
         res = run(["gpgv", "--status-fd", "1", "--keyring", keyring, "--output", str(out), str(src)],
-                  reporter=reporter, check=False, purpose="verify the archive's signature")
+                  reporter=reporter, check=False, purpose=f"verify the signature of {what}")
         status = [line.split(" ", 2)[1:] for line in res.stdout.splitlines() if line.startswith("[GNUPG:] ")]
-        bad = [rest for kind, *rest in status if kind in ("BADSIG", "EXPKEYSIG", "REVKEYSIG", "EXPSIG")]
-        good = [rest[0].split(" ", 1)[1] if " " in rest[0] else rest[0]
-                for kind, *rest in status if kind == "GOODSIG" and rest]
-        valid = [rest for kind, *rest in status if kind == "VALIDSIG"]
-        if bad or not good or not valid or not out.is_file():
-            why = "a bad or expired signature" if bad else f"no valid signature by a key in {keyring}"
+        bad = [rest for kind, *rest in status if kind in ("BADSIG", "REVKEYSIG")]
+        # GOODSIG <long key id> <user id>, confirmed by a VALIDSIG <fingerprint ...> of that key
+        # (gpgv prints VALIDSIG for an expired key's signature too, after EXPKEYSIG, not GOODSIG).
+        fingerprints = [rest[0].split()[0] for kind, *rest in status if kind == "VALIDSIG" and rest]
+        good = [uid for kind, *rest in status if kind == "GOODSIG" and rest
+                for keyid, _, uid in [rest[0].partition(" ")] if any(f.endswith(keyid) for f in fingerprints)]
+        if bad or not good or not out.is_file():
+            why = "a bad signature, or one by a revoked key" if bad else f"no valid signature by a key in {keyring}"
             raise SignatureError(f"{what} failed verification: {why}\n{res.stderr.strip()}")
         return out.read_text(errors="replace"), good
 
