@@ -157,6 +157,9 @@ def _survey(disks: Any, types: Any, name: str, artifact: Artifact, settings: Ovi
             if survey.existing is None or started < _uploader(survey.existing.description or "")[1]:
                 survey.existing = disk
             continue
+        if ours and finished and disk.status == types.DiskStatus.LOCKED:
+            survey.rivals.append(disk)  # a finished disk the engine is busy with (a template): wait, never remove
+            continue
         why = "it holds another artifact"
         if ours:
             at_work, why = rival_at_work(token, started, settings.stale_upload_minutes,

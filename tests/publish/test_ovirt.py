@@ -216,3 +216,32 @@ def test_a_gone_publishers_disk_is_removed(engine: EngineDouble, make_build: Mak
                      reporter=reporter(tmp_path))
     assert result.created and list(engine.state.disks) == [result.image_id] != [leftover]
     assert "left ok by a publish that is gone" in (tmp_path / "publish.log").read_text()
+
+
+def test_a_finished_disk_the_engine_has_locked_is_waited_for_not_removed(engine: EngineDouble,
+                                                                         make_build: MakeBuild,
+                                                                         tmp_path: Path) -> None:
+    """Its publisher is gone, but the disk is complete: while the engine holds it (making a template),
+    a second publish waits and then uses it."""
+    import threading
+    import xml.etree.ElementTree as ET
+
+    from imagebuild.publish.common import load_published_artifact
+
+    recipe = recipe_for("o-locked")
+    out = make_build(recipe)
+    artifact = load_published_artifact(out)
+    body = ET.fromstring(
+        f"<disk><name>{artifact.versioned_name}</name><provisioned_size>1</provisioned_size>"
+        f"<description>imagebuild sha256={artifact.sha256} uploader=gone-host/b00t/4242/1 "
+        f"started={time.time() - 3600:.3f} complete</description>"
+        "<storage_domains><storage_domain><name>images</name></storage_domain></storage_domains></disk>")
+    with engine.lock:
+        disk = engine.add_disk(body)
+    time.sleep(0.5)
+    disk.status = "locked"
+    threading.Timer(4, lambda: setattr(disk, "status", "ok")).start()
+    result = publish(recipe, out, to="ovirt", options=Options(ovirt_config="test-engine"),
+                     reporter=reporter(tmp_path))
+    assert not result.created and result.image_id == disk.id and list(engine.state.disks) == [disk.id]
+    assert "waiting for it" in (tmp_path / "publish.log").read_text()
