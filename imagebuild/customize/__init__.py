@@ -60,6 +60,27 @@ def register(name: str, summary: str, *, order: int, check: CheckFn, default: bo
     return deco
 
 
+def register_removal(name: str, summary: str, *, order: int, paths: Callable[[Guest], list[str]]) -> None:
+    """A step that removes what ``paths`` finds in the image (files, symlinks or whole directories);
+    its check reports whatever is still found."""
+    def check(guest: Guest, ctx: StepContext) -> list[str]:
+        return [f"{p} exists" for p in paths(guest)]
+
+    def remove(guest: Guest, ctx: StepContext) -> None:
+        for p in paths(guest):
+            if guest.is_dir(p):
+                guest.remove_tree(p)
+            else:
+                guest.remove(p)
+
+    register(name, summary, order=order, check=check)(remove)
+
+
+def existing(*candidates: str) -> Callable[[Guest], list[str]]:
+    """``paths`` for :func:`register_removal`: those of fixed ``candidates`` present in the image."""
+    return lambda guest: [p for p in candidates if guest.lexists(p)]
+
+
 def _load_all() -> None:
     # Importing the modules registers their steps; listed here so the order of registration is fixed.
     from . import host_identity, layout, logs, net_identity, packages, ssh_hostkeys  # noqa: F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..guest import Guest
 from ..recipe import Family
-from . import StepContext, register
+from . import StepContext, existing, register, register_removal
 
 MACHINE_ID = "/etc/machine-id"
 DBUS_MACHINE_ID = "/var/lib/dbus/machine-id"
@@ -35,15 +35,8 @@ def machine_id(guest: Guest, ctx: StepContext) -> None:
         guest.symlink(MACHINE_ID, DBUS_MACHINE_ID)
 
 
-def _check_seed(guest: Guest, ctx: StepContext) -> list[str]:
-    return [f"{p} exists" for p in RANDOM_SEEDS if guest.lexists(p)]
-
-
-@register("random-seed", "Remove the saved random seed, so clones do not start with the same entropy",
-          order=200, check=_check_seed)
-def random_seed(guest: Guest, ctx: StepContext) -> None:
-    for p in RANDOM_SEEDS:
-        guest.remove(p)
+register_removal("random-seed", "Remove the saved random seed, so clones do not start with the same entropy",
+                 order=200, paths=existing(*RANDOM_SEEDS))
 
 
 def _check_hostname(guest: Guest, ctx: StepContext) -> list[str]:

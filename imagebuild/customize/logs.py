@@ -6,7 +6,7 @@ import posixpath
 import re
 
 from ..guest import Guest
-from . import StepContext, register
+from . import StepContext, existing, register, register_removal
 
 ROTATED = re.compile(r"(\.\d+|\.gz|\.xz|\.bz2|\.old|-\d{8})$")
 HISTORIES = ("/root/.bash_history", "/root/.sh_history", "/root/.zsh_history", "/root/.python_history",
@@ -54,54 +54,17 @@ def logfiles(guest: Guest, ctx: StepContext) -> None:
             guest.remove_tree(d)  # named after the build's machine-id
 
 
-def _check_history(guest: Guest, ctx: StepContext) -> list[str]:
-    return [f"{p} exists" for p in _expand(guest, HISTORIES)]
-
-
-@register("shell-history", "Remove shell, editor and pager histories of root and users",
-          order=900, check=_check_history)
-def shell_history(guest: Guest, ctx: StepContext) -> None:
-    for p in _expand(guest, HISTORIES):
-        guest.remove(p)
-
-
-def _check_installer(guest: Guest, ctx: StepContext) -> list[str]:
-    return [f"{p} exists" for p in INSTALLER_FILES if guest.lexists(p)]
-
-
-@register("installer-files", "Remove copies of the answer file and installer logs "
-          "(anaconda-ks.cfg, original-ks.cfg, /var/log/installer)", order=900, check=_check_installer)
-def installer_files(guest: Guest, ctx: StepContext) -> None:
-    for p in INSTALLER_FILES:
-        if guest.is_dir(p):
-            guest.remove_tree(p)
-        else:
-            guest.remove(p)
-
-
-def _check_caches(guest: Guest, ctx: StepContext) -> list[str]:
-    return [f"{p} exists" for p in _expand(guest, CACHES)]
-
-
-@register("package-cache", "Empty the apt/yum/dnf caches and package lists", order=900,
-          check=_check_caches)
-def package_cache(guest: Guest, ctx: StepContext) -> None:
-    for p in _expand(guest, CACHES):
-        if guest.is_dir(p):
-            guest.remove_tree(p)
-        else:
-            guest.remove(p)
+register_removal("shell-history", "Remove shell, editor and pager histories of root and users",
+                 order=900, paths=lambda guest: _expand(guest, HISTORIES))
+register_removal("installer-files", "Remove copies of the answer file and installer logs "
+                 "(anaconda-ks.cfg, original-ks.cfg, /var/log/installer)", order=900,
+                 paths=existing(*INSTALLER_FILES))
+register_removal("package-cache", "Empty the apt/yum/dnf caches and package lists", order=900,
+                 paths=lambda guest: _expand(guest, CACHES))
 
 
 def _tmp_entries(guest: Guest) -> list[str]:
     return [posixpath.join(d, n) for d in TMP_DIRS if guest.is_dir(d) for n in guest.g.ls(d)]
 
 
-def _check_tmp(guest: Guest, ctx: StepContext) -> list[str]:
-    return [f"{p} exists" for p in _tmp_entries(guest)]
-
-
-@register("tmp-files", "Empty /tmp and /var/tmp", order=900, check=_check_tmp)
-def tmp_files(guest: Guest, ctx: StepContext) -> None:
-    for p in _tmp_entries(guest):
-        guest.remove_tree(p)
+register_removal("tmp-files", "Empty /tmp and /var/tmp", order=900, paths=_tmp_entries)

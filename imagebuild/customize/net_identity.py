@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ..guest import Guest
-from . import StepContext, register
+from . import StepContext, existing, register, register_removal
 
 IFCFG = "/etc/sysconfig/network-scripts/ifcfg-*"
 NM_DIR = "/etc/NetworkManager/system-connections"
@@ -66,15 +66,8 @@ def nm_keyfile_identity(guest: Guest, ctx: StepContext) -> None:
     _strip(guest, _nm_keyfiles(guest), NM_ID)
 
 
-def _check_udev(guest: Guest, ctx: StepContext) -> list[str]:
-    return [f"{p} exists" for p in PERSISTENT_NET if guest.lexists(p)]
-
-
-@register("udev-persistent-net", "Remove udev persistent-net rules that pin NIC names to MACs",
-          order=100, check=_check_udev)
-def udev_persistent_net(guest: Guest, ctx: StepContext) -> None:
-    for p in PERSISTENT_NET:
-        guest.remove(p)
+register_removal("udev-persistent-net", "Remove udev persistent-net rules that pin NIC names to MACs",
+                 order=100, paths=existing(*PERSISTENT_NET))
 
 
 def _check_ifupdown(guest: Guest, ctx: StepContext) -> list[str]:
@@ -87,12 +80,5 @@ def ifupdown_hwaddress(guest: Guest, ctx: StepContext) -> None:
     _strip(guest, _files(guest, IFUPDOWN), HWADDRESS)
 
 
-def _check_leases(guest: Guest, ctx: StepContext) -> list[str]:
-    return [f"{p} exists" for p in _files(guest, LEASES)]
-
-
-@register("dhcp-leases", "Remove DHCP client leases and NetworkManager state",
-          order=100, check=_check_leases)
-def dhcp_leases(guest: Guest, ctx: StepContext) -> None:
-    for p in _files(guest, LEASES):
-        guest.remove(p)
+register_removal("dhcp-leases", "Remove DHCP client leases and NetworkManager state",
+                 order=100, paths=lambda guest: _files(guest, LEASES))

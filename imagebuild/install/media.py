@@ -227,10 +227,6 @@ def fetch_bytes(url: str, *, timeout: float = 30.0, max_bytes: int = MAX_INDEX_B
     return data
 
 
-def fetch_text(url: str, *, timeout: float = 30.0, max_bytes: int = MAX_INDEX_BYTES) -> str:
-    return fetch_bytes(url, timeout=timeout, max_bytes=max_bytes).decode("utf-8", errors="replace")
-
-
 # -- signed indexes (Debian: dists/<suite>/InRelease) --------------------------------------------
 
 def dists_split(tree_url: str) -> tuple[str, str] | None:

@@ -427,9 +427,24 @@ class Rival:
     id: str
     uploader: str        # its process token, or "" if it recorded none
     status: str
+    started: float       # when its record was created (epoch seconds)
 
 
-def find_or_upload(survey: Callable[[], tuple[Any, list[Rival]]], upload: Callable[[], Any], *,
+@dataclass
+class Survey:
+    """What a store holds of one artifact, once leftovers and bad copies are removed."""
+    existing: Any = None                                # the finished copy (it has an ``id``), if any
+    rivals: list[Rival] = field(default_factory=list)   # uploads other publishes have at work
+
+    def started_no_later(self, started: float) -> str:
+        """The id of a copy begun no later than ``started`` (ours then steps back), or "". A tie counts:
+        both step back and retry after a random pause, since store clocks have coarse steps."""
+        if self.existing is not None:
+            return str(self.existing.id)
+        return next((r.id for r in self.rivals if r.started <= started), "")
+
+
+def find_or_upload(survey: Callable[[], Survey], upload: Callable[[], Any], *,
                    what: str, timeout: float, reporter: Reporter) -> tuple[Any, bool]:
     """The one copy of an artifact in a store: ``(found, False)`` or ``(upload(), True)``.
 
@@ -439,7 +454,8 @@ def find_or_upload(survey: Callable[[], tuple[Any, list[Rival]]], upload: Callab
     deadline = time.monotonic() + timeout
     waited_for: set[str] = set()
     while True:
-        existing, rivals = survey()
+        found = survey()
+        existing, rivals = found.existing, found.rivals
         if existing is not None:
             return existing, False
         if not rivals:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +38,7 @@ from .common import (
     Progress,
     PublishResult,
     Rival,
+    Survey,
     UploadStream,
     describe_exception,
     find_or_upload,
@@ -206,13 +206,6 @@ def _glance_time(value: str | None) -> float:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
 
 
-@dataclass
-class Survey:
-    """What Glance holds of one artifact, once leftovers and bad copies are deleted."""
-    existing: Any = None                                     # an active image with our bytes
-    rivals: list[dict[str, Any]] = field(default_factory=list)  # other publishes still uploading
-
-
 def _survey(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
             own_id: str = "") -> Survey:
     survey = Survey()
@@ -232,7 +225,7 @@ def _survey(images: Images, artifact: Artifact, settings: Glance, reporter: Repo
             at_work, why = rival_at_work(token, _glance_time(found.get("created_at")),
                                          settings.stale_upload_minutes, f"'{status}'")
             if at_work:
-                survey.rivals.append(found)
+                survey.rivals.append(Rival(found["id"], token, str(status), _glance_time(found.get("created_at"))))
             else:
                 _delete(images, found["id"], reporter, why)
     return survey
@@ -241,32 +234,16 @@ def _survey(images: Images, artifact: Artifact, settings: Glance, reporter: Repo
 def _publish_once(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
                   rate_limit: int | None) -> tuple[Any, bool, str]:
     """Find the artifact in Glance or upload it, never two copies: (image, created, method)."""
-    def survey() -> tuple[Any, list[Rival]]:
-        found = _survey(images, artifact, settings, reporter)
-        return found.existing, [Rival(r["id"], r.get(UPLOADER, ""), r.get("status", "")) for r in found.rivals]
-
-    result, created = find_or_upload(survey, lambda: _upload(images, artifact, settings, reporter, rate_limit),
-                                     what="Glance image", timeout=settings.timeout_seconds, reporter=reporter)
+    result, created = find_or_upload(
+        lambda: _survey(images, artifact, settings, reporter),
+        lambda: _upload(images, artifact, settings, reporter, rate_limit),
+        what="Glance image", timeout=settings.timeout_seconds, reporter=reporter)
     if not created:
         reporter.info(f"Glance already has this artifact as {result.name} ({result.id}): nothing to upload")
         return result, False, ""
     image, method = result
     reporter.info(f"Glance image {image.id} is active; size and sha512 match")
     return image, True, method
-
-
-def _started_first(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
-                   image: Any) -> str:
-    """After creating ``image``: the id of a copy of the artifact created no later (so ours yields)."""
-    survey = _survey(images, artifact, settings, reporter, own_id=image.id)
-    ours = image.created_at or ""
-    if survey.existing is not None:
-        return str(survey.existing.id)
-    for rival in survey.rivals:
-        # Glance's clock has one-second steps: on a tie both yield, then retry after a random pause.
-        if (rival.get("created_at") or "") <= ours:
-            return str(rival["id"])
-    return ""
 
 
 def _upload(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
@@ -291,7 +268,8 @@ def _upload(images: Images, artifact: Artifact, settings: Glance, reporter: Repo
                   f"by {'the glance-direct import' if method == 'glance-direct' else 'plain upload'}")
     stream: UploadStream | None = None
     try:
-        first = _started_first(images, artifact, settings, reporter, image)
+        first = _survey(images, artifact, settings, reporter, own_id=image.id).started_no_later(
+            _glance_time(image.created_at))
         if first:
             _delete(images, image.id, reporter, f"another publish of this artifact started first ({first})")
             yield_pause()

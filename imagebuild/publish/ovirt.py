@@ -28,7 +28,7 @@ import ssl
 import stat
 import time
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -42,6 +42,7 @@ from .common import (
     Progress,
     PublishResult,
     Rival,
+    Survey,
     UploadStream,
     describe_exception,
     find_or_upload,
@@ -135,17 +136,11 @@ def _uploader(description: str) -> tuple[str, float]:
     return (token.group(1) if token else "", float(started.group(1)) if started else 0.0)
 
 
-@dataclass
-class DiskSurvey:
-    existing: Any = None                                    # an OK disk holding the artifact
-    rivals: list[Any] = field(default_factory=list)         # disks other publishes are still filling
-
-
 def _survey(disks: Any, types: Any, name: str, artifact: Artifact, settings: Ovirt, reporter: Reporter,
-            own_id: str = "") -> DiskSurvey:
+            own_id: str = "") -> Survey:
     """The disks named for this build: a finished one holding the artifact, the ones other publishes
     are filling; any other is a leftover and is removed."""
-    survey = DiskSurvey()
+    survey = Survey()
     for disk in disks.list(search=f"name={name}"):
         if disk.id == own_id:
             continue
@@ -157,15 +152,16 @@ def _survey(disks: Any, types: Any, name: str, artifact: Artifact, settings: Ovi
             if survey.existing is None or started < _uploader(survey.existing.description or "")[1]:
                 survey.existing = disk
             continue
+        status = str(getattr(disk.status, "value", disk.status))
         if ours and finished and disk.status == types.DiskStatus.LOCKED:
-            survey.rivals.append(disk)  # a finished disk the engine is busy with (a template): wait, never remove
+            # a finished disk the engine is busy with (a template): wait, never remove
+            survey.rivals.append(Rival(disk.id, token, status, started))
             continue
         why = "it holds another artifact"
         if ours:
-            at_work, why = rival_at_work(token, started, settings.stale_upload_minutes,
-                                         str(getattr(disk.status, "value", disk.status)))
+            at_work, why = rival_at_work(token, started, settings.stale_upload_minutes, status)
             if at_work:
-                survey.rivals.append(disk)
+                survey.rivals.append(Rival(disk.id, token, status, started))
                 continue
         reporter.info(f"removing oVirt disk {disk.id} ({name}): {why}")
         disks.disk_service(disk.id).remove()
@@ -232,14 +228,9 @@ def _find_or_upload(system: Any, disks: Any, types: Any, sdk: Any, engine: Engin
                     artifact: Artifact, settings: Ovirt, reporter: Reporter,
                     rate_limit: int | None) -> tuple[Any, bool]:
     """The disk holding the artifact, found (False) or uploaded now (True); never two of them."""
-    def survey() -> tuple[Any, list[Rival]]:
-        found = _survey(disks, types, name, artifact, settings, reporter)
-        return found.existing, [Rival(d.id, _uploader(d.description or "")[0],
-                                      str(getattr(d.status, "value", d.status))) for d in found.rivals]
-
     disk, created = find_or_upload(
-        survey, lambda: _upload_disk(system, disks, types, sdk, engine, name, artifact, settings, reporter,
-                                     rate_limit),
+        lambda: _survey(disks, types, name, artifact, settings, reporter),
+        lambda: _upload_disk(system, disks, types, sdk, engine, name, artifact, settings, reporter, rate_limit),
         what="oVirt disk", timeout=settings.timeout_seconds, reporter=reporter)
     if not created:
         reporter.info(f"oVirt already has this artifact as disk {name} ({disk.id}): nothing to upload")
@@ -264,13 +255,11 @@ def _upload_disk(system: Any, disks: Any, types: Any, sdk: Any, engine: Engine, 
     try:
         wait_until(lambda: disk_service.get().status == types.DiskStatus.OK,
                    timeout=settings.timeout_seconds, what=f"oVirt disk {disk.id} to be created")
-        others = _survey(disks, types, name, artifact, settings, reporter, own_id=disk.id)
-        first = others.existing or next((r for r in others.rivals
-                                         if _uploader(r.description or "")[1] <= started), None)
-        if first is not None:
+        first = _survey(disks, types, name, artifact, settings, reporter, own_id=disk.id).started_no_later(started)
+        if first:
             with signals_deferred():
                 _undo(None, disk_service, disk.id, reporter,
-                      f"another publish of this artifact started first ({first.id})")
+                      f"another publish of this artifact started first ({first})")
             yield_pause()
             return None
         transfers = system.image_transfers_service()

@@ -193,25 +193,34 @@ def test_simultaneous_publishes_make_one_disk(engine: EngineDouble, make_build: 
     assert disk.description.endswith(" complete")
 
 
-def test_a_gone_publishers_disk_is_removed(engine: EngineDouble, make_build: MakeBuild, tmp_path: Path) -> None:
-    """A disk a killed publish left (never marked complete; its process is gone) is not the artifact."""
-    import socket
+def _forge_disk(engine: EngineDouble, out: Path, uploader: str):  # type: ignore[no-untyped-def]
+    """A disk of the artifact in ``out`` as another publish left it (``uploader``: the rest of its
+    description), once the double has unlocked it."""
     import xml.etree.ElementTree as ET
 
-    from imagebuild.procs import boot_id
     from imagebuild.publish.common import load_published_artifact
 
-    recipe = recipe_for("o-gone")
-    out = make_build(recipe)
     artifact = load_published_artifact(out)
     body = ET.fromstring(
         f"<disk><name>{artifact.versioned_name}</name><provisioned_size>1</provisioned_size>"
-        f"<description>imagebuild sha256={artifact.sha256} uploader={socket.gethostname()}/{boot_id()}/"
-        f"4194303/1 started={time.time():.3f}</description>"
+        f"<description>imagebuild sha256={artifact.sha256} {uploader}</description>"
         "<storage_domains><storage_domain><name>images</name></storage_domain></storage_domains></disk>")
     with engine.lock:
-        leftover = engine.add_disk(body).id
-    time.sleep(0.5)  # the double unlocks it, as a killed publish leaves it
+        disk = engine.add_disk(body)
+    time.sleep(0.5)  # the double unlocks a new disk after 0.3 s
+    return disk
+
+
+def test_a_gone_publishers_disk_is_removed(engine: EngineDouble, make_build: MakeBuild, tmp_path: Path) -> None:
+    """A disk a killed publish left (never marked complete; its process is gone) is not the artifact."""
+    import socket
+
+    from imagebuild.procs import boot_id
+
+    recipe = recipe_for("o-gone")
+    out = make_build(recipe)
+    leftover = _forge_disk(engine, out, f"uploader={socket.gethostname()}/{boot_id()}/4194303/1 "
+                                        f"started={time.time():.3f}").id  # that pid does not run
     result = publish(recipe, out, to="ovirt", options=Options(ovirt_config="test-engine"),
                      reporter=reporter(tmp_path))
     assert result.created and list(engine.state.disks) == [result.image_id] != [leftover]
@@ -224,21 +233,10 @@ def test_a_finished_disk_the_engine_has_locked_is_waited_for_not_removed(engine:
     """Its publisher is gone, but the disk is complete: while the engine holds it (making a template),
     a second publish waits and then uses it."""
     import threading
-    import xml.etree.ElementTree as ET
-
-    from imagebuild.publish.common import load_published_artifact
 
     recipe = recipe_for("o-locked")
     out = make_build(recipe)
-    artifact = load_published_artifact(out)
-    body = ET.fromstring(
-        f"<disk><name>{artifact.versioned_name}</name><provisioned_size>1</provisioned_size>"
-        f"<description>imagebuild sha256={artifact.sha256} uploader=gone-host/b00t/4242/1 "
-        f"started={time.time() - 3600:.3f} complete</description>"
-        "<storage_domains><storage_domain><name>images</name></storage_domain></storage_domains></disk>")
-    with engine.lock:
-        disk = engine.add_disk(body)
-    time.sleep(0.5)
+    disk = _forge_disk(engine, out, f"uploader=gone-host/b00t/4242/1 started={time.time() - 3600:.3f} complete")
     disk.status = "locked"
     threading.Timer(4, lambda: setattr(disk, "status", "ok")).start()
     result = publish(recipe, out, to="ovirt", options=Options(ovirt_config="test-engine"),
