@@ -57,18 +57,27 @@ def build(c, recipe, no_boot_test=False, keep_work=False, verbose=False, publish
         print(json.dumps(result.to_json(), indent=2))
 
 
-@task(name="list", help={"all": "also list abstract base recipes"})
+@task(name="list", help={"all": "also list abstract base recipes",
+                         "json_": "JSON for CI fan-out: buildable recipes with firmware and boot matrix"})
 @edge
-def list_(c, all=False):
-    """List the recipes."""
-    from imagebuild.recipe import list_recipes, load_recipe
-    for name in list_recipes():
-        r = load_recipe(name)
+def list_(c, all=False, json_=False):
+    """List the recipes (--json: the buildable ones with their firmware and boot-test matrix)."""
+    from imagebuild.recipe import list_recipes, load_recipe, publish_firmware
+    recipes = [load_recipe(name) for name in list_recipes()]
+    if json_:
+        print(json.dumps([
+            {"recipe": r.name, "description": r.description, "backend": str(r.install.backend),
+             "firmware": str(r.image.firmware), "machine_type": str(r.image.machine_type),
+             "publish_firmware": str(publish_firmware(r)),
+             "matrix": [str(cell) for cell in r.boot_test.cells(r.image.firmware)]}
+            for r in recipes if not r.abstract], indent=2))
+        return
+    for r in recipes:
         if r.abstract and not all:
             continue
         base = f" (extends {r.extends})" if r.extends else ""
         kind = "abstract " if r.abstract else ""
-        print(f"{name:22} {kind}{r.install.backend}{base}: {r.description}")
+        print(f"{r.name:22} {kind}{r.install.backend} {r.image.firmware}{base}: {r.description}")
 
 
 @task(help={"recipe": "recipe name or path", "json_": "print JSON instead of text"})
@@ -105,16 +114,19 @@ def steps(c):
 
 
 @task(name="boot-test", help={"image": "a qcow2 (e.g. output/debian12/debian12.qcow2)",
-                              "recipe": "recipe whose checks to run (default: from the image's manifest)"})
+                              "recipe": "recipe whose checks to run (default: from the image's manifest)",
+                              "firmware": "run one cell: bios, uefi or secure-boot (with --machine)",
+                              "machine": "run one cell: pc or q35 (default: q35 for UEFI, else pc)"})
 @edge
-def boot_test(c, image, recipe=None):
-    """Boot an image as a fresh clone (throwaway overlay, fresh MAC) and run the checks inside it."""
+def boot_test(c, image, recipe=None, firmware=None, machine=None):
+    """Boot an image as a fresh clone in each cell of its matrix (or one cell) and run the checks inside it."""
     import tempfile
 
     from imagebuild.accel import choose_accel
     from imagebuild.boottest import boot_test as run_boot_test
+    from imagebuild.errors import RecipeError
     from imagebuild.manifest import read_manifest
-    from imagebuild.recipe import Recipe, load_recipe
+    from imagebuild.recipe import CLAIMED_CELLS, Cell, Recipe, load_recipe
     from imagebuild.run import signals_raise
     from imagebuild.workspace import create_work_dir, new_build_id, remove_tree
 
@@ -126,6 +138,17 @@ def boot_test(c, image, recipe=None):
     else:
         data = read_manifest(path.parent)["recipe"]
         r = Recipe.from_json(json.dumps(data))
+    cells = None
+    if firmware or machine:
+        fw = firmware or "bios"
+        text = f"{fw}/{machine or ('pc' if fw == 'bios' else 'q35')}"
+        try:
+            cell = Cell.parse(text)
+        except ValueError as exc:
+            raise RecipeError(f"--firmware/--machine: {exc}") from None
+        if (cell.firmware, cell.machine) not in CLAIMED_CELLS[r.image.firmware]:
+            raise RecipeError(f"--firmware/--machine: {cell} cannot boot {r.name}, a {r.image.firmware} image")
+        cells = (cell,)
     rep = Reporter()
     with signals_raise():
         bid = new_build_id(f"{r.name}-boottest")
@@ -133,9 +156,11 @@ def boot_test(c, image, recipe=None):
         try:
             accel = choose_accel(rep)
             rep.info(f"accelerator: {accel.accel} ({accel.reason})")
-            console = Path(tempfile.gettempdir()) / f"{bid}-console.log"
-            result = run_boot_test(path, r, accel=accel, work=work, name=f"imagebuild-{bid}",
-                                   console_log=console, reporter=rep)
+            logs = Path(tempfile.gettempdir()) / f"{bid}-logs"
+            logs.mkdir()
+            rep.info(f"consoles in {logs}")
+            result = run_boot_test(path, r, accel=accel, work=work, name=f"imagebuild-{bid}", logs=logs,
+                                   reporter=rep, cells=cells)
             print(json.dumps(result.to_data(), indent=2))
         finally:
             remove_tree(work, rep)

@@ -1,14 +1,20 @@
-"""Boot test: the image boots as a fresh clone and checks run inside the guest.
+"""Boot test: the image boots as a fresh clone in every cell of its matrix and checks run inside the guest.
 
-The guest gets a throwaway qcow2 overlay (the artifact is only read, its sha256 is verified unchanged
-afterwards), a virtio NIC on a fresh random MAC, and a serial console captured to a file. Checks run
-through the QEMU guest agent (``guest-exec``): no password, no SSH key, nothing added to the image.
+A cell is a firmware on a machine type (``bios/pc``, ``bios/q35``, ``uefi/q35``, ``secure-boot/q35``):
+the layout claims the cells it can boot (``recipe.CLAIMED_CELLS``) and a recipe may narrow them. Cells
+run one after another (two cores, TCG): each gets its own throwaway qcow2 overlay (the artifact is only
+read, its sha256 is verified unchanged afterwards), a virtio NIC on a fresh random MAC, a fresh copy of
+OVMF's VARS file for the UEFI cells, and a serial console captured to ``boot-console-CELL.log``. Checks
+run through the QEMU guest agent (``guest-exec``): no password, no SSH key, nothing added to the image.
+Besides the image's own checks, each cell proves it booted the way it claims: the firmware (EFI or not,
+Secure Boot state read from the EFI variable) and the chipset (DMI product name).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from .accel import Accel, AccelChoice
-from .domain import DiskSpec, DomainSpec, random_mac, transient_domain
-from .errors import BootTestFailed
+from .disklayout import ESP_MOUNT, layout_for
+from .domain import DiskSpec, DomainError, DomainSpec, firmware_files, random_mac, screenshot, transient_domain
+from .errors import BootTestFailed, CommandFailed
 from .events import Reporter
-from .recipe import Family, Recipe
+from .recipe import BootFirmware, Cell, Family, Machine, Recipe
 from .run import run
 
 
@@ -31,17 +38,37 @@ class Check:
 
 
 @dataclass
-class BootTestResult:
+class CellResult:
+    """One cell of the matrix: how it booted and what the guest said."""
+    cell: str                          # "uefi/q35"
+    firmware: str
+    machine: str
     passed: bool
     accelerator: str
     mac: str
-    seconds_to_agent: float
+    seconds_to_agent: float | None     # None: the agent never answered
+    seconds: float                     # the whole cell: overlay, boot, checks, teardown
     checks: list[Check]
+    console_log: str                   # file name beside the artifact
 
     def to_data(self) -> dict[str, Any]:
         d = asdict(self)
         d["checks"] = [asdict(c) for c in self.checks]
         return d
+
+
+@dataclass
+class BootTestResult:
+    passed: bool
+    accelerator: str
+    cells: list[CellResult]
+
+    def to_data(self) -> dict[str, Any]:
+        return {"passed": self.passed, "accelerator": self.accelerator,
+                "cells": [c.to_data() for c in self.cells]}
+
+    def cell(self, name: str) -> CellResult:
+        return next(c for c in self.cells if c.cell == name)
 
 
 class Agent:
@@ -99,6 +126,7 @@ class CheckContext:
     recipe: Recipe
     mac: str
     deadline: float
+    cell: Cell
 
 
 CheckFn = Callable[[Agent, CheckContext], Check]
@@ -149,14 +177,17 @@ def check_dhcp(agent: Agent, ctx: CheckContext) -> Check:
 
 
 def check_single_root(agent: Agent, ctx: CheckContext) -> Check:
+    layout = layout_for(ctx.recipe.image.firmware)
     _, mounts, _ = agent.exec(["cat", "/proc/self/mounts"])
-    block = [ln.split()[:3] for ln in mounts.splitlines() if ln.startswith("/dev/")]
+    block = {ln.split()[1]: ln.split()[2] for ln in mounts.splitlines() if ln.startswith("/dev/")}
     _, lsblk, _ = agent.exec(["lsblk", "-J", "-o", "NAME,TYPE,FSTYPE"])
     parts = [c for d in json.loads(lsblk).get("blockdevices", []) for c in d.get("children", []) or []
              if c.get("type") == "part"]
-    mounted = sorted({m[1] for m in block})
-    ok = mounted == ["/"] and len(parts) == 1
-    return Check("single-root", ok, f"block-device mounts {mounted}, {len(parts)} partition(s)")
+    want = {"/": "ext4", **({ESP_MOUNT: "vfat"} if layout.esp is not None else {})}
+    ok = block == want and len(parts) == len(layout.partitions)
+    return Check("single-root", ok, f"block-device mounts {dict(sorted(block.items()))}, {len(parts)} "
+                                    f"partition(s); a {layout.firmware} image has {want} on "
+                                    f"{len(layout.partitions)}")
 
 
 def check_no_swap(agent: Agent, ctx: CheckContext) -> Check:
@@ -197,41 +228,123 @@ def check_ssh_hostkeys(agent: Agent, ctx: CheckContext) -> Check:
                                        f"{keys[-1].rsplit('/', 1)[-1]} {fingerprint}")
 
 
-CHECKS: tuple[CheckFn, ...] = (check_system_running, check_fresh_mac, check_dhcp, check_single_root,
-                               check_no_swap, check_packages, check_machine_id, check_ssh_hostkeys)
+# The EFI global variable SecureBoot: 4 bytes of attributes, then 1 (enforcing) or 0.
+SECURE_BOOT_VAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 
 
-def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, name: str,
-              console_log: Path, reporter: Reporter) -> BootTestResult:
-    """Boot ``image`` (qcow2) as a fresh clone and run the checks inside it; raise if any fails."""
+def check_firmware(agent: Agent, ctx: CheckContext) -> Check:
+    """The guest booted through the cell's firmware: EFI or not, and Secure Boot on exactly when asked."""
+    rc, _, _ = agent.exec(["test", "-d", "/sys/firmware/efi"])
+    efi = rc == 0
+    want_efi = ctx.cell.firmware is not BootFirmware.BIOS
+    if efi != want_efi:
+        return Check("firmware", False, f"the guest {'did' if efi else 'did not'} boot through UEFI "
+                                        f"(/sys/firmware/efi), but the cell is {ctx.cell.firmware}")
+    if not efi:
+        return Check("firmware", True, "booted through BIOS (no /sys/firmware/efi)")
+    rc, out, _ = agent.exec(["od", "-An", "-tu1", SECURE_BOOT_VAR])
+    values = out.split()
+    sb = rc == 0 and len(values) == 5 and values[4] == "1"
+    want_sb = ctx.cell.firmware is BootFirmware.SECURE_BOOT
+    if sb != want_sb:
+        return Check("firmware", False, f"Secure Boot is {'on' if sb else 'off'} in the guest "
+                                        f"(SecureBoot variable {values or 'absent'}), the cell wants it "
+                                        f"{'on' if want_sb else 'off'}")
+    return Check("firmware", True, "booted through UEFI, Secure Boot " + ("enforcing (SecureBoot=1)" if sb
+                                                                         else "off"))
+
+
+DMI_PRODUCT = {Machine.PC: "i440FX", Machine.Q35: "Q35"}
+
+
+def check_machine(agent: Agent, ctx: CheckContext) -> Check:
+    _, out, _ = agent.exec(["cat", "/sys/class/dmi/id/product_name"])
+    product = out.strip()
+    ok = DMI_PRODUCT[ctx.cell.machine] in product
+    return Check("machine", ok, f"DMI product '{product}'" + ("" if ok else f", expected {ctx.cell.machine}"))
+
+
+CHECKS: tuple[CheckFn, ...] = (check_system_running, check_firmware, check_machine, check_fresh_mac,
+                               check_dhcp, check_single_root, check_no_swap, check_packages, check_machine_id,
+                               check_ssh_hostkeys)
+CHECK_NAMES = ("multi-user", "firmware", "machine", "fresh-mac", "dhcp", "single-root", "no-swap", "packages",
+               "machine-id", "ssh-hostkeys")
+
+
+def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, name: str, logs: Path,
+              reporter: Reporter, cells: tuple[Cell, ...] | None = None) -> BootTestResult:
+    """Boot ``image`` (qcow2) in each cell (default: the recipe's matrix), one after another; raise
+    BootTestFailed naming every failed cell once all have run. Consoles (and a screenshot of a failed
+    cell) are written to ``logs``."""
+    cells = cells if cells is not None else recipe.boot_test.cells(recipe.image.firmware)
+    for cell in cells:
+        firmware_files(cell.firmware)  # a missing OVMF file is named before the first boot, not mid-matrix
+    results = []
+    for i, cell in enumerate(cells, 1):
+        with reporter.step(f"cell {i}/{len(cells)} {cell}"):
+            results.append(boot_cell(image, recipe, cell, accel=accel, work=work, name=f"{name}-{cell.slug}",
+                                     logs=logs, reporter=reporter))
+    result = BootTestResult(all(c.passed for c in results), str(accel.accel), results)
+    reporter.info("boot matrix: " + ", ".join(
+        f"{c.cell} {'passed' if c.passed else 'FAILED'}"
+        + (f" (agent {c.seconds_to_agent:.0f}s)" if c.seconds_to_agent is not None else "") for c in results))
+    if not result.passed:
+        failed = "; ".join(f"{c.cell}: " + ", ".join(f"{k.name}: {k.detail}" for k in c.checks if not k.ok)
+                           for c in results if not c.passed)
+        raise BootTestFailed(f"boot test of {image.name} failed in {sum(not c.passed for c in results)} of "
+                             f"{len(results)} cell(s): {failed}", result=result)
+    return result
+
+
+def boot_cell(image: Path, recipe: Recipe, cell: Cell, *, accel: AccelChoice, work: Path, name: str,
+              logs: Path, reporter: Reporter) -> CellResult:
+    """One cell: a fresh overlay, MAC and VARS copy; the checks; everything but the logs removed."""
+    bt = recipe.boot_test
+    timeout = bt.timeout_seconds * (bt.tcg_factor if accel.accel is Accel.TCG else 1)
     overlay = work / f"{name}-overlay.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.resolve()), str(overlay)],
-        reporter=reporter, purpose="a throwaway overlay, so the artifact is never written")
+    nvram = work / f"{name}-VARS.fd"
+    console_log = logs / f"boot-console-{cell.slug}.log"
+    mac = random_mac()
+    start = time.monotonic()
+    to_agent: float | None = None
+    checks: list[Check] = []
     try:
-        bt = recipe.boot_test
-        timeout = bt.timeout_seconds * (bt.tcg_factor if accel.accel is Accel.TCG else 1)
-        mac = random_mac()
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.resolve()), str(overlay)],
+            reporter=reporter, purpose="a throwaway overlay, so the artifact is never written")
+        loader = None
+        if cell.firmware is not BootFirmware.BIOS:
+            code, vars_template = firmware_files(cell.firmware)
+            shutil.copyfile(vars_template, nvram)  # a fresh NVRAM: no boot entries, as a new cloud guest
+            loader = code
         spec = DomainSpec(name=name, accel=accel.accel, memory_mib=bt.memory_mib, vcpus=bt.vcpus,
                           disks=(DiskSpec(overlay, "qcow2"),), console_log=console_log, mac=mac,
-                          machine=recipe.image.machine_type)
-        reporter.info(f"booting {image.name} on {accel.accel} with fresh MAC {mac} (timeout {timeout}s)")
-        start = time.monotonic()
+                          machine=str(cell.machine), loader=loader, nvram=nvram if loader else None,
+                          secure_boot=cell.firmware is BootFirmware.SECURE_BOOT)
+        reporter.info(f"booting {image.name} [{cell}] on {accel.accel} with fresh MAC {mac} (timeout {timeout}s)")
         deadline = start + timeout
         with transient_domain(spec, reporter) as dom:
-            agent = Agent(dom)
-            wait_for_agent(dom, agent, deadline, console_log)
-            to_agent = time.monotonic() - start
-            reporter.info(f"guest agent answered after {to_agent:.0f}s; running checks in the guest")
-            ctx = CheckContext(recipe, mac, deadline)
-            checks = []
-            for fn in CHECKS:
-                c = fn(agent, ctx)
-                reporter.info(f"{'✓' if c.ok else '✗'} {c.name}: {c.detail}")
-                checks.append(c)
-        result = BootTestResult(all(c.ok for c in checks), str(accel.accel), mac, round(to_agent, 1), checks)
-        if not result.passed:
-            failed = "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok)
-            raise BootTestFailed(f"boot test of {image.name} failed: {failed}")
-        return result
+            try:
+                agent = Agent(dom)
+                wait_for_agent(dom, agent, deadline, console_log)
+                to_agent = time.monotonic() - start
+                reporter.info(f"guest agent answered after {to_agent:.0f}s; running checks in the guest")
+                ctx = CheckContext(recipe, mac, deadline, cell)
+                for fn in CHECKS:
+                    c = fn(agent, ctx)
+                    reporter.info(f"{'✓' if c.ok else '✗'} {c.name}: {c.detail}")
+                    checks.append(c)
+            except BootTestFailed as exc:
+                checks.append(Check("boot", False, str(exc)))
+            if not all(c.ok for c in checks) and dom.isActive():
+                screenshot(dom, logs / f"boot-screen-{cell.slug}.ppm")
+    except (BootTestFailed, CommandFailed, DomainError) as exc:
+        # the cell failed (libvirt refused the domain, the guest stopped or never answered): record it
+        # and go on with the next cell, so one run shows the whole matrix
+        checks.append(Check("boot", False, str(exc)))
     finally:
         overlay.unlink(missing_ok=True)
+        nvram.unlink(missing_ok=True)
+    passed = bool(checks) and all(c.ok for c in checks)
+    return CellResult(str(cell), str(cell.firmware), str(cell.machine), passed, str(accel.accel), mac,
+                      round(to_agent, 1) if to_agent is not None else None, round(time.monotonic() - start, 1),
+                      checks, console_log.name)

@@ -17,6 +17,7 @@ from typing import Any
 from .accel import Accel
 from .errors import ImageBuildError, ToolMissing
 from .events import NULL_REPORTER, Reporter
+from .recipe import BootFirmware
 
 URI = "qemu:///system"
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
@@ -25,6 +26,33 @@ try:
     import libvirt
 except ImportError:  # pragma: no cover
     libvirt = None
+
+
+class DomainError(ImageBuildError):
+    """libvirt refused to start (or to destroy) a domain."""
+
+
+# Debian's ovmf package (2022.11): 4 MiB flash images. The plain pair boots UEFI without Secure Boot;
+# the ".ms" pair is the Secure Boot build (needs SMM, so q35) with Microsoft's keys enrolled in its
+# VARS, as on a cloud host that offers Secure Boot: a shim signed by Microsoft's UEFI CA boots, an
+# unsigned EFI binary is refused.
+OVMF_DIR = Path("/usr/share/OVMF")
+OVMF = {
+    BootFirmware.UEFI: ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
+    BootFirmware.SECURE_BOOT: ("OVMF_CODE_4M.ms.fd", "OVMF_VARS_4M.ms.fd"),
+}
+
+
+def firmware_files(firmware: BootFirmware) -> tuple[Path, Path]:
+    """(CODE, VARS template) of OVMF for a UEFI firmware; ToolMissing names the package if absent."""
+    if firmware not in OVMF:
+        return Path(), Path()  # SeaBIOS is built into qemu
+    code, vars_ = (OVMF_DIR / name for name in OVMF[firmware])
+    missing = [str(p) for p in (code, vars_) if not p.is_file()]
+    if missing:
+        raise ToolMissing(f"{', '.join(missing)} missing: the {firmware} boot-test cells need OVMF "
+                          "(install the Debian package ovmf; scripts/setup-host does)")
+    return code, vars_
 
 
 def random_mac() -> str:
@@ -58,6 +86,9 @@ class DomainSpec:
     cmdline: str = ""
     guest_agent: bool = True
     extra_channels: tuple[tuple[str, Path], ...] = field(default_factory=tuple)  # (name, unix socket)
+    loader: Path | None = None          # OVMF CODE (read-only pflash); None: SeaBIOS
+    nvram: Path | None = None           # this domain's own copy of the VARS file
+    secure_boot: bool = False           # the loader enforces Secure Boot (needs q35 and SMM)
 
 
 def cdrom(iso: Path, machine: str) -> DiskSpec:
@@ -74,6 +105,10 @@ def domain_xml(spec: DomainSpec) -> str:
     ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
     os_ = ET.SubElement(dom, "os")
     ET.SubElement(os_, "type", arch="x86_64", machine=spec.machine).text = "hvm"
+    if spec.loader is not None:
+        ET.SubElement(os_, "loader", readonly="yes", secure="yes" if spec.secure_boot else "no",
+                      type="pflash").text = str(spec.loader)
+        ET.SubElement(os_, "nvram").text = str(spec.nvram)
     if spec.kernel is not None:
         ET.SubElement(os_, "kernel").text = str(spec.kernel)
         if spec.initrd is not None:
@@ -84,6 +119,8 @@ def domain_xml(spec: DomainSpec) -> str:
     feats = ET.SubElement(dom, "features")
     ET.SubElement(feats, "acpi")
     ET.SubElement(feats, "apic")
+    if spec.secure_boot:
+        ET.SubElement(feats, "smm", state="on")  # OVMF's Secure Boot build keeps its variables in SMM
     if spec.accel is Accel.KVM:
         ET.SubElement(dom, "cpu", mode="host-passthrough")
     # Any stop ends the domain: an installer's reboot must not start it again.
@@ -149,7 +186,7 @@ def transient_domain(spec: DomainSpec, reporter: Reporter = NULL_REPORTER) -> It
         try:
             dom = conn.createXML(xml, 0)
         except libvirt.libvirtError as exc:
-            raise ImageBuildError(f"libvirt refused to start domain {spec.name}: {exc}") from None
+            raise DomainError(f"libvirt refused to start domain {spec.name}: {exc}") from None
         try:
             yield dom
         finally:
@@ -159,7 +196,7 @@ def transient_domain(spec: DomainSpec, reporter: Reporter = NULL_REPORTER) -> It
                     reporter.log(f"libvirt: destroyed {spec.name}")
             except libvirt.libvirtError as exc:
                 if dom_exists(conn, spec.name):
-                    raise ImageBuildError(f"could not destroy domain {spec.name}: {exc}") from None
+                    raise DomainError(f"could not destroy domain {spec.name}: {exc}") from None
     finally:
         conn.close()
 

@@ -3,9 +3,13 @@ carrying exactly the files a test needs, with the same layout a real golden imag
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from pathlib import Path
+
+from imagebuild.disklayout import layout_for
+from imagebuild.recipe import Firmware
 
 MIB = 1024 * 1024
 
@@ -74,3 +78,25 @@ def listdir(disk: Path, path: str) -> list[str]:
                          text=True)
     names = [ln.split("/")[5] for ln in res.stdout.splitlines() if ln.count("/") >= 6]
     return [n for n in names if n not in (".", "..")]
+
+
+def make_layout_disk(path: Path, tree: Path, firmware: Firmware, *, size_mib: int = 192) -> dict[str, str]:
+    """A disk in the layout of ``firmware`` (imagebuild.disklayout), made the way the bootstrap
+    installer makes it: partition table, ext4 `/` holding ``tree``, an empty vfat ESP where the layout
+    has one. Returns {"root": fs uuid, "esp": vfat volume id or ""}."""
+    layout = layout_for(firmware)
+    with open(path, "wb") as f:
+        f.truncate(size_mib * MIB)
+    _run("sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(path), input=layout.sfdisk_script(str(path)))
+    table = json.loads(_run("sfdisk", "--json", str(path)))["partitiontable"]["partitions"]
+    parts = {int(p["node"][len(str(path)):]): (int(p["start"]), int(p["size"])) for p in table}
+    fs_uuid = str(uuid.uuid4())
+    start, size = parts[layout.root.number]
+    _run("mkfs.ext4", "-q", "-F", "-d", str(tree), "-U", fs_uuid, "-E", f"offset={start * 512},root_owner=0:0",
+         str(path), f"{size // 2}k")
+    esp_id = ""
+    if layout.esp is not None:
+        esp_id = "CAFE0001"
+        start, size = parts[layout.esp.number]
+        _run("mkfs.fat", "-F", "32", "-s", "1", "-i", esp_id, f"--offset={start}", str(path), str(size // 2))
+    return {"root": fs_uuid, "esp": f"{esp_id[:4]}-{esp_id[4:]}" if esp_id else ""}

@@ -4,7 +4,9 @@ and read the result back on the host (debugfs), independently of the code under 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -12,9 +14,9 @@ from imagebuild.customize import StepContext, customize, post_check, selected_st
 from imagebuild.errors import CustomizeFailed
 from imagebuild.events import Reporter
 from imagebuild.guest import open_guest
-from imagebuild.recipe import load_recipe
+from imagebuild.recipe import Firmware, load_recipe
 
-from ..phony import exists, listdir, make_disk, make_tree, read_file
+from ..phony import exists, listdir, make_disk, make_layout_disk, make_tree, read_file
 
 pytestmark = pytest.mark.guestfs
 
@@ -144,8 +146,39 @@ def test_bad_layouts_are_rejected_with_every_reason(tmp_path, accel):
         pass
     msg = str(e.value)
     assert "swap partition(s): /dev/sda2" in msg
-    assert "expected exactly one filesystem, found 2" in msg
-    assert "expected one partition, found 3" in msg
+    assert "expected exactly one Linux filesystem, found 2" in msg
+    assert "expected 1 partition(s) for a bios image, found 3" in msg
+
+
+def test_esp_and_bios_boot_partition_accepted_on_hybrid_refused_on_bios(tmp_path, accel):
+    """The same phony hybrid disk: its ESP (mounted at /boot/efi) and BIOS boot partition pass the layout
+    rules of a hybrid image, and each is named as a reason when the image claims to be bios."""
+    tree = tmp_path / "tree"
+    make_tree(tree, {"/etc/fstab": "placeholder\n", "/boot/efi/.keep": ""})
+    disk = tmp_path / "hybrid.raw"
+    ids = make_layout_disk(disk, tree, Firmware.HYBRID)
+    fstab = f"UUID={ids['root']} / ext4 errors=remount-ro 0 1\nUUID={ids['esp']} /boot/efi vfat umask=0077 0 2\n"
+    recipe = dataclasses.replace(RECIPE, image=dataclasses.replace(RECIPE.image, firmware=Firmware.HYBRID))
+    layout_step = [s for s in selected_steps(recipe) if s.name == "layout"]
+    with open_guest(disk, "raw", accel=accel.accel, firmware=Firmware.HYBRID) as guest:
+        assert (guest.root_device, guest.esp_device) == ("/dev/sda1", "/dev/sda15")
+        guest.write("/etc/fstab", fstab)
+        guest.write("/boot/efi/EFI/BOOT/probe.txt", "on the ESP")  # written through the mounted vfat
+        post_check(guest, StepContext(recipe, network=False), layout_step)
+        # a second /boot/efi line, or none, is named by the layout check
+        guest.write("/etc/fstab", fstab.splitlines()[0] + "\n")
+        assert any("mounts the EFI system partition at /boot/efi 0 times" in p
+                   for p in layout_step[0].check(guest, StepContext(recipe, network=False)))
+    mdir = subprocess.run(["mdir", "-b", "-i", f"{disk}@@{4 * 1024 * 1024}", "::/EFI/BOOT"], capture_output=True,
+                          text=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    assert "PROBE.TXT" in mdir.stdout.upper(), mdir.stdout + mdir.stderr  # read back on the host (mtools)
+    with pytest.raises(CustomizeFailed) as e, open_guest(disk, "raw", accel=accel.accel, readonly=True,
+                                                         firmware=Firmware.BIOS):
+        pass
+    for reason in ("an EFI system partition (/dev/sda15) on a bios image",
+                   "a BIOS boot partition (/dev/sda14) on a bios image",
+                   "a gpt partition table: a bios image has msdos", "expected 1 partition(s) for a bios image"):
+        assert reason in str(e.value), str(e.value)
 
 
 def test_missing_packages_without_network_fail_clearly(tmp_path, accel):
