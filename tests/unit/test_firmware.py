@@ -154,3 +154,17 @@ def test_boot_test_cell_that_cannot_boot_the_image_is_refused_before_any_vm(invo
     res = run_invoke(["boot-test", str(image), "--recipe", "debian12", "--firmware", "uefi", "--machine", "pc"],
                      invoke_env)
     assert res.returncode == 2 and "uefi firmware is tested on q35 only" in res.stderr
+
+
+def test_example_ci_fans_out_one_job_per_recipe(invoke_env):
+    """The example pipelines build each recipe as its own matrix job from `invoke list --json`."""
+    import yaml
+    examples = Path(__file__).resolve().parents[2] / "examples" / "ci"
+    bootstrap = sorted(r["recipe"] for r in json.loads(run_invoke(["list", "--json"], invoke_env).stdout)
+                       if r["backend"] == "bootstrap")
+    gitlab = yaml.safe_load((examples / "gitlab-ci.yml").read_text())
+    assert sorted(gitlab["build"]["parallel"]["matrix"][0]["RECIPE"]) == bootstrap
+    assert all(gitlab[j]["parallel"] == gitlab["build"]["parallel"] for j in ("publish-glance", "publish-ovirt"))
+    gh = yaml.safe_load((examples / "github-actions.yml").read_text())
+    assert "invoke list --json" in json.dumps(gh) or "./inv list --json" in json.dumps(gh)
+    assert gh["jobs"]["build"]["strategy"]["matrix"]["include"] == "${{ fromJSON(needs.recipes.outputs.matrix) }}"
