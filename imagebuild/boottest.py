@@ -23,7 +23,16 @@ from typing import Any
 
 from .accel import Accel, AccelChoice
 from .disklayout import ESP_MOUNT, layout_for
-from .domain import DiskSpec, DomainError, DomainSpec, firmware_files, random_mac, screenshot, transient_domain
+from .domain import (
+    MEMORY_SLOTS,
+    DiskSpec,
+    DomainError,
+    DomainSpec,
+    firmware_files,
+    random_mac,
+    screenshot,
+    transient_domain,
+)
 from .errors import BootTestFailed, CommandFailed
 from .events import Reporter
 from .recipe import BootFirmware, Cell, Family, Machine, Recipe
@@ -43,6 +52,7 @@ class CellResult:
     cell: str                          # "uefi/q35"
     firmware: str
     machine: str
+    disk_bus: str                      # virtio (virtio-blk) or scsi (virtio-scsi)
     passed: bool
     accelerator: str
     mac: str
@@ -127,6 +137,8 @@ class CheckContext:
     mac: str
     deadline: float
     cell: Cell
+    dom: Any = None                    # the libvirt domain, for the live operations
+    disk_bus: str = "virtio"
 
 
 CheckFn = Callable[[Agent, CheckContext], Check]
@@ -264,11 +276,166 @@ def check_machine(agent: Agent, ctx: CheckContext) -> Check:
     return Check("machine", ok, f"DMI product '{product}'" + ("" if ok else f", expected {ctx.cell.machine}"))
 
 
+# -- live operations: what operators do to a running guest, read back inside it -----------------
+
+LIVE_WAIT_SECONDS = 90                 # for a change to show in the guest (TCG; seconds under KVM)
+
+
+def _libvirt() -> Any:
+    import libvirt
+    return libvirt
+
+
+def _wait(probe: Callable[[], Any], done: Callable[[Any], bool], seconds: float) -> tuple[Any, float, bool]:
+    """Poll ``probe`` until ``done(value)``; (last value, seconds taken, done?)."""
+    start = time.monotonic()
+    while True:
+        value = probe()
+        if done(value):
+            return value, time.monotonic() - start, True
+        if time.monotonic() - start > seconds:
+            return value, time.monotonic() - start, False
+        time.sleep(1)
+
+
+def _cpu_list(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out.update(range(int(a), int(b) + 1))
+        elif part:
+            out.add(int(part))
+    return out
+
+
+def _guest_view(agent: Agent, script: str) -> str:
+    """The guest's own view for a failure message: sysfs files and the kernel log's tail."""
+    _, out, _ = agent.exec(["sh", "-c", script + "; echo '--- dmesg ---'; dmesg | tail -n 12"])
+    return " | ".join(ln for ln in out.splitlines() if ln.strip())
+
+
+def _meminfo_kib(agent: Agent) -> int:
+    _, out, _ = agent.exec(["cat", "/proc/meminfo"])
+    for line in out.splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    raise BootTestFailed("no MemTotal in the guest's /proc/meminfo")
+
+
+def check_vcpu_hotplug(agent: Agent, ctx: CheckContext) -> Check:
+    """`virsh setvcpus DOMAIN N --live`: the new vCPU must come online by itself (the image's udev rule)."""
+    def online() -> tuple[set[int], str]:
+        _, out, _ = agent.exec(["sh", "-c", "cat /sys/devices/system/cpu/online; nproc"])
+        lines = out.split()
+        return _cpu_list(lines[0] if lines else ""), lines[1] if len(lines) > 1 else "?"
+
+    before, nproc_before = online()
+    target = len(before) + 1
+    if target > ctx.recipe.boot_test.max_vcpus:
+        return Check("vcpu-hotplug", False, f"{len(before)} vCPUs online already, max_vcpus is "
+                                            f"{ctx.recipe.boot_test.max_vcpus}: nothing to hot-add")
+    lv = _libvirt()
+    try:
+        ctx.dom.setVcpusFlags(target, lv.VIR_DOMAIN_AFFECT_LIVE)
+    except lv.libvirtError as exc:
+        return Check("vcpu-hotplug", False, f"libvirt refused to hot-add vCPU {target}: {exc}")
+    (after, nproc_after), took, ok = _wait(online, lambda v: len(v[0]) >= target, LIVE_WAIT_SECONDS)
+    if not ok:
+        return Check("vcpu-hotplug", False, f"vCPUs {len(before)} → {target} asked; online after {took:.0f}s: "
+                     f"{sorted(after)}; guest: " + _guest_view(
+                         agent, "echo present=$(cat /sys/devices/system/cpu/present) "
+                                "online=$(cat /sys/devices/system/cpu/online); "
+                                "grep -H . /sys/devices/system/cpu/cpu*/online"))
+    return Check("vcpu-hotplug", True, f"vCPUs {len(before)} → {len(after)} online after {took:.1f}s "
+                                       f"(online {sorted(after)}, nproc {nproc_before} → {nproc_after})")
+
+
+def check_balloon(agent: Agent, ctx: CheckContext) -> Check:
+    """Shrink the balloon target live, see MemTotal drop in the guest (and libvirt's stats agree), then
+    give the memory back and see it return."""
+    lv = _libvirt()
+    step_kib = ctx.recipe.boot_test.balloon_mib * 1024
+    full_kib = int(ctx.dom.info()[2])            # libvirt's current memory, KiB
+    total0 = _meminfo_kib(agent)
+    slack = 16 * 1024                            # the driver's page rounding and what it keeps
+    try:
+        ctx.dom.setMemoryFlags(full_kib - step_kib, lv.VIR_DOMAIN_AFFECT_LIVE)
+    except lv.libvirtError as exc:
+        return Check("balloon", False, f"libvirt refused the balloon target: {exc}")
+    low, took_down, ok = _wait(lambda: _meminfo_kib(agent), lambda v: v <= total0 - step_kib + slack,
+                               LIVE_WAIT_SECONDS)
+    actual = int(ctx.dom.memoryStats().get("actual", 0))
+    ctx.dom.setMemoryFlags(full_kib, lv.VIR_DOMAIN_AFFECT_LIVE)
+    if not ok:
+        return Check("balloon", False, f"MemTotal {total0 // 1024} MiB did not drop by "
+                     f"{step_kib // 1024} MiB in {took_down:.0f}s (now {low // 1024} MiB); guest: "
+                     + _guest_view(agent, "ls /sys/bus/virtio/drivers/virtio_balloon/ 2>&1"))
+    if abs(actual - (full_kib - step_kib)) > slack:
+        return Check("balloon", False, f"libvirt's balloon reports {actual // 1024} MiB, asked for "
+                                       f"{(full_kib - step_kib) // 1024} MiB")
+    back, took_up, ok = _wait(lambda: _meminfo_kib(agent), lambda v: v >= total0 - slack, LIVE_WAIT_SECONDS)
+    if not ok:
+        return Check("balloon", False, f"MemTotal did not grow back: {back // 1024} of {total0 // 1024} MiB "
+                                       f"after {took_up:.0f}s")
+    return Check("balloon", True, f"MemTotal {total0 // 1024} → {low // 1024} MiB in {took_down:.1f}s "
+                                  f"(libvirt: {actual // 1024} MiB), back to {back // 1024} MiB in {took_up:.1f}s")
+
+
+def _memory_blocks(agent: Agent) -> dict[str, str]:
+    _, out, _ = agent.exec(["sh", "-c", "grep -H . /sys/devices/system/memory/memory*/state"])
+    blocks = {}
+    for line in out.splitlines():
+        path, _, state = line.partition(":")
+        blocks[path.split("/")[-2]] = state.strip()
+    return blocks
+
+
+def check_memory_hotplug(agent: Agent, ctx: CheckContext) -> Check:
+    """Attach a DIMM live: MemTotal grows by its size and its memory blocks come online by themselves."""
+    lv = _libvirt()
+    size = ctx.recipe.boot_test.hotplug_memory_mib
+    total0, blocks0 = _meminfo_kib(agent), _memory_blocks(agent)
+    dimm = (f"<memory model='dimm'><target><size unit='MiB'>{size}</size><node>0</node></target></memory>")
+    try:
+        ctx.dom.attachDeviceFlags(dimm, lv.VIR_DOMAIN_AFFECT_LIVE)
+    except lv.libvirtError as exc:
+        return Check("memory-hotplug", False, f"libvirt refused to attach a {size} MiB DIMM: {exc}")
+    want = total0 + size * 1024 - 8 * 1024     # the kernel keeps a little of it for its page structs
+    total, took, ok = _wait(lambda: _meminfo_kib(agent), lambda v: v >= want, LIVE_WAIT_SECONDS)
+    blocks = _memory_blocks(agent)
+    new = {b: st for b, st in blocks.items() if b not in blocks0}
+    offline = sorted(b for b, st in new.items() if st == "offline")
+    if not ok or offline or not new:
+        return Check("memory-hotplug", False, f"a {size} MiB DIMM: MemTotal {total0 // 1024} → {total // 1024} MiB "
+                     f"after {took:.0f}s; new blocks {new or 'none'}; guest: "
+                     + _guest_view(agent, "cat /sys/devices/system/memory/auto_online_blocks; cat /proc/cmdline"))
+    zones = sorted(set(new.values()))
+    return Check("memory-hotplug", True, f"a {size} MiB DIMM: MemTotal {total0 // 1024} → {total // 1024} MiB "
+                                         f"in {took:.1f}s, {len(new)} new blocks {', '.join(zones)}")
+
+
+def check_virtio(agent: Agent, ctx: CheckContext) -> Check:
+    """The guest bound virtio drivers to the disk (the cell's bus), NIC, balloon, console and RNG."""
+    _, out, _ = agent.exec(["sh", "-c", "cd /sys/bus/virtio/drivers && for d in *; do "
+                                        "echo $d $(ls $d | grep -c '^virtio'); done"])
+    bound = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines() if len(ln.split()) == 2}
+    disk_driver = {"virtio": "virtio_blk", "scsi": "virtio_scsi"}[ctx.disk_bus]
+    want = (disk_driver, "virtio_net", "virtio_balloon", "virtio_console")
+    missing = [d for d in want if not bound.get(d)]
+    have = ", ".join(f"{d}×{n}" for d, n in sorted(bound.items()) if n)
+    if missing:
+        return Check("virtio", False, f"no device bound to {', '.join(missing)} (bound: {have or 'none'})")
+    return Check("virtio", True, f"root disk on {disk_driver}; bound: {have}")
+
+
 CHECKS: tuple[CheckFn, ...] = (check_system_running, check_firmware, check_machine, check_fresh_mac,
                                check_dhcp, check_single_root, check_no_swap, check_packages, check_machine_id,
-                               check_ssh_hostkeys)
+                               check_ssh_hostkeys, check_virtio, check_vcpu_hotplug, check_balloon,
+                               check_memory_hotplug)
 CHECK_NAMES = ("multi-user", "firmware", "machine", "fresh-mac", "dhcp", "single-root", "no-swap", "packages",
-               "machine-id", "ssh-hostkeys")
+               "machine-id", "ssh-hostkeys", "virtio", "vcpu-hotplug", "balloon", "memory-hotplug")
+CHECK_OF = dict(zip(CHECK_NAMES, CHECKS, strict=True))
 
 
 def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, name: str, logs: Path,
@@ -280,10 +447,12 @@ def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, na
     for cell in cells:
         firmware_files(cell.firmware)  # a missing OVMF file is named before the first boot, not mid-matrix
     results = []
+    buses = recipe.boot_test.disk_buses
     for i, cell in enumerate(cells, 1):
-        with reporter.step(f"cell {i}/{len(cells)} {cell}"):
+        bus = buses[(i - 1) % len(buses)]  # in turn, so a matrix covers virtio-blk and virtio-scsi
+        with reporter.step(f"cell {i}/{len(cells)} {cell} ({bus})"):
             results.append(boot_cell(image, recipe, cell, accel=accel, work=work, name=f"{name}-{cell.slug}",
-                                     logs=logs, reporter=reporter))
+                                     logs=logs, reporter=reporter, disk_bus=bus))
     result = BootTestResult(all(c.passed for c in results), str(accel.accel), results)
     reporter.info("boot matrix: " + ", ".join(
         f"{c.cell} {'passed' if c.passed else 'FAILED'}"
@@ -296,9 +465,24 @@ def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, na
     return result
 
 
+def cell_spec(recipe: Recipe, cell: Cell, *, name: str, accel: Accel, overlay: Path, nvram: Path,
+              console_log: Path, mac: str, disk_bus: str) -> DomainSpec:
+    """The domain of one cell, defined as an operator defines a hotplug-ready guest: vCPUs below a
+    maximum, memory with room for DIMMs (slots and a NUMA cell), a virtio balloon, virtio disk and NIC."""
+    bt = recipe.boot_test
+    loader = firmware_files(cell.firmware)[0] if cell.firmware is not BootFirmware.BIOS else None
+    disk = DiskSpec(overlay, "qcow2", target="sda", bus="scsi") if disk_bus == "scsi" else DiskSpec(overlay, "qcow2")
+    return DomainSpec(name=name, accel=accel, memory_mib=bt.memory_mib, vcpus=bt.vcpus, disks=(disk,),
+                      console_log=console_log, mac=mac, machine=str(cell.machine), loader=loader,
+                      nvram=nvram if loader else None, secure_boot=cell.firmware is BootFirmware.SECURE_BOOT,
+                      max_vcpus=bt.max_vcpus, max_memory_mib=bt.memory_mib + bt.hotplug_memory_mib * MEMORY_SLOTS,
+                      balloon=True)
+
+
 def boot_cell(image: Path, recipe: Recipe, cell: Cell, *, accel: AccelChoice, work: Path, name: str,
-              logs: Path, reporter: Reporter) -> CellResult:
-    """One cell: a fresh overlay, MAC and VARS copy; the checks; everything but the logs removed."""
+              logs: Path, reporter: Reporter, disk_bus: str = "virtio") -> CellResult:
+    """One cell: a fresh overlay, MAC and VARS copy, the root disk on ``disk_bus``; the checks (the live
+    operations last); everything but the logs removed."""
     bt = recipe.boot_test
     timeout = bt.timeout_seconds * (bt.tcg_factor if accel.accel is Accel.TCG else 1)
     overlay = work / f"{name}-overlay.qcow2"
@@ -311,15 +495,11 @@ def boot_cell(image: Path, recipe: Recipe, cell: Cell, *, accel: AccelChoice, wo
     try:
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.resolve()), str(overlay)],
             reporter=reporter, purpose="a throwaway overlay, so the artifact is never written")
-        loader = None
         if cell.firmware is not BootFirmware.BIOS:
-            code, vars_template = firmware_files(cell.firmware)
-            shutil.copyfile(vars_template, nvram)  # a fresh NVRAM: no boot entries, as a new cloud guest
-            loader = code
-        spec = DomainSpec(name=name, accel=accel.accel, memory_mib=bt.memory_mib, vcpus=bt.vcpus,
-                          disks=(DiskSpec(overlay, "qcow2"),), console_log=console_log, mac=mac,
-                          machine=str(cell.machine), loader=loader, nvram=nvram if loader else None,
-                          secure_boot=cell.firmware is BootFirmware.SECURE_BOOT)
+            # a fresh NVRAM: no boot entries, as a new cloud guest has
+            shutil.copyfile(firmware_files(cell.firmware)[1], nvram)
+        spec = cell_spec(recipe, cell, name=name, accel=accel.accel, overlay=overlay, nvram=nvram,
+                         console_log=console_log, mac=mac, disk_bus=disk_bus)
         reporter.info(f"booting {image.name} [{cell}] on {accel.accel} with fresh MAC {mac} (timeout {timeout}s)")
         deadline = start + timeout
         with transient_domain(spec, reporter) as dom:
@@ -328,8 +508,10 @@ def boot_cell(image: Path, recipe: Recipe, cell: Cell, *, accel: AccelChoice, wo
                 wait_for_agent(dom, agent, deadline, console_log)
                 to_agent = time.monotonic() - start
                 reporter.info(f"guest agent answered after {to_agent:.0f}s; running checks in the guest")
-                ctx = CheckContext(recipe, mac, deadline, cell)
-                for fn in CHECKS:
+                ctx = CheckContext(recipe, mac, deadline, cell, dom, disk_bus)
+                for check_name, fn in CHECK_OF.items():
+                    if check_name in bt.skip_checks:
+                        continue
                     c = fn(agent, ctx)
                     reporter.info(f"{'✓' if c.ok else '✗'} {c.name}: {c.detail}")
                     checks.append(c)
@@ -345,6 +527,6 @@ def boot_cell(image: Path, recipe: Recipe, cell: Cell, *, accel: AccelChoice, wo
         overlay.unlink(missing_ok=True)
         nvram.unlink(missing_ok=True)
     passed = bool(checks) and all(c.ok for c in checks)
-    return CellResult(str(cell), str(cell.firmware), str(cell.machine), passed, str(accel.accel), mac,
+    return CellResult(str(cell), str(cell.firmware), str(cell.machine), disk_bus, passed, str(accel.accel), mac,
                       round(to_agent, 1) if to_agent is not None else None, round(time.monotonic() - start, 1),
                       checks, console_log.name)

@@ -20,6 +20,7 @@ from .events import NULL_REPORTER, Reporter
 from .recipe import BootFirmware
 
 URI = "qemu:///system"
+MEMORY_SLOTS = 4
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 try:
@@ -86,6 +87,9 @@ class DomainSpec:
     cmdline: str = ""
     guest_agent: bool = True
     extra_channels: tuple[tuple[str, Path], ...] = field(default_factory=tuple)  # (name, unix socket)
+    max_vcpus: int = 0                  # > vcpus: vCPUs can be hot-added up to this
+    max_memory_mib: int = 0             # > memory_mib: DIMMs can be hot-added up to this (slots, NUMA cell)
+    balloon: bool = False               # a virtio balloon (with stats) instead of none
     loader: Path | None = None          # OVMF CODE (read-only pflash); None: SeaBIOS
     nvram: Path | None = None           # this domain's own copy of the VARS file
     secure_boot: bool = False           # the loader enforces Secure Boot (needs q35 and SMM)
@@ -101,8 +105,15 @@ def cdrom(iso: Path, machine: str) -> DiskSpec:
 def domain_xml(spec: DomainSpec) -> str:
     dom = ET.Element("domain", type="kvm" if spec.accel is Accel.KVM else "qemu")
     ET.SubElement(dom, "name").text = spec.name
+    if spec.max_memory_mib > spec.memory_mib:
+        # memory hotplug: room for DIMMs above the boot memory, which must sit in a NUMA cell
+        ET.SubElement(dom, "maxMemory", slots=str(MEMORY_SLOTS), unit="MiB").text = str(spec.max_memory_mib)
     ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mib)
-    ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
+    ET.SubElement(dom, "currentMemory", unit="MiB").text = str(spec.memory_mib)
+    if spec.max_vcpus > spec.vcpus:
+        ET.SubElement(dom, "vcpu", placement="static", current=str(spec.vcpus)).text = str(spec.max_vcpus)
+    else:
+        ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
     os_ = ET.SubElement(dom, "os")
     ET.SubElement(os_, "type", arch="x86_64", machine=spec.machine).text = "hvm"
     if spec.loader is not None:
@@ -121,12 +132,17 @@ def domain_xml(spec: DomainSpec) -> str:
     ET.SubElement(feats, "apic")
     if spec.secure_boot:
         ET.SubElement(feats, "smm", state="on")  # OVMF's Secure Boot build keeps its variables in SMM
-    if spec.accel is Accel.KVM:
-        ET.SubElement(dom, "cpu", mode="host-passthrough")
+    cpu = ET.SubElement(dom, "cpu", mode="host-passthrough") if spec.accel is Accel.KVM else None
+    if spec.max_memory_mib > spec.memory_mib:
+        cpu = cpu if cpu is not None else ET.SubElement(dom, "cpu")
+        ET.SubElement(ET.SubElement(cpu, "numa"), "cell", id="0", cpus=f"0-{max(spec.vcpus, spec.max_vcpus) - 1}",
+                      memory=str(spec.memory_mib), unit="MiB")
     # Any stop ends the domain: an installer's reboot must not start it again.
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         ET.SubElement(dom, event).text = "destroy"
     dev = ET.SubElement(dom, "devices")
+    if any(d.bus == "scsi" for d in spec.disks):
+        ET.SubElement(dev, "controller", type="scsi", index="0", model="virtio-scsi")
     for d in spec.disks:
         disk = ET.SubElement(dev, "disk", type="file", device=d.device)
         if d.device == "cdrom":
@@ -154,7 +170,11 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(ch, "target", type="virtio", name=name)
     rng = ET.SubElement(dev, "rng", model="virtio")
     ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
-    ET.SubElement(dev, "memballoon", model="none")
+    if spec.balloon:
+        balloon = ET.SubElement(dev, "memballoon", model="virtio")
+        ET.SubElement(balloon, "stats", period="2")  # libvirt's balloon stats, compared with the guest's
+    else:
+        ET.SubElement(dev, "memballoon", model="none")
     ET.SubElement(dev, "graphics", type="vnc", listen="127.0.0.1", autoport="yes")  # screenshots
     ET.SubElement(dev, "video").append(ET.Element("model", type="vga"))
     # qemu runs as root without relabelling: the scratch files live in our 0700 work dir.

@@ -147,6 +147,19 @@ class Guest:
     def truncate(self, path: str) -> None:
         self.g.truncate(path)
 
+    def filesize(self, path: str) -> int:
+        return int(self.g.filesize(path))
+
+    def ls(self, path: str) -> list[str]:
+        return list(self.g.ls(path))
+
+    def mkdir_p(self, path: str) -> None:
+        self.g.mkdir_p(path)
+
+    def partition_problems(self) -> list[str]:
+        """What the disk's partitions break of the layout rules (``layout_problems``)."""
+        return layout_problems(self)
+
     def edit_lines(self, path: str, keep: Any) -> int:
         """Rewrite ``path`` keeping lines for which ``keep(line)`` is true; returns lines removed."""
         text = self.read(path)

@@ -22,6 +22,7 @@ from .accel import choose_accel
 from .boottest import BootTestResult, boot_test
 from .digest import sha256_file
 from .disklayout import ESP_MOUNT
+from .domain import firmware_files
 from .errors import BootTestFailed, ImageBuildError, PreflightError
 from .events import NULL_REPORTER, Reporter
 from .guest import open_guest
@@ -52,6 +53,9 @@ def validate(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, for_build: b
     """Everything checkable before any download, disk file or VM: tools, answer files, step names."""
     installer = installer_for(recipe)
     require_tools({**COMMON_TOOLS, **installer.tools(recipe)})
+    if recipe.boot_test.enabled:
+        for cell in recipe.boot_test.cells(recipe.image.firmware):
+            firmware_files(cell.firmware)  # OVMF for the UEFI cells: named before anything starts
     installer.validate(recipe, reporter, for_build=for_build)
     cz.selected_steps(recipe)
 

@@ -205,6 +205,14 @@ class BootTest:
     tcg_factor: int = 4
     allow_failed_units: tuple[str, ...] = ()
     matrix: tuple[str, ...] = ()       # cells "firmware/machine" to boot; empty = every cell the layout claims
+    # What operators do to running guests, done live in every cell and checked inside the guest
+    # (boottest.LIVE_CHECKS): the domain starts with `vcpus` of `max_vcpus`, `memory_mib` with room for a
+    # `hotplug_memory_mib` DIMM (maxMemory with slots, one NUMA cell), and a virtio balloon.
+    max_vcpus: int = 4                 # vCPU hotplug adds one up to this
+    hotplug_memory_mib: int = 512      # the DIMM hot-added (a multiple of the 128 MiB memory block)
+    balloon_mib: int = 256             # how far the balloon shrinks the guest, then gives it back
+    disk_buses: tuple[str, ...] = ("virtio", "scsi")  # root disk bus by cell, in turn (virtio-blk, virtio-scsi)
+    skip_checks: tuple[str, ...] = ()  # in-guest checks an image family cannot pass (boottest.CHECK_NAMES)
 
     def cells(self, firmware: Firmware) -> tuple[Cell, ...]:
         """The cells to boot, in a fixed order (validated at load time)."""
@@ -494,6 +502,21 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
     check(1 <= bt.vcpus <= 64, "boot_test.vcpus", "must be between 1 and 64")
     check(bt.timeout_seconds >= 10, "boot_test.timeout_seconds", "must be at least 10")
     check(bt.tcg_factor >= 1, "boot_test.tcg_factor", "must be at least 1")
+    check(bt.vcpus <= bt.max_vcpus <= 64, "boot_test.max_vcpus",
+          f"must be between boot_test.vcpus ({bt.vcpus}) and 64")
+    check(bt.max_vcpus > bt.vcpus or "vcpu-hotplug" in bt.skip_checks, "boot_test.max_vcpus",
+          f"must be above boot_test.vcpus ({bt.vcpus}) to hot-add a vCPU (or skip_checks = [\"vcpu-hotplug\"])")
+    check(bt.hotplug_memory_mib >= 128 and bt.hotplug_memory_mib % 128 == 0, "boot_test.hotplug_memory_mib",
+          "must be a multiple of 128 (the guest's memory block size), at least 128")
+    check(0 < bt.balloon_mib <= bt.memory_mib - 256, "boot_test.balloon_mib",
+          f"must leave the guest at least 256 MiB of its {bt.memory_mib} (boot_test.memory_mib)")
+    for i, bus in enumerate(bt.disk_buses):
+        check(bus in DISK_BUSES, f"boot_test.disk_buses[{i}]", f"must be one of {', '.join(DISK_BUSES)}")
+    check(bool(bt.disk_buses), "boot_test.disk_buses", "must name at least one bus")
+    from .boottest import CHECK_NAMES
+    for i, name in enumerate(bt.skip_checks):
+        check(name in CHECK_NAMES, f"boot_test.skip_checks[{i}]",
+              f"unknown check '{name}' (the checks: {', '.join(CHECK_NAMES)})")
     gl = recipe.publish.glance
     check(gl.visibility in GLANCE_VISIBILITIES, "publish.glance.visibility",
           "must be one of " + ", ".join(GLANCE_VISIBILITIES))
@@ -532,6 +555,8 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
               "are made by the bootstrap installer")
 
 
+# Root disk buses the boot test attaches (virtio-blk, or virtio-scsi with discard as clouds use for TRIM).
+DISK_BUSES = ("virtio", "scsi")
 # The smallest root filesystem a golden image is given beside its boot partitions.
 MIN_ROOT_MIB = 1024
 

@@ -83,7 +83,7 @@ def existing(*candidates: str) -> Callable[[Guest], list[str]]:
 
 def _load_all() -> None:
     # Importing the modules registers their steps; listed here so the order of registration is fixed.
-    from . import host_identity, layout, logs, net_identity, packages, ssh_hostkeys  # noqa: F401
+    from . import host_identity, hotplug, layout, logs, net_identity, packages, ssh_hostkeys  # noqa: F401
 
 
 def all_steps() -> list[Step]:

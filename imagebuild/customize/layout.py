@@ -9,7 +9,7 @@ files, swap lines and resume= settings can, and this step removes them.
 from __future__ import annotations
 
 from ..disklayout import ESP_MOUNT, layout_for
-from ..guest import Guest, layout_problems
+from ..guest import Guest
 from . import StepContext, register
 
 PSEUDO_FS = {"proc", "sysfs", "tmpfs", "devpts", "devtmpfs", "securityfs", "cgroup", "cgroup2",
@@ -54,7 +54,7 @@ def _fstab_problems(guest: Guest) -> list[str]:
 
 
 def _check(guest: Guest, ctx: StepContext) -> list[str]:
-    problems = layout_problems(guest) + _fstab_problems(guest)
+    problems = guest.partition_problems() + _fstab_problems(guest)
     problems += [f"swap file {p} exists" for p in SWAP_FILES if guest.is_file(p)]
     problems += [f"{p} exists (resume from a swap device)" for p in RESUME_FILES if guest.is_file(p)]
     return problems

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from imagebuild.accel import Accel
+from imagebuild.boottest import cell_spec
 from imagebuild.disklayout import GPT_TYPE, Role, layout_for
-from imagebuild.domain import DiskSpec, DomainSpec, domain_xml, firmware_files
+from imagebuild.domain import domain_xml, firmware_files
 from imagebuild.errors import RecipeError
 from imagebuild.recipe import BootFirmware, Cell, Firmware, Machine, load_recipe, publish_firmware
 
@@ -113,18 +114,15 @@ def test_layouts_written_by_sfdisk(tmp_path, firmware, want):
 
 # -- domain XML for every cell --------------------------------------------------------------------
 
-@pytest.mark.parametrize("cell", ["bios/q35", "uefi/q35", "secure-boot/q35"])
-def test_cell_domain_xml_golden(cell):
+@pytest.mark.parametrize("cell, bus", [("bios/pc", "virtio"), ("bios/q35", "scsi"), ("uefi/q35", "virtio"),
+                                       ("secure-boot/q35", "scsi")])
+def test_cell_domain_xml_golden(cell, bus):
+    """Each cell's domain as the boot test defines it: firmware (loader, NVRAM copy, SMM), chipset, the
+    root disk's bus, and the hotplug-ready shape (vCPUs below a maximum, maxMemory + NUMA, balloon)."""
     c = Cell.parse(cell)
-    loader = nvram = None
-    if c.firmware is not BootFirmware.BIOS:
-        loader, _ = firmware_files(c.firmware)
-        nvram = Path(f"/w/{c.slug}-VARS.fd")
-    spec = DomainSpec(name=f"imagebuild-debian13-x-boot-{c.slug}", accel=Accel.TCG, memory_mib=1024, vcpus=2,
-                      disks=(DiskSpec(Path("/w/overlay.qcow2"), "qcow2"),),
-                      console_log=Path(f"/o/boot-console-{c.slug}.log"), mac="52:54:00:12:34:56",
-                      machine=str(c.machine), loader=loader, nvram=nvram,
-                      secure_boot=c.firmware is BootFirmware.SECURE_BOOT)
+    spec = cell_spec(load_recipe("debian12"), c, name=f"imagebuild-debian12-x-boot-{c.slug}", accel=Accel.TCG,
+                     overlay=Path("/w/overlay.qcow2"), nvram=Path(f"/w/{c.slug}-VARS.fd"),
+                     console_log=Path(f"/o/boot-console-{c.slug}.log"), mac="52:54:00:12:34:56", disk_bus=bus)
     check_golden(f"boottest-domain-{c.slug}.xml", domain_xml(spec))
 
 
@@ -168,3 +166,14 @@ def test_example_ci_fans_out_one_job_per_recipe(invoke_env):
     gh = yaml.safe_load((examples / "github-actions.yml").read_text())
     assert "invoke list --json" in json.dumps(gh) or "./inv list --json" in json.dumps(gh)
     assert gh["jobs"]["build"]["strategy"]["matrix"]["include"] == "${{ fromJSON(needs.recipes.outputs.matrix) }}"
+
+
+def test_missing_ovmf_is_named_before_anything_starts(monkeypatch, tmp_path):
+    from imagebuild import domain
+    from imagebuild.errors import ToolMissing
+    from imagebuild.pipeline import validate
+    monkeypatch.setattr(domain, "OVMF_DIR", tmp_path)  # a host without the ovmf package
+    with pytest.raises(ToolMissing, match=r"OVMF_CODE_4M.fd.* the uefi boot-test cells need OVMF "
+                                          r"\(install the Debian package ovmf"):
+        validate(load_recipe("debian12"))
+    validate(load_recipe("debian12-bios"))  # BIOS cells need no OVMF
