@@ -410,9 +410,13 @@ def check_memory_hotplug(agent: Agent, ctx: CheckContext) -> Check:
         return Check("memory-hotplug", False, f"a {size} MiB DIMM: MemTotal {total0 // 1024} → {total // 1024} MiB "
                      f"after {took:.0f}s; new blocks {new or 'none'}; guest: "
                      + _guest_view(agent, "cat /sys/devices/system/memory/auto_online_blocks; cat /proc/cmdline"))
-    zones = sorted(set(new.values()))
+    # an online block's valid_zones names the zone it is in: Movable can be unplugged again
+    _, zones_out, _ = agent.exec(["sh", "-c", " ".join(f"cat /sys/devices/system/memory/{b}/valid_zones;"
+                                                       for b in sorted(new))])
+    zones = sorted(set(zones_out.split()))
     return Check("memory-hotplug", True, f"a {size} MiB DIMM: MemTotal {total0 // 1024} → {total // 1024} MiB "
-                                         f"in {took:.1f}s, {len(new)} new blocks {', '.join(zones)}")
+                                         f"in {took:.1f}s, {len(new)} new blocks online in zone "
+                                         f"{'/'.join(zones) or '?'}")
 
 
 def check_virtio(agent: Agent, ctx: CheckContext) -> Check:

@@ -55,6 +55,8 @@ class ImageFacts:
     min_ram_mib: int = 512
     guest_agent: bool = False
     passed_cells: tuple[str, ...] = ()  # "uefi/q35", ... in matrix order
+    disk_buses: tuple[str, ...] = ("virtio",)  # root disk buses a passed cell booted from
+    live_checks: tuple[str, ...] = ()  # live operations (vcpu-hotplug, memory-hotplug, balloon) that passed
 
     @property
     def firmware(self) -> str:
@@ -252,16 +254,18 @@ def load_published_artifact(output_dir: Path | str, *, force: bool = False,
 
     packages = recipe.get("packages") or {}
     all_packages = list(packages.get("base") or []) + list(packages.get("extra") or [])
-    machine, boot_firmware, passed_cells = _proven_firmware(manifest_path, recipe, bt, forced)
+    proven = _proven(manifest_path, recipe, bt, forced)
     facts = ImageFacts(
         os_distro=str(image.get("os_distro") or ""),
         os_version=str(image.get("os_version") or recipe.get("version") or ""),
         os_type=str(image.get("os_type") or "linux"),
-        machine_type=machine,
-        boot_firmware=boot_firmware,
+        machine_type=proven.machine,
+        boot_firmware=proven.firmware,
         min_ram_mib=int(image.get("min_ram_mib") or 512),
-        guest_agent="qemu-guest-agent" in all_packages,
-        passed_cells=passed_cells,
+        guest_agent="qemu-guest-agent" in all_packages and (proven.guest_agent or forced),
+        passed_cells=proven.cells,
+        disk_buses=proven.disk_buses,
+        live_checks=proven.live,
     )
     if not facts.os_distro:
         raise PublishError(f"{manifest_path}: recipe.image.os_distro is empty")
@@ -274,10 +278,23 @@ def load_published_artifact(output_dir: Path | str, *, force: bool = False,
         forced=forced, publish_settings=dict(recipe.get("publish") or {}))
 
 
-def _proven_firmware(manifest_path: Path, recipe: dict[str, Any], bt: Any, forced: bool
-                     ) -> tuple[str, str, tuple[str, ...]]:
-    """(machine type, firmware to advertise, passed cells): what the recipe asks stores to use, which a
-    passed boot-test cell must have proven (a forced publish advertises the recipe's wish, marked forced)."""
+LIVE_CHECKS = ("vcpu-hotplug", "memory-hotplug", "balloon")
+
+
+@dataclass(frozen=True)
+class Proven:
+    """What the passed boot-test cells showed, for the stores to advertise."""
+    machine: str
+    firmware: str                      # bios, uefi or secure-boot
+    cells: tuple[str, ...]             # the passed cells
+    disk_buses: tuple[str, ...]        # root disk buses a passed cell booted from
+    live: tuple[str, ...]              # live operations that passed in every passed cell that ran them
+    guest_agent: bool                  # a passed cell's agent answered
+
+
+def _proven(manifest_path: Path, recipe: dict[str, Any], bt: Any, forced: bool) -> Proven:
+    """What the recipe asks stores to use (firmware, machine), which a passed boot-test cell must have
+    proven, and what else the passed cells showed (a forced publish advertises the recipe's wish)."""
     from ..recipe import Recipe, publish_firmware
     try:
         parsed = Recipe.from_json(json.dumps(recipe))
@@ -289,7 +306,8 @@ def _proven_firmware(manifest_path: Path, recipe: dict[str, Any], bt: Any, force
                            f"{parsed.image.firmware} image")
     machine = str(parsed.image.machine_type)
     cells = bt.get("cells") if isinstance(bt, dict) else None
-    passed = tuple(str(c.get("cell")) for c in cells or [] if isinstance(c, dict) and c.get("passed") is True)
+    good = [c for c in cells or [] if isinstance(c, dict) and c.get("passed") is True]
+    passed = tuple(str(c.get("cell")) for c in good)
     want_cell = f"{wanted}/{machine}"
     if not forced and want_cell not in passed:
         if cells is None:
@@ -298,7 +316,12 @@ def _proven_firmware(manifest_path: Path, recipe: dict[str, Any], bt: Any, force
         raise PublishError(f"{parsed.name}: would advertise {wanted} firmware on {machine}, but no boot-test "
                            f"cell {want_cell} passed (passed: {', '.join(passed) or 'none'}); "
                            "set boot_test.matrix / publish.firmware / image.machine_type to what was tested")
-    return machine, str(wanted), passed
+    ran = [{k["name"]: k.get("ok") for k in c.get("checks", []) if isinstance(k, dict)} for c in good]
+    live = tuple(name for name in LIVE_CHECKS
+                 if any(name in checks for checks in ran) and all(checks.get(name, True) for checks in ran))
+    return Proven(machine=machine, firmware=str(wanted), cells=passed,
+                  disk_buses=tuple(dict.fromkeys(str(c.get("disk_bus") or "virtio") for c in good)),
+                  live=live, guest_agent=bool(good))
 
 
 def record_publish(artifact: Artifact, result: PublishResult) -> None:

@@ -126,6 +126,7 @@ def load_engine(section: str | None, settings: Ovirt) -> Engine:
 def _description(artifact: Artifact, started: float) -> str:
     return (f"{DESCRIPTION_PREFIX} recipe={artifact.recipe} build={artifact.build_id} "
             f"sha256={artifact.sha256} boot_test={artifact.boot_test} bios_type={artifact.image.ovirt_bios_type}"
+            f" live={','.join(artifact.image.live_checks) or 'none'}"
             + (" forced=true" if artifact.forced else "")
             + f" uploader={process_token()} started={started:.3f}")
 

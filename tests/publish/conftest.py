@@ -104,12 +104,14 @@ def write_manifest(out: Path, recipe: Recipe, qcow2: Path, *, boot_test: bool | 
         "boot_test": None if boot_test is None else {
             "passed": boot_test, "accelerator": "tcg", "cells": [
                 {"cell": cell, "firmware": cell.split("/")[0], "machine": cell.split("/")[1], "passed": ok,
+                 "disk_bus": ("virtio", "scsi")[i % 2],
                  "accelerator": "tcg", "mac": "52:54:00:12:34:56", "seconds_to_agent": 40.0, "seconds": 60.0,
-                 "checks": [{"name": "multi-user", "ok": ok, "detail": "synthetic manifest for tests"}],
+                 "checks": [{"name": name, "ok": ok, "detail": "synthetic manifest for tests"}
+                            for name in ("multi-user", "vcpu-hotplug", "memory-hotplug", "balloon")],
                  "console_log": f"boot-console-{cell.replace('/', '-')}.log"}
-                for cell, ok in (cells if cells is not None else
+                for i, (cell, ok) in enumerate((cells if cells is not None else
                                  {str(c): boot_test for c in recipe.boot_test.cells(recipe.image.firmware)}
-                                 ).items()]},
+                                 ).items())]},
         "accelerator": "tcg", "stages": {}, "inputs": {}, "tools": {},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -226,3 +226,16 @@ def test_publishing_refuses_firmware_no_cell_proved(make_build: MakeBuild) -> No
     (out / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(PublishError, match="records no cells"):
         load_published_artifact(out)
+
+
+def test_disk_bus_and_live_operations_come_from_the_passed_cells(make_build: MakeBuild) -> None:
+    scsi = recipe_for("u-scsi", properties={"hw_disk_bus": "scsi"})
+    art = load_published_artifact(make_build(scsi))  # cells alternate virtio, scsi: both proven
+    props = glance_properties(art, scsi.publish.glance)
+    assert (props["hw_disk_bus"], props["hw_scsi_model"]) == ("scsi", "virtio-scsi")
+    assert props["imagebuild_live_checks"] == "vcpu-hotplug,memory-hotplug,balloon"
+    assert art.image.live_checks == ("vcpu-hotplug", "memory-hotplug", "balloon")
+    # only the first cell ran (on virtio-blk): scsi was never proven, so it is not advertised
+    only_virtio = load_published_artifact(make_build(scsi, cells={"bios/pc": True}))
+    with pytest.raises(PublishError, match="no passed boot-test cell booted from virtio-scsi"):
+        glance_properties(only_virtio, scsi.publish.glance)
