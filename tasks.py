@@ -25,7 +25,9 @@ def edge(fn):  # type: ignore[no-untyped-def]
     """The one place where library errors become messages and exit codes."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        from imagebuild.settings import Settings, configure
         try:
+            configure(Settings.from_environ(os.environ))  # the environment, read once, here
             return fn(*args, **kwargs)
         except ImageBuildError as exc:
             print(f"imagebuild: error: {exc}", file=sys.stderr)
@@ -104,13 +106,27 @@ def validate(c, recipe):
     print(f"{recipe}: ok")
 
 
-@task
-def steps(c):
+@task(help={"long": "also print each step's description (why, and what exactly)"})
+def steps(c, long=False):
     """List the generalization steps (name, default, families, summary)."""
+    import textwrap
+
     from imagebuild.customize import all_steps
     for s in all_steps():
         fam = ",".join(str(f) for f in s.families)
         print(f"{s.name:22} {'on ' if s.default else 'off'} {fam:10} {s.summary}")
+        if long and s.description and s.description != s.summary:
+            print(textwrap.fill(s.description, 100, initial_indent=" " * 4, subsequent_indent=" " * 4))
+
+
+@task
+def docs(c):
+    """Regenerate the README's lists of steps and tasks from the code (a unit test checks they agree)."""
+    from imagebuild.docgen import replace_sections, steps_table, tasks_table
+    readme = HERE / "README.md"
+    text = replace_sections(readme.read_text(), {"steps": steps_table, "tasks": lambda: tasks_table(TASKS)})
+    readme.write_text(text)
+    print(f"{readme}: steps and tasks regenerated")
 
 
 @task(name="boot-test", help={"image": "a qcow2 (e.g. output/debian12/debian12.qcow2)",
@@ -186,9 +202,8 @@ def test(c, tier="default", args=""):
                "publish": "publish", "matrix": "matrix", "all": "", "default": "not matrix"}
     if tier not in markers:
         raise Exit(f"unknown tier {tier!r}; one of {', '.join(markers)}", code=2)
-    argv = [sys.executable, "-m", "pytest"]
-    if markers[tier]:
-        argv += ["-m", markers[tier]]
+    # always -m: it overrides pyproject's "-m unit", which makes a bare `pytest` the fast tier
+    argv = [sys.executable, "-m", "pytest", "-m", markers[tier]]
     argv += args.split()
     os.chdir(HERE)
     os.execv(sys.executable, argv)
@@ -222,3 +237,7 @@ def pin(c, recipe):
     from imagebuild.recipe import load_recipe
     pins = pin_boot_files(load_recipe(recipe), reporter=Reporter())
     print("\n".join(f'{k} = "{v}"' for k, v in pins.items()))
+
+
+# every task of this file, for `invoke docs` (the README's task table)
+TASKS = [obj for obj in list(globals().values()) if type(obj).__name__ == "Task"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import tomllib
 import typing
@@ -372,8 +371,8 @@ def from_data(cls: Any, data: dict[str, Any], *, origins: dict[str, str], defaul
 
 def recipe_dirs() -> list[Path]:
     """Where recipes are looked up: $IMAGEBUILD_RECIPE_PATH (colon-separated), then recipes/."""
-    extra = [Path(p) for p in os.environ.get("IMAGEBUILD_RECIPE_PATH", "").split(":") if p]
-    return extra + [PROJECT_ROOT / "recipes"]
+    from .settings import current
+    return list(current().recipe_path) + [PROJECT_ROOT / "recipes"]
 
 
 def find_recipe(name: str, dirs: list[Path] | None = None) -> Path:
