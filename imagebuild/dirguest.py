@@ -142,6 +142,9 @@ class DirGuest:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.symlink_to(target)
 
+    def download(self, path: str, dest: Path) -> None:
+        shutil.copyfile(self._host(path), dest)
+
     def partition_problems(self) -> list[str]:
         return []  # a tree has no partitions: the libguestfs tier checks disk layouts
 

@@ -1,5 +1,6 @@
 """Docs that list things are generated from the code that defines them, so they cannot drift:
-the README's table of customize steps (from the step records) and of tasks (from the invoke tasks).
+the README's tables of customize steps (from the step records), of tasks (from the invoke tasks) and of
+environment variables (from ``settings.VARIABLES``).
 
 ``invoke docs`` rewrites the marked sections (``<!-- generated:NAME -->`` ... ``<!-- /generated:NAME -->``);
 a unit test fails when the README differs from what the code generates (virt-sysprep builds its manual
@@ -38,6 +39,13 @@ def tasks_table(tasks: Iterable[Any]) -> str:
                 words.append(f"[--{name} {name.upper().replace('-', '_')}]")
         first = (t.__doc__ or "").strip().splitlines()[0] if (t.__doc__ or "").strip() else ""
         rows.append(f"| `{' '.join(words)}` | {first.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def environment_table() -> str:
+    from .settings import VARIABLES
+    rows = ["| variable | what |", "|---|---|"]
+    rows += [f"| `{name}` | {what} |" for name, what in VARIABLES.items()]
     return "\n".join(rows)
 
 

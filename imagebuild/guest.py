@@ -156,6 +156,10 @@ class Guest:
     def mkdir_p(self, path: str) -> None:
         self.g.mkdir_p(path)
 
+    def download(self, path: str, dest: Path) -> None:
+        """Copy a file out of the image to the host."""
+        self.call("download", path, str(dest))
+
     def partition_problems(self) -> list[str]:
         """What the disk's partitions break of the layout rules (``layout_problems``)."""
         return layout_problems(self)

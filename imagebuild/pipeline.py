@@ -44,7 +44,8 @@ from .workspace import (
 
 COMMON_TOOLS = {"qemu-img": "convert, check and overlay images",
                 "qemu-system-x86_64": "run guests (boot test, KVM probe, libguestfs appliance)",
-                "rm": "remove scratch trees", "umount": "release leftover mounts"}
+                "rm": "remove scratch trees", "umount": "release leftover mounts",
+                "lsinitramfs": "check the image's initramfs holds the virtio drivers (initramfs-tools)"}
 WORK_SPACE_GIB = 4      # root tree + working disk + compressed copy, for a ~1 GB system
 OUTPUT_SPACE_GIB = 1
 
@@ -177,6 +178,8 @@ def _customize(b: Build, installer: Any, steps: list[cz.Step]) -> None:
         ctx = cz.StepContext(b.recipe, network)
         with rep.step(f"generalize ({len(steps)} steps)"):
             cz.customize(guest, ctx, steps)
+        with rep.step("boot loader configuration"):
+            installer.boot_config(guest, b)
         with rep.step("post-check"):
             cz.post_check(guest, ctx, steps)
         b.inputs["packages"] = ctx.notes.get("packages") or installed_packages(guest, b.recipe.image.family)

@@ -37,6 +37,11 @@ class Installer(Protocol):
     def finalize(self, guest: Guest, build: Build) -> None:
         ...
 
+    def boot_config(self, guest: Guest, build: Build) -> None:
+        """After the generalization steps (which may change the kernel command line): regenerate the
+        boot loader's configuration from the image's settings."""
+        ...
+
 
 def installer_for(recipe: Recipe) -> Installer:
     if recipe.install.backend is Backend.BOOTSTRAP:

@@ -253,7 +253,8 @@ class BootstrapInstaller:
 
     def finalize(self, guest: Guest, build: Build) -> None:
         """grub from the image itself, so the boot code matches the grub.cfg and modules it reads: for
-        i386-pc into the disk (MBR gap or BIOS boot partition), for x86_64-efi into the ESP."""
+        i386-pc into the disk (MBR gap or BIOS boot partition), for x86_64-efi into the ESP. grub.cfg is
+        written by ``boot_config``, after the generalization steps."""
         fw = build.recipe.image.firmware
         layout = layout_for(fw)
         api_disk = guest.g.list_devices()[0]
@@ -289,7 +290,10 @@ class BootstrapInstaller:
                        if not guest.is_file(ESP_MOUNT + p)]
             if missing:
                 raise InstallFailed(f"grub-install left the ESP without {', '.join(missing)}")
-        guest.command(["update-grub"], purpose="write grub.cfg (serial console, root by UUID)")
+
+    def boot_config(self, guest: Guest, build: Build) -> None:
+        # once, after the steps: the hotplug step adds kernel arguments through /etc/default/grub.d
+        guest.command(["update-grub"], purpose="write grub.cfg (serial console, root by UUID, step settings)")
 
     def _grub_install(self, guest: Guest, args: list[str], disk: str) -> None:
         try:

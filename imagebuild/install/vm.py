@@ -21,7 +21,7 @@ from ..domain import DiskSpec, DomainSpec, cdrom, domain_xml, random_mac
 from ..errors import InstallFailed, RecipeError
 from ..events import Reporter
 from ..guest import Guest
-from ..recipe import Backend, Recipe
+from ..recipe import Backend, Family, Recipe
 from ..run import run
 from ..workspace import Build
 from .initrd import inject
@@ -130,6 +130,13 @@ class VMInstaller:
             raise InstallFailed(f"the installer powered off but its last step never ran: {COMPLETION_FILE} is "
                                 "missing from the disk")
         guest.remove(COMPLETION_FILE)
+
+    def boot_config(self, guest: Guest, build: Build) -> None:
+        # The installer wrote the boot loader's configuration. On Debian the hotplug step adds kernel
+        # arguments through /etc/default/grub.d, which only update-grub turns into grub.cfg; the EL
+        # steps change no kernel argument, so anaconda's grub.cfg stands.
+        if build.recipe.image.family is Family.DEBIAN:
+            guest.command(["update-grub"], purpose="regenerate grub.cfg with the steps' kernel arguments")
 
 
 __all__ = ["VMInstaller", "COMPLETION_FILE", "install_limits"]

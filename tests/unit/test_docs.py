@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from imagebuild.docgen import replace_sections, steps_table, tasks_table
+from imagebuild.docgen import environment_table, replace_sections, steps_table, tasks_table
 
 from ..conftest import ROOT
 
@@ -19,6 +19,7 @@ def test_readme_lists_are_generated_from_the_code():
     tasks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tasks)
     readme = (ROOT / "README.md").read_text()
-    want = replace_sections(readme, {"steps": steps_table, "tasks": lambda: tasks_table(tasks.TASKS)})
+    want = replace_sections(readme, {"steps": steps_table, "tasks": lambda: tasks_table(tasks.TASKS),
+                                       "environment": environment_table})
     assert readme == want, "README.md lists differ from the code: run `invoke docs`"
     assert "`hotplug`" in readme and "`invoke boot-test IMAGE" in readme

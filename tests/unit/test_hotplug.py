@@ -50,3 +50,42 @@ def test_rules_per_family():
 @pytest.mark.parametrize("text, cpus", [("0", {0}), ("0-1", {0, 1}), ("0-2,4", {0, 1, 2, 4}), ("", set())])
 def test_cpu_lists_as_sysfs_writes_them(text, cpus):
     assert _cpu_list(text) == cpus
+
+
+def _initrd(path: Path, drivers: tuple[str, ...]) -> None:
+    """A real (tiny) initramfs: a gzip'd newc cpio holding empty .ko files where Debian puts them."""
+    import gzip
+    import subprocess
+    root = path.parent / "initrd-root"
+    for d in drivers:
+        ko = root / f"usr/lib/modules/6.1.0-1-amd64/kernel/drivers/x/{d}.ko"
+        ko.parent.mkdir(parents=True, exist_ok=True)
+        ko.write_bytes(b"")
+    names = subprocess.run(["find", "."], cwd=root, check=True, capture_output=True, text=True).stdout
+    archive = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=names.encode(),
+                             check=True, capture_output=True).stdout
+    path.write_bytes(gzip.compress(archive))
+
+
+def test_hotplug_step_and_its_check_on_a_tree(tmp_path: Path) -> None:
+    from imagebuild.customize import STEPS, StepContext, all_steps
+    from imagebuild.dirguest import DirGuest
+    all_steps()
+    step = STEPS["hotplug"]
+    root = tmp_path / "root"
+    (root / "boot/grub").mkdir(parents=True)
+    grub = "menuentry 'Debian' {\n\tlinux /boot/vmlinuz-6.1.0-1-amd64 root=UUID=x ro console=ttyS0\n}\n"
+    (root / "boot/grub/grub.cfg").write_text(grub)
+    _initrd(root / "boot/initrd.img-6.1.0-1-amd64", ("virtio_blk", "virtio_net"))
+    guest, ctx = DirGuest(root), StepContext(load_recipe("debian12"), network=False)
+    problems = step.check(guest, ctx)
+    assert any("80-imagebuild-hotplug.rules is missing" in p for p in problems)
+    assert any("without 'memhp_default_state=online" in p for p in problems)
+    assert any("initrd.img-6.1.0-1-amd64 lacks virtio_scsi" in p for p in problems)
+    step.run(guest, ctx)
+    assert MEMORY_ARGS in (root / "etc/default/grub.d/60-imagebuild-hotplug.cfg").read_text()
+    # what update-grub makes of it (boot_config runs it after the steps), and a complete initramfs
+    (root / "boot/grub/grub.cfg").write_text(grub.replace("console=ttyS0", f"console=ttyS0 {MEMORY_ARGS}"))
+    _initrd(root / "boot/initrd.img-6.1.0-1-amd64", ("virtio_blk", "virtio_scsi", "virtio_net"))
+    assert step.check(guest, ctx) == []
+    assert (root / "etc/udev/rules.d/80-imagebuild-hotplug.rules").read_text() == _rules(Family.DEBIAN)
