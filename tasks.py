@@ -124,7 +124,8 @@ def docs(c):
     """Regenerate the README's lists of steps and tasks from the code (a unit test checks they agree)."""
     from imagebuild.docgen import environment_table, replace_sections, steps_table, tasks_table
     readme = HERE / "README.md"
-    text = replace_sections(readme.read_text(), {"steps": steps_table, "tasks": lambda: tasks_table(TASKS), "environment": environment_table})
+    text = replace_sections(readme.read_text(), {"steps": steps_table, "tasks": lambda: tasks_table(TASKS),
+                                                 "environment": environment_table})
     readme.write_text(text)
     print(f"{readme}: steps and tasks regenerated")
 
