@@ -350,13 +350,13 @@ def test_password_canary_never_leaves_the_hash(tmp_path, monkeypatch):
     """The password is never on argv, in the build log, the event stream, the terminal, the rendered
     answer file, its redacted form or the plan; only its crypted hash is written."""
     argvs: list[list[str]] = []
-    real_run = answerfile.run
+    real_run = answerfile.password.run
 
     def spy(argv, **kw):
         argvs.append([str(a) for a in argv])
         return real_run(argv, **kw)
 
-    monkeypatch.setattr(answerfile, "run", spy)
+    monkeypatch.setattr(answerfile.password, "run", spy)
     out = io.StringIO()
     reporter = Reporter(out, verbose=True)
     reporter.attach(tmp_path / "build.log", tmp_path / "events.jsonl")
