@@ -172,9 +172,10 @@ def test_each_violation_is_reported_with_its_own_message(tmp_path):
     with pytest.raises(AnswerFileError) as info:
         check_answer_file(render_answer_file(recipe, dirs=dirs))
     rules = sorted(p.rule for p in info.value.problems)
-    assert rules == ["autopart", "clearpart", "erroronfail", "plaintext-rootpw", "serial-console", "zerombr"]
+    assert rules == ["autopart", "clearpart", "erroronfail", "lvm", "plaintext-rootpw", "serial-console", "swap",
+                     "zerombr"]
     message = str(info.value)
-    assert "has 6 problems" in message and message.count("\n  ") == 6
+    assert "has 8 problems" in message and message.count("\n  ") == 8
 
 
 def test_kickstart_syntax_error_names_template_line(tmp_path):
