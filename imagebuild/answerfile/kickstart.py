@@ -96,8 +96,9 @@ class _Lines:
         if left := find_leftovers(line, self.current, in_commands=not in_section):
             self.template_lines.add(self.current)
             self.errors.append(Problem("unrendered-template", leftover_message(left), self.current))
-            if not in_section:
-                return "\n"  # a command made of template syntax would only add a parser's guess
+            if not in_section and stripped.startswith(("{", "$", "%")) and not self.parser._validState(
+                    stripped.split()[0]):
+                return "\n"  # a line of template syntax, not a command: the parser's guess would only add noise
         if not stripped or stripped.startswith("#"):
             return line + "\n"
         first = stripped.split()[0]
@@ -433,7 +434,7 @@ def lint_kickstart(text: str, *, syntax: str = "RHEL7", required_packages: Itera
     for script in h.scripts:
         if script.type in (KS_SCRIPT_TRACEBACK, KS_SCRIPT_ONERROR):
             continue
-        if not script.errorOnFail:
+        if not script.errorOnFail and script.lineno is not None:  # no line: its header's error says it
             err("erroronfail", f"{names.get(script.type, '%script')} without --erroronfail: a failing script "
                 "would be ignored and a broken image built", script.lineno)
 

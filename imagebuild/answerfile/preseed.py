@@ -9,8 +9,12 @@ from dataclasses import dataclass
 from .findings import Findings, Problem
 from .password import CRYPT_HASH_RE
 from .render import SERIAL_CONSOLE
+from .shape import SHAPE_RULES
+from .unrendered import find_leftovers
+from .unrendered import message as leftover_message
 
 PRESEED_RULES = {
+    **SHAPE_RULES,
     "syntax": "every line is 'owner question type value' with a known type",
     "partman-method": "partman-auto/method is 'regular'",
     "partman-recipe": "an expert_recipe is given (the stock ones add swap)",
@@ -55,7 +59,7 @@ def parse_preseed(text: str) -> tuple[dict[str, PreseedEntry], Findings]:
     entries: dict[str, PreseedEntry] = {}
     errors: list[Problem] = []
     warned: list[Problem] = []
-    lines = text.splitlines()
+    lines = text.split("\n")
     i = 0
     while i < len(lines):
         start = i + 1
@@ -132,7 +136,15 @@ def _partman_partition(tokens: list[str]) -> PartmanPartition:
 def lint_preseed(text: str, *, required_packages: Iterable[str] = ()) -> Findings:
     """Parse and check a preseed against the golden-image policy (docs/answer-files.md lists the rules)."""
     entries, parsed = parse_preseed(text)
-    errors = list(parsed.errors)
+    templated: set[int] = set()
+    leftovers: list[Problem] = []
+    for i, line in enumerate(text.split("\n"), 1):
+        shell = "late_command" in line or "early_command" in line  # $var there is the shell's
+        if left := find_leftovers(line, i, in_commands=not shell):
+            templated.add(i)
+            leftovers.append(Problem("unrendered-template", leftover_message(left), i))
+    # A template line's own syntax errors are guesses about text that is not preseed.
+    errors = leftovers + list(parsed.errors)
 
     def err(rule: str, message: str, entry: PreseedEntry | None = None) -> None:
         errors.append(Problem(rule, message, entry.line if entry else None))
@@ -243,6 +255,9 @@ def lint_preseed(text: str, *, required_packages: Iterable[str] = ()) -> Finding
         if pkg not in have:
             err("packages", f"package '{pkg}' from the recipe is missing from pkgsel/include", include)
 
+    # On a template line, what the parser and the password rules make of the placeholder is a guess.
+    errors = [e for e in errors if e.rule == "unrendered-template" or e.line not in templated
+              or e.rule not in ("syntax", "rootpw-hash", "plaintext-rootpw", "plaintext-password")]
     errors.sort(key=lambda p: (p.line is None, p.line or 0))
     return Findings(tuple(errors), parsed.warnings)
 

@@ -82,7 +82,7 @@ def shape(data: bytes | str) -> Shaped:
     if crlf:
         more = f" (and {len(crlf) - 1} more line{'s' if len(crlf) > 2 else ''})" if len(crlf) > 1 else ""
         errors.append(Problem("crlf", f"CRLF (Windows) line endings on line {crlf[0]}{more}: the CR stays in "
-                              "every %post script and command value and breaks them at install time; "
+                              "every script (%post, late_command) and value and breaks them at install time; "
                               "convert the file to LF (dos2unix)", crlf[0]))
     crlf_lines = set(crlf)
     texts: list[str] = []

@@ -23,7 +23,7 @@ _CHEETAH_DIRECTIVE_RE = re.compile(r"^\s*#(if\s.*\$|elif\s.*\$|else\s*$|end\s+(i
                                    r"set\s+\$|raw\s*$|include\s|import\s|from\s\S+\s+import\s|errorCatcher)")
 # A $variable in a kickstart command (not a script): Cobbler's $tree, $hostname... Anaconda itself
 # expands only these in url/repo/mirrorlist values.
-_DOLLAR_VAR_RE = re.compile(r"(?:^|(?<=[\s=\"':/@-]))\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?(?!\$)")
+_DOLLAR_VAR_RE = re.compile(r"(?:^|(?<=[\s=\"':/@-]))\$(?:\{([A-Za-z_]\w*)\}|([A-Za-z_]\w*)(?![\w{$]))")
 ANACONDA_VARIABLES = frozenset({"releasever", "basearch", "arch", "infra", "contentdir", "stream"})
 
 
@@ -37,6 +37,9 @@ class Leftover:
 def find_leftovers(line: str, number: int, *, in_commands: bool) -> Leftover | None:
     """The first template token on this line, or None. ``in_commands``: the line is a command (a
     kickstart command, a preseed value), not shell inside a script."""
+    if line.lstrip().startswith("#"):
+        # A comment is harmless, unless it is a Cheetah directive (#if $x ... #end if).
+        return Leftover(number, "Cheetah (Cobbler)", line.strip()[:60]) if _CHEETAH_DIRECTIVE_RE.match(line) else None
     if m := _JINJA_RE.search(line):
         return Leftover(number, "Jinja/mustache", m.group()[:60])
     if m := _CHEETAH_CALL_RE.search(line):
@@ -45,9 +48,9 @@ def find_leftovers(line: str, number: int, *, in_commands: bool) -> Leftover | N
         return Leftover(number, "Cheetah (Cobbler)", line.strip()[:60])
     if m := _OZ_RE.search(line):
         return Leftover(number, "Oz-style %NAME%", m.group())
-    if in_commands and not line.lstrip().startswith("#"):
+    if in_commands:
         for m in _DOLLAR_VAR_RE.finditer(line):
-            if m.group(1) not in ANACONDA_VARIABLES:
+            if (m.group(1) or m.group(2)) not in ANACONDA_VARIABLES:  # not partman's $primary{ }
                 return Leftover(number, "Cheetah (Cobbler) $variable", m.group())
     return None
 
