@@ -25,6 +25,11 @@ from .shape import SHAPE_RULES
 from .unrendered import find_leftovers
 from .unrendered import message as leftover_message
 
+# pykickstart builds an argparse parser per command (~0.1 ms) and per section header (~0.6 ms): these
+# bound the time any 1 MiB input can take (docs/answer-files.md). Real kickstarts have < 300 and < 30.
+MAX_COMMANDS = 5000
+MAX_SECTIONS = 500
+MAX_SYNTAX_ERRORS = 200  # then the rest of the file is not parsed (said in one more finding)
 MAX_RESTARTS = 5  # a pykickstart failure outside a command (e.g. in %packages' finalize): blank, restart
 
 
@@ -44,6 +49,8 @@ class _Lines:
         self.open_line = 0
         self.open_name = ""
         self.eof_sent = False
+        self.stopped = 0
+        self.statements = {True: 0, False: 0}  # section headers, commands
         self._buf: tuple[str, int] | None = None
         self._pending: list[str] = []
 
@@ -67,10 +74,15 @@ class _Lines:
             return line
         if self._pending:
             return self._pending.pop()
+        if len(self.errors) >= MAX_SYNTAX_ERRORS and self.stopped == 0:
+            # Past this many, the file is not a kickstart with typos: stop reading, bound the time.
+            self.stopped = self.current
+            self.index = len(self.lines)
         if self.index >= len(self.lines):
             if self._in_section() and not self.eof_sent:
                 self.eof_sent = True
-                self._unterminated()
+                if not self.stopped:
+                    self._unterminated()
                 return "%end\n"
             if self.index == len(self.lines):
                 self.index += 1
@@ -116,6 +128,15 @@ class _Lines:
                 return "\n"
             if not args or not args[0]:
                 self._error("a command name cannot be empty")
+                return "\n"
+        if not in_section:
+            self.statements[first.startswith("%")] += 1
+            if self.statements[True] > MAX_SECTIONS or self.statements[False] > MAX_COMMANDS:
+                self.errors.append(Problem("too-large", f"more than {MAX_COMMANDS} commands or {MAX_SECTIONS} "
+                                           f"sections: the lines from line {self.current} on were not read",
+                                           self.current))
+                self.stopped = self.current
+                self.index = len(self.lines)
                 return "\n"
         if not in_section and first.startswith("%") and first != "%end":
             self.open_line, self.open_name = self.current, first
@@ -215,6 +236,10 @@ def parse_kickstart(text: str, syntax: str = "RHEL7") -> tuple[Any, Findings]:
         fatal.append(Problem("syntax", f"kickstart syntax error ({syntax}): gave up after {MAX_RESTARTS} "
                              "restarts; the lines after the last one reported were not all checked"))
     errors = feed.errors + fatal
+    if feed.stopped and feed.errors[-1].rule != "too-large":
+        errors.append(Problem("syntax", f"kickstart syntax error ({syntax}): more than {MAX_SYNTAX_ERRORS} "
+                              f"errors; the lines after line {feed.stopped} were not read (is this a kickstart?)",
+                              feed.stopped))
     warned: list[Problem] = []
     for message, category, line in caught:
         text_ = str(message)

@@ -21,7 +21,7 @@ from .findings import AnswerFileError, AnswerFileKind, Findings, Problem
 from .kickstart import lint_kickstart
 from .preseed import PRESEED_TYPES, lint_preseed
 from .render import RenderedAnswerFile
-from .shape import MAX_BYTES, SHAPE_RULES, shape
+from .shape import MAX_BYTES, MAX_FINDINGS_PER_RULE, SHAPE_RULES, shape
 
 DEFAULT_SYNTAX = "RHEL9"  # when a kickstart names none and shows no older command: today's EL
 # Rules that hold for any answer file, whatever it is for; ``--policy none`` keeps only these.
@@ -119,7 +119,21 @@ def lint_text(text: str | bytes, kind: AnswerFileKind, *, syntax: str = "RHEL7",
     else:
         found = lint_preseed(shaped.text, required_packages=required_packages)
     errors = sorted(shaped.errors + found.errors, key=lambda p: (p.line is None, p.line or 0))
-    return _select(Findings(tuple(errors), found.warnings), policy)
+    return _select(Findings(_cap(errors), _cap(list(found.warnings))), policy)
+
+
+def _cap(problems: list[Problem]) -> tuple[Problem, ...]:
+    """At most ``MAX_FINDINGS_PER_RULE`` findings of one rule, then one line saying how many more."""
+    kept: list[Problem] = []
+    counts: dict[str, int] = {}
+    for p in problems:
+        counts[p.rule] = counts.get(p.rule, 0) + 1
+        if counts[p.rule] <= MAX_FINDINGS_PER_RULE:
+            kept.append(p)
+    for rule, n in counts.items():
+        if n > MAX_FINDINGS_PER_RULE:
+            kept.append(Problem(rule, f"... and {n - MAX_FINDINGS_PER_RULE} more '{rule}' findings (not listed)"))
+    return tuple(kept)
 
 
 def lint_bytes(data: bytes, name: str, *, kind: AnswerFileKind | None = None, syntax: str | None = None,

@@ -63,10 +63,12 @@ def parse_preseed(text: str) -> tuple[dict[str, PreseedEntry], Findings]:
     i = 0
     while i < len(lines):
         start = i + 1
-        logical = lines[i]
-        while logical.endswith("\\") and i + 1 < len(lines):
+        parts = [lines[i]]
+        while parts[-1].endswith("\\") and i + 1 < len(lines):
             i += 1
-            logical = logical[:-1] + " " + lines[i].strip()
+            parts[-1] = parts[-1][:-1]
+            parts.append(lines[i].strip())
+        logical = " ".join(parts)  # joined once: repeated concatenation is quadratic in the continuations
         i += 1
         stripped = logical.strip()
         if not stripped or stripped.startswith("#"):

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from .findings import Problem
 
 MAX_BYTES = 1 << 20          # 1 MiB: real kickstarts and preseeds are a few KiB, the largest ~100 KiB
-MAX_LINE_BYTES = 64 << 10    # 64 KiB: pykickstart's shlex is quadratic in a line's length
+MAX_LINE_BYTES = 16 << 10    # 16 KiB: pykickstart's shlex is quadratic in a line's length
 MAX_FINDINGS_PER_RULE = 100  # then one summary line: a binary file would otherwise give thousands
 
 SHAPE_RULES = {
     "too-large": f"the file is at most {MAX_BYTES} bytes (1 MiB)",
-    "line-too-long": f"no line is longer than {MAX_LINE_BYTES} bytes (64 KiB)",
+    "line-too-long": f"no line is longer than {MAX_LINE_BYTES} bytes (16 KiB)",
     "encoding": "the file is UTF-8",
     "bom": "no byte-order mark",
     "crlf": "LF line endings (a CR would stay in every script)",
@@ -65,7 +65,7 @@ def shape(data: bytes | str) -> Shaped:
     for i, line in enumerate(lines, 1):
         if len(line) > MAX_LINE_BYTES:
             return Shaped("", (Problem("line-too-long", f"line {i} is {len(line)} bytes long; lines are at "
-                                       f"most {MAX_LINE_BYTES} bytes (64 KiB), so the file was not read", i),),
+                                       f"most {MAX_LINE_BYTES} bytes (16 KiB), so the file was not read", i),),
                           refused=True)
     if raw.startswith(b"\xef\xbb\xbf"):
         errors.append(Problem("bom", "the file starts with a UTF-8 byte-order mark (U+FEFF): installers read "
