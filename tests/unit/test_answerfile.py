@@ -52,7 +52,7 @@ def with_vm(recipe, **changes):
 
 # -- the shipped recipes ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["centos7", "debian12-preseed"])
+@pytest.mark.parametrize("name", ["centos7", "debian12-preseed", "rocky9", "almalinux9"])
 def test_shipped_vm_recipes_render_and_validate(name):
     out = io.StringIO()
     validate_recipe(load_recipe(name), Reporter(out))
@@ -450,3 +450,24 @@ def test_site_mirror_map_defaults_to_the_environment(monkeypatch):
     monkeypatch.setenv("IMAGEBUILD_MIRRORS", "nonsense")
     with pytest.raises(RecipeError, match="IMAGEBUILD_MIRRORS"):
         validate_recipe(recipe)
+
+
+@pytest.mark.parametrize("name,tree", [("rocky9", "http://dl.rockylinux.org/vault/rocky/9.5/BaseOS/x86_64/os/"),
+                                       ("almalinux9", "https://vault.almalinux.org/9.5/BaseOS/x86_64/os/")])
+def test_el9_recipes_render_rhel9_kickstarts_and_plan(name, tree):
+    recipe = load_recipe(name)
+    rendered = render_answer_file(recipe, mirrors={})
+    assert rendered.syntax == "RHEL9" and rendered.text.startswith("#version=RHEL9\n")
+    lines = rendered.text.splitlines()
+    assert "install" not in lines and not any(line.startswith("auth ") for line in lines)
+    assert "authselect select minimal" in lines and f"url --url={tree}" in lines
+    assert any(line.startswith("repo --name=AppStream --baseurl=") for line in lines)
+    # The file lints clean on its own too, as `invoke lint` sees it (syntax guessed from #version=).
+    from imagebuild.answerfile.lint import lint_bytes
+    alone = lint_bytes(rendered.text.encode(), "ks.cfg")
+    assert alone.syntax == "RHEL9" and alone.findings.errors == ()
+    plan = describe_vm_install(recipe, mirrors={})
+    assert plan["cmdline"] == (f"inst.ks=file:/ks.cfg inst.repo={tree} inst.text inst.cmdline "
+                               "console=ttyS0,115200n8")
+    assert plan["answer_file"]["syntax"] == "RHEL9" and plan["answer_file"]["template"] == f"{name}.ks.j2"
+    assert plan["kernel"]["url"] == tree + "images/pxeboot/vmlinuz"
