@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import RecipeError
+from .errors import RecipeError, raise_all
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -210,7 +210,8 @@ def _type_name(tp: Any) -> str:
     return {str: "string", int: "integer", bool: "boolean", float: "number"}.get(tp, str(tp))
 
 
-def _convert(tp: Any, value: Any, key: str, origins: dict[str, str], default_file: str) -> Any:
+def _convert(tp: Any, value: Any, key: str, origins: dict[str, str], default_file: str,
+             errors: list[RecipeError] | None = None) -> Any:
     def fail(msg: str) -> RecipeError:
         return RecipeError(msg, file=_origin(origins, key, default_file), key=key)
 
@@ -218,12 +219,12 @@ def _convert(tp: Any, value: Any, key: str, origins: dict[str, str], default_fil
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise fail(f"expected a table, got {type(value).__name__}")
-        return from_data(tp, value, origins=origins, default_file=default_file, prefix=key + ".")
+        return from_data(tp, value, origins=origins, default_file=default_file, prefix=key + ".", errors=errors)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise fail(f"expected {_type_name(tp)}, got {type(value).__name__}")
         item_tp = typing.get_args(tp)[0]
-        return tuple(_convert(item_tp, v, f"{key}[{i}]", origins, default_file) for i, v in enumerate(value))
+        return tuple(_convert(item_tp, v, f"{key}[{i}]", origins, default_file, errors) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(v, str | int | bool) for v in value.values()):
             raise fail("expected a table of strings")
@@ -257,21 +258,39 @@ def _origin(origins: dict[str, str], key: str, default_file: str) -> str:
     return default_file
 
 
+class _Incomplete(Exception):
+    """A table had errors (already collected): its parent cannot be built either."""
+
+
 def from_data(cls: Any, data: dict[str, Any], *, origins: dict[str, str], default_file: str,
-              prefix: str = "") -> Any:
+              prefix: str = "", errors: list[RecipeError] | None = None) -> Any:
+    """Build ``cls`` from plain data. Every unknown key, wrong type and missing key of the whole tree
+    is collected, then raised together (``RecipeErrors``), so one run shows every mistake."""
+    top = errors is None
+    found: list[RecipeError] = [] if errors is None else errors
+    before = len(found)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise RecipeError(f"unknown key (known keys here: {known})",
-                              file=_origin(origins, prefix + key, default_file), key=prefix + key)
+            found.append(RecipeError(f"unknown key (known keys here: {known})",
+                                     file=_origin(origins, prefix + key, default_file), key=prefix + key))
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], prefix + name, origins, default_file)
+            try:
+                kwargs[name] = _convert(hints[name], data[name], prefix + name, origins, default_file, found)
+            except RecipeError as exc:
+                found.append(exc)
+            except _Incomplete:
+                pass
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise RecipeError("required key is missing", file=default_file, key=prefix + name)
+            found.append(RecipeError("required key is missing", file=default_file, key=prefix + name))
+    if len(found) > before:
+        if top:
+            raise_all(found)
+        raise _Incomplete
     return cls(**kwargs)
 
 
@@ -313,6 +332,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
+    except UnicodeDecodeError as exc:
+        raw = path.read_bytes()
+        line = raw[:exc.start].count(b"\n") + 1
+        raise RecipeError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} (line {line}); "
+                          "TOML files are UTF-8", file=path, line=line) from None
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         raise RecipeError(f"not valid TOML: {exc}", file=path,
@@ -389,9 +413,11 @@ def load_recipe(name: str, dirs: list[Path] | None = None) -> Recipe:
 
 def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
     """Rules beyond types, each naming the key."""
+    problems: list[RecipeError] = []  # every rule is checked; all that fail are raised together
+
     def check(ok: bool, key: str, msg: str) -> None:
         if not ok:
-            raise RecipeError(msg, file=_origin(origins, key, leaf), key=key)
+            problems.append(RecipeError(msg, file=_origin(origins, key, leaf), key=key))
 
     check(NAME_RE.match(recipe.name) is not None, "name", "recipe file names must be lower-case")
     check(1 <= recipe.image.disk_gib <= 2048, "image.disk_gib", "must be between 1 and 2048")
@@ -426,6 +452,7 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
     check(recipe.publish.ovirt.timeout_seconds >= 10, "publish.ovirt.timeout_seconds",
           "must be at least 10")
     if recipe.abstract:
+        raise_all(problems)
         return
     if recipe.install.backend is Backend.BOOTSTRAP:
         check(recipe.image.family is Family.DEBIAN, "install.backend",
@@ -440,6 +467,7 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
         _validate_vm(recipe, check)
     check(recipe.image.firmware is Firmware.BIOS, "image.firmware",
           "only BIOS (MBR) images are built so far")
+    raise_all(problems)
 
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
