@@ -18,6 +18,7 @@ from ..errors import CustomizeFailed, InstallFailed
 from ..events import Reporter
 from ..guest import Guest
 from ..paths import cache_root
+from ..preflight import preflight
 from ..recipe import Backend, Recipe
 from ..run import run
 from ..workspace import Build, remove_tree
@@ -113,7 +114,8 @@ class BootstrapInstaller:
                 "systemctl": "enable units in the tree offline (systemctl --root)"}
 
     def validate(self, recipe: Recipe, reporter: Reporter, *, for_build: bool) -> None:
-        return None  # recipe.validate already checked suite, mirror, variant and package names
+        if for_build:  # recipe.validate checked the names; the archive must have them, before mmdebstrap runs
+            preflight(recipe, reporter)
 
     def describe(self, recipe: Recipe) -> dict[str, Any]:
         command = mmdebstrap_argv(recipe, Path("<work>/rootfs"), apt_cache_dir(recipe))
