@@ -471,3 +471,23 @@ def test_el9_recipes_render_rhel9_kickstarts_and_plan(name, tree):
                                "console=ttyS0,115200n8")
     assert plan["answer_file"]["syntax"] == "RHEL9" and plan["answer_file"]["template"] == f"{name}.ks.j2"
     assert plan["kernel"]["url"] == tree + "images/pxeboot/vmlinuz"
+
+
+@pytest.mark.parametrize("template,syntax", [("scripted.ks.j2", "RHEL7"), ("scripted-el9.ks.j2", "RHEL9")])
+def test_the_scripted_installer_kickstarts_render_and_lint(template, syntax):
+    """What the stand-in gets in the VM tests (tests/vm/test_vm_install.py): the real base templates,
+    linted as a build would; the RHEL9 one has none of the commands the stand-in (like anaconda)
+    refuses in a RHEL9 kickstart."""
+    scripted = PROJECT_ROOT / "tests" / "data" / "scripted"
+    recipe = with_vm(load_recipe("rocky9" if syntax == "RHEL9" else "centos7"), template=template,
+                     kickstart_syntax=syntax,
+                     variables={**load_recipe("rocky9").install.vm.variables, "payload_url": "http://10.0.2.2:8/",
+                                "pre_script": "", "appstream_url": "http://10.0.2.2:8/",
+                                "updates_url": "http://10.0.2.2:8/"})
+    rendered = render_answer_file(recipe, dirs=[scripted, TEMPLATE_DIR], mirrors={})
+    assert rendered.text.startswith(f"#version={syntax}\n")
+    check_answer_file(rendered, required_packages=recipe.packages.all)
+    lines = rendered.text.splitlines()
+    assert "url --url=http://10.0.2.2:8/" in lines
+    if syntax == "RHEL9":
+        assert not [ln for ln in lines if re.match(r"^(install\s*$|auth |authconfig )", ln)]
