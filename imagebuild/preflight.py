@@ -142,6 +142,8 @@ def preflight(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, keyring: st
     """Check a bootstrap recipe against its archive; every missing package (or suite) is reported,
     all together, each naming the recipe file and key."""
     if recipe.install.backend is not Backend.BOOTSTRAP or recipe.abstract:
+        reporter.info("preflight: only bootstrap recipes have an archive to check; a VM install checks its "
+                      "media (pins, signed indexes) at the start of the build")
         return PreflightReport((), 0, 0.0)
     start = time.monotonic()
     b = recipe.install.bootstrap

@@ -192,7 +192,7 @@ def _error_text(exc: BaseException) -> str:
     if not text:
         text = str(exc).strip()
         text = re.sub(r"^The following problem occurred on line \d+ of the kickstart file:\s*", "", text)
-    text = re.sub(r"\s*\n\s*", " ", text)
+    text = re.sub(r"\s*\n\s*", " ", re.sub(r" (on|at) line \d+", "", text))
     if not text:
         text = "cannot parse this line"
     if not getattr(exc, "lineno", None) and type(exc).__module__.split(".")[0] != "pykickstart":
@@ -242,7 +242,8 @@ def parse_kickstart(text: str, syntax: str = "RHEL7") -> tuple[Any, Findings]:
                               feed.stopped))
     warned: list[Problem] = []
     for message, category, line in caught:
-        text_ = str(message)
+        # pykickstart puts its own line count in some messages; the finding carries the editor's.
+        text_ = re.sub(r" (on|at) line \d+", "", str(message))
         if issubclass(category, KickstartParseWarning) and text_.startswith("Potentially unknown section"):
             name = lines[line - 1].split()[0] if line and lines[line - 1].split() else "?"
             errors.append(Problem("syntax", f"kickstart syntax error ({syntax}): Unknown kickstart section: "

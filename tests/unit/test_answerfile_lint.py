@@ -57,6 +57,14 @@ def test_a_section_header_warning_points_at_the_header():
     text = "cmdline\nrootpw --lock\n\n%packages --instLangs=en_US\n@core\n%end\n"
     findings = lint_text(text, KS, syntax="RHEL9")
     assert [(w.rule, w.line) for w in findings.warnings] == [("deprecated", 4)]
+    # The issue's case: EL7's deprecated %packages --nobase, after a section that had to be closed.
+    text = "%post --erroronfail\ntrue\n%packages --nobase\n@core\n%end\n"
+    findings = lint_text(text, KS, syntax="RHEL7")
+    assert [(w.rule, w.line) for w in findings.warnings] == [("deprecated", 3)]
+    assert "line" not in findings.warnings[0].message  # no line count of pykickstart's own
+    assert ("syntax", 1) in [(e.rule, e.line) for e in findings.errors]  # %post opened on line 1, not closed
+    assert [e.line for e in lint_text(text, KS, syntax="RHEL9").errors
+            if e.message.endswith("unrecognized arguments: --nobase")] == [3]  # gone after EL7: an error
 
 
 def test_unterminated_section_names_the_line_that_opens_it():
