@@ -52,7 +52,6 @@ class _Lines:
         self.stopped = 0
         self.statements = {True: 0, False: 0}  # section headers, commands
         self._buf: tuple[str, int] | None = None
-        self._pending: list[str] = []
 
     def __iter__(self) -> _Lines:
         return self
@@ -72,8 +71,6 @@ class _Lines:
             line, self.current = self._buf
             self._buf = None
             return line
-        if self._pending:
-            return self._pending.pop()
         if len(self.errors) >= MAX_SYNTAX_ERRORS and self.stopped == 0:
             # Past this many, the file is not a kickstart with typos: stop reading, bound the time.
             self.stopped = self.current
@@ -97,8 +94,9 @@ class _Lines:
         self.errors.append(Problem("syntax", f"kickstart syntax error ({self.syntax}): {message}", self.current))
 
     def _unterminated(self) -> None:
-        self._error(f"section {self.open_name} (opened on line {self.open_line}) does not end with %end")
-        self.errors[-1] = Problem("syntax", self.errors[-1].message, self.open_line)
+        """Reported where the section opens: that is the line to fix, not the end of the file."""
+        self.errors.append(Problem("syntax", f"kickstart syntax error ({self.syntax}): section {self.open_name} "
+                                   f"(opened on line {self.open_line}) does not end with %end", self.open_line))
 
     def _repair(self, line: str) -> str:
         if self.current in self.blank:
@@ -203,6 +201,12 @@ def _error_text(exc: BaseException) -> str:
 def parse_kickstart(text: str, syntax: str = "RHEL7") -> tuple[Any, Findings]:
     """Parse with pykickstart; return (handler, findings). Every syntax error is reported, each on its
     own line; the handler holds whatever could be read (never None)."""
+    handler, findings, _ = _parse(text, syntax)
+    return handler, findings
+
+
+def _parse(text: str, syntax: str) -> tuple[Any, Findings, frozenset[int]]:
+    """``parse_kickstart``, plus the lines that hold template syntax (whose parse is only a guess)."""
     from pykickstart.errors import KickstartDeprecationWarning, KickstartParseWarning
 
     lines = text.split("\n")
@@ -255,8 +259,7 @@ def parse_kickstart(text: str, syntax: str = "RHEL7") -> tuple[Any, Findings]:
     feed_template = feed.template_lines
     # A template line's own parse errors are the parser's guesses about text that is not kickstart.
     errors = [e for e in errors if not (e.line in feed_template and e.rule in ("syntax", "parse-warning"))]
-    setattr(handler, "_imagebuild_template_lines", feed_template)  # noqa: B010 - read by lint_kickstart
-    return handler, Findings(tuple(errors), tuple(warned))
+    return handler, Findings(tuple(errors), tuple(warned)), frozenset(feed_template)
 
 
 def _line_of(text: str, pattern: str) -> int | None:
@@ -329,9 +332,8 @@ def lint_kickstart(text: str, *, syntax: str = "RHEL7", required_packages: Itera
         if re.match(r"^\s*%(include|ksappend)\b", line):
             errors.append(Problem("include", "%include and %ksappend are not allowed: the answer file must "
                                   "be self-contained (it is all the installer gets)", i))
-    h, parsed = parse_kickstart(text, syntax)
+    h, parsed, template_lines = _parse(text, syntax)
     errors.extend(parsed.errors)
-    template_lines: set[int] = getattr(h, "_imagebuild_template_lines", set())
 
     def err(rule: str, message: str, line: int | None) -> None:
         errors.append(Problem(rule, message, line or None))
