@@ -128,7 +128,12 @@ def lint(c, files, more=None, kind=None, syntax=None, policy="golden", format="t
     k = choice(AnswerFileKind, kind, "--kind") if kind else None
     s = check_syntax(syntax) if syntax else None
     results = [lint_file(p, kind=k, syntax=s, policy=choice(Policy, policy, "--policy")) for p in paths]
-    text = render(results, choice(Format, format, "--format"))
+    fmt = choice(Format, format, "--format")
+    text = render(results, fmt)
+    if fmt is not Format.TEXT:  # the text report says what was guessed; machine formats keep stdout clean
+        for r in results:
+            for why in r.guesses:
+                print(f"{r.name}: note: taken as {why}", file=sys.stderr)
     if output:
         Path(output).write_text(text)
     else:

@@ -203,7 +203,7 @@ def test_invoke_lint_exit_codes_and_formats(tmp_path):
     assert res.returncode == 0 and "ok, 0 warnings (kickstart, RHEL10)" in res.stdout, res.stderr
     assert "taken as syntax RHEL10, from the file's '#version=RHEL10' line" in res.stdout
     res = _invoke(f"{good},{bad}", "--format", "json")
-    assert res.returncode == 2
+    assert res.returncode == 2 and "taken as syntax RHEL7, from the file's '#version=RHEL7' line" in res.stderr
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert {(r["file"], r["line"], r["rule"]) for r in rows} == {
         (str(bad), 5, "unrendered-template"), (str(bad), 10, "unrendered-template")}
