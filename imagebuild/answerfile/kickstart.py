@@ -141,6 +141,7 @@ class _Lines:
         elif in_section and first != "%end" and self.parser._validState(first):
             # A new section while one is open: report the open one where it starts, close it, go on.
             self._unterminated()
+            self.open_line, self.open_name = self.current, first  # the header comes back through the buffer
             self._buf = (line + "\n", self.current)
             return "%end\n"
         return line + "\n"

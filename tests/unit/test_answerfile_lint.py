@@ -73,6 +73,15 @@ def test_unterminated_section_names_the_line_that_opens_it():
     assert [e.line for e in unterminated] == [2]
 
 
+def test_each_unterminated_section_is_named_once_at_its_own_line():
+    text = "cmdline\n%packages\n@core --nodefaults --optional\n%end\n%post --erroronfail\n%packages\n"
+    errors = lint_text(text, KS, syntax="RHEL9").errors
+    assert [(e.line, e.message.split("): ", 1)[1]) for e in errors if e.rule == "syntax"] == [
+        (3, "Group cannot specify both --nodefaults and --optional"),
+        (5, "section %post (opened on line 5) does not end with %end"),
+        (6, "section %packages (opened on line 6) does not end with %end")]
+
+
 def test_unicode_line_separators_do_not_shift_lines():
     text = "# a\u2028b\u2029c\x85d\x0ce\ncmdline\npart swap --size=1\n"
     findings = lint_text(text, KS, syntax="RHEL9")
