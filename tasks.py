@@ -25,7 +25,9 @@ def edge(fn):  # type: ignore[no-untyped-def]
     """The one place where library errors become messages and exit codes."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        from imagebuild.settings import Settings, configure
         try:
+            configure(Settings.from_environ(os.environ))  # the environment, read once, here
             return fn(*args, **kwargs)
         except ImageBuildError as exc:
             print(f"imagebuild: error: {exc}", file=sys.stderr)
@@ -57,18 +59,27 @@ def build(c, recipe, no_boot_test=False, keep_work=False, verbose=False, publish
         print(json.dumps(result.to_json(), indent=2))
 
 
-@task(name="list", help={"all": "also list abstract base recipes"})
+@task(name="list", help={"all": "also list abstract base recipes",
+                         "json_": "JSON for CI fan-out: buildable recipes with firmware and boot matrix"})
 @edge
-def list_(c, all=False):
-    """List the recipes."""
-    from imagebuild.recipe import list_recipes, load_recipe
-    for name in list_recipes():
-        r = load_recipe(name)
+def list_(c, all=False, json_=False):
+    """List the recipes (--json: the buildable ones with their firmware and boot-test matrix)."""
+    from imagebuild.recipe import list_recipes, load_recipe, publish_firmware
+    recipes = [load_recipe(name) for name in list_recipes()]
+    if json_:
+        print(json.dumps([
+            {"recipe": r.name, "description": r.description, "backend": str(r.install.backend),
+             "firmware": str(r.image.firmware), "machine_type": str(r.image.machine_type),
+             "publish_firmware": str(publish_firmware(r)),
+             "matrix": [str(cell) for cell in r.boot_test.cells(r.image.firmware)]}
+            for r in recipes if not r.abstract], indent=2))
+        return
+    for r in recipes:
         if r.abstract and not all:
             continue
         base = f" (extends {r.extends})" if r.extends else ""
         kind = "abstract " if r.abstract else ""
-        print(f"{name:22} {kind}{r.install.backend}{base}: {r.description}")
+        print(f"{r.name:22} {kind}{r.install.backend} {r.image.firmware}{base}: {r.description}")
 
 
 @task(help={"recipe": "recipe name or path", "json_": "print JSON instead of text"})
@@ -89,7 +100,7 @@ def show(c, recipe, json_=False):
             "online": "also check the archive: suite, every package, the mirror (bootstrap recipes)"})
 @edge
 def validate(c, recipe, online=False):
-    """Check a recipe, its answer file and the host tools, without downloading or booting anything."""
+    """Check a recipe (all its mistakes at once), its answer file and the host tools; --online: its archive too."""
     from imagebuild.pipeline import validate as run_validate
     from imagebuild.recipe import load_recipe
     r = load_recipe(recipe)
@@ -142,26 +153,43 @@ def lint(c, files, more=None, kind=None, syntax=None, policy="golden", format="t
         raise Exit(code=RecipeError.exit_code)
 
 
-@task
-def steps(c):
+@task(help={"long": "also print each step's description (why, and what exactly)"})
+def steps(c, long=False):
     """List the generalization steps (name, default, families, summary)."""
+    import textwrap
+
     from imagebuild.customize import all_steps
     for s in all_steps():
         fam = ",".join(str(f) for f in s.families)
         print(f"{s.name:22} {'on ' if s.default else 'off'} {fam:10} {s.summary}")
+        if long and s.description and s.description != s.summary:
+            print(textwrap.fill(s.description, 100, initial_indent=" " * 4, subsequent_indent=" " * 4))
+
+
+@task
+def docs(c):
+    """Regenerate the README's lists of steps and tasks from the code (a unit test checks they agree)."""
+    from imagebuild.docgen import replace_sections, steps_table, tasks_table
+    readme = HERE / "README.md"
+    text = replace_sections(readme.read_text(), {"steps": steps_table, "tasks": lambda: tasks_table(TASKS)})
+    readme.write_text(text)
+    print(f"{readme}: steps and tasks regenerated")
 
 
 @task(name="boot-test", help={"image": "a qcow2 (e.g. output/debian12/debian12.qcow2)",
-                              "recipe": "recipe whose checks to run (default: from the image's manifest)"})
+                              "recipe": "recipe whose checks to run (default: from the image's manifest)",
+                              "firmware": "run one cell: bios, uefi or secure-boot (with --machine)",
+                              "machine": "run one cell: pc or q35 (default: q35 for UEFI, else pc)"})
 @edge
-def boot_test(c, image, recipe=None):
-    """Boot an image as a fresh clone (throwaway overlay, fresh MAC) and run the checks inside it."""
+def boot_test(c, image, recipe=None, firmware=None, machine=None):
+    """Boot an image as a fresh clone in each cell of its matrix (or one cell) and run the checks inside it."""
     import tempfile
 
     from imagebuild.accel import choose_accel
     from imagebuild.boottest import boot_test as run_boot_test
+    from imagebuild.errors import RecipeError
     from imagebuild.manifest import read_manifest
-    from imagebuild.recipe import Recipe, load_recipe
+    from imagebuild.recipe import CLAIMED_CELLS, Cell, Recipe, load_recipe
     from imagebuild.run import signals_raise
     from imagebuild.workspace import create_work_dir, new_build_id, remove_tree
 
@@ -173,6 +201,17 @@ def boot_test(c, image, recipe=None):
     else:
         data = read_manifest(path.parent)["recipe"]
         r = Recipe.from_json(json.dumps(data))
+    cells = None
+    if firmware or machine:
+        fw = firmware or "bios"
+        text = f"{fw}/{machine or ('pc' if fw == 'bios' else 'q35')}"
+        try:
+            cell = Cell.parse(text)
+        except ValueError as exc:
+            raise RecipeError(f"--firmware/--machine: {exc}") from None
+        if (cell.firmware, cell.machine) not in CLAIMED_CELLS[r.image.firmware]:
+            raise RecipeError(f"--firmware/--machine: {cell} cannot boot {r.name}, a {r.image.firmware} image")
+        cells = (cell,)
     rep = Reporter()
     with signals_raise():
         bid = new_build_id(f"{r.name}-boottest")
@@ -180,9 +219,11 @@ def boot_test(c, image, recipe=None):
         try:
             accel = choose_accel(rep)
             rep.info(f"accelerator: {accel.accel} ({accel.reason})")
-            console = Path(tempfile.gettempdir()) / f"{bid}-console.log"
-            result = run_boot_test(path, r, accel=accel, work=work, name=f"imagebuild-{bid}",
-                                   console_log=console, reporter=rep)
+            logs = Path(tempfile.gettempdir()) / f"{bid}-logs"
+            logs.mkdir()
+            rep.info(f"consoles in {logs}")
+            result = run_boot_test(path, r, accel=accel, work=work, name=f"imagebuild-{bid}", logs=logs,
+                                   reporter=rep, cells=cells)
             print(json.dumps(result.to_data(), indent=2))
         finally:
             remove_tree(work, rep)
@@ -199,17 +240,17 @@ def clean(c):
     print(f"removed {len(removed)} leftover(s)")
 
 
-@task(help={"tier": "fast (unit), guestfs, vm, build, publish, or all (default: the CI suite)",
+@task(help={"tier": "fast (unit), guestfs, vm, build, publish, matrix (the other firmware builds), "
+                    "or all (default: the CI suite, everything but matrix)",
             "args": "extra pytest arguments"})
 def test(c, tier="default", args=""):
     """Run the test suite (the README's test command). Tiers select pytest markers."""
-    markers = {"fast": "unit", "unit": "unit", "guestfs": "guestfs", "vm": "vm", "build": "build",
-               "publish": "publish", "all": "", "default": ""}
+    markers = {"fast": "unit", "unit": "unit", "guestfs": "guestfs", "vm": "vm", "build": "build and not matrix",
+               "publish": "publish", "matrix": "matrix", "all": "", "default": "not matrix"}
     if tier not in markers:
         raise Exit(f"unknown tier {tier!r}; one of {', '.join(markers)}", code=2)
-    argv = [sys.executable, "-m", "pytest"]
-    if markers[tier]:
-        argv += ["-m", markers[tier]]
+    # always -m: it overrides pyproject's "-m unit", which makes a bare `pytest` the fast tier
+    argv = [sys.executable, "-m", "pytest", "-m", markers[tier]]
     argv += args.split()
     os.chdir(HERE)
     os.execv(sys.executable, argv)
@@ -243,3 +284,7 @@ def pin(c, recipe):
     from imagebuild.recipe import load_recipe
     pins = pin_boot_files(load_recipe(recipe), reporter=Reporter())
     print("\n".join(f'{k} = "{v}"' for k, v in pins.items()))
+
+
+# every task of this file, for `invoke docs` (the README's task table)
+TASKS = [obj for obj in list(globals().values()) if type(obj).__name__ == "Task"]

@@ -19,6 +19,7 @@ from .events import NULL_REPORTER, Reporter
 from .paths import cache_root
 from .procs import boot_id
 from .run import run
+from .settings import current
 
 PROBE_TIMEOUT_SECONDS = 20
 
@@ -44,8 +45,8 @@ def _probe_kernel() -> str | None:
 
 
 def probe_kvm(reporter: Reporter = NULL_REPORTER) -> AccelChoice:
-    if os.environ.get("IMAGEBUILD_ACCEL") in ("tcg", "kvm"):
-        forced = Accel(os.environ["IMAGEBUILD_ACCEL"])
+    if current().accel:
+        forced = Accel(current().accel)
         return AccelChoice(forced, f"forced by IMAGEBUILD_ACCEL={forced}")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return AccelChoice(Accel.TCG, "/dev/kvm is missing or not accessible")
@@ -68,7 +69,7 @@ def probe_kvm(reporter: Reporter = NULL_REPORTER) -> AccelChoice:
 
 def choose_accel(reporter: Reporter = NULL_REPORTER) -> AccelChoice:
     """The accelerator for every guest and for libguestfs, decided once per host boot."""
-    if os.environ.get("IMAGEBUILD_ACCEL"):
+    if current().accel:
         return probe_kvm(reporter)
     path = cache_root() / "accel.json"
     boot = boot_id()

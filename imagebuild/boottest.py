@@ -1,14 +1,20 @@
-"""Boot test: the image boots as a fresh clone and checks run inside the guest.
+"""Boot test: the image boots as a fresh clone in every cell of its matrix and checks run inside the guest.
 
-The guest gets a throwaway qcow2 overlay (the artifact is only read, its sha256 is verified unchanged
-afterwards), a virtio NIC on a fresh random MAC, and a serial console captured to a file. Checks run
-through the QEMU guest agent (``guest-exec``): no password, no SSH key, nothing added to the image.
+A cell is a firmware on a machine type (``bios/pc``, ``bios/q35``, ``uefi/q35``, ``secure-boot/q35``):
+the layout claims the cells it can boot (``recipe.CLAIMED_CELLS``) and a recipe may narrow them. Cells
+run one after another (two cores, TCG): each gets its own throwaway qcow2 overlay (the artifact is only
+read, its sha256 is verified unchanged afterwards), a virtio NIC on a fresh random MAC, a fresh copy of
+OVMF's VARS file for the UEFI cells, and a serial console captured to ``boot-console-CELL.log``. Checks
+run through the QEMU guest agent (``guest-exec``): no password, no SSH key, nothing added to the image.
+Besides the image's own checks, each cell proves it booted the way it claims: the firmware (EFI or not,
+Secure Boot state read from the EFI variable) and the chipset (DMI product name).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,10 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from .accel import Accel, AccelChoice
-from .domain import DiskSpec, DomainSpec, random_mac, transient_domain
-from .errors import BootTestFailed
+from .disklayout import ESP_MOUNT, layout_for
+from .domain import (
+    MEMORY_SLOTS,
+    DiskSpec,
+    DomainError,
+    DomainSpec,
+    firmware_files,
+    random_mac,
+    screenshot,
+    transient_domain,
+)
+from .errors import BootTestFailed, CommandFailed
 from .events import Reporter
-from .recipe import Family, Recipe
+from .recipe import BootFirmware, Cell, Family, Machine, Recipe
 from .run import run
 
 
@@ -31,17 +47,38 @@ class Check:
 
 
 @dataclass
-class BootTestResult:
+class CellResult:
+    """One cell of the matrix: how it booted and what the guest said."""
+    cell: str                          # "uefi/q35"
+    firmware: str
+    machine: str
+    disk_bus: str                      # virtio (virtio-blk) or scsi (virtio-scsi)
     passed: bool
     accelerator: str
     mac: str
-    seconds_to_agent: float
+    seconds_to_agent: float | None     # None: the agent never answered
+    seconds: float                     # the whole cell: overlay, boot, checks, teardown
     checks: list[Check]
+    console_log: str                   # file name beside the artifact
 
     def to_data(self) -> dict[str, Any]:
         d = asdict(self)
         d["checks"] = [asdict(c) for c in self.checks]
         return d
+
+
+@dataclass
+class BootTestResult:
+    passed: bool
+    accelerator: str
+    cells: list[CellResult]
+
+    def to_data(self) -> dict[str, Any]:
+        return {"passed": self.passed, "accelerator": self.accelerator,
+                "cells": [c.to_data() for c in self.cells]}
+
+    def cell(self, name: str) -> CellResult:
+        return next(c for c in self.cells if c.cell == name)
 
 
 class Agent:
@@ -99,6 +136,9 @@ class CheckContext:
     recipe: Recipe
     mac: str
     deadline: float
+    cell: Cell
+    dom: Any = None                    # the libvirt domain, for the live operations
+    disk_bus: str = "virtio"
 
 
 CheckFn = Callable[[Agent, CheckContext], Check]
@@ -149,14 +189,17 @@ def check_dhcp(agent: Agent, ctx: CheckContext) -> Check:
 
 
 def check_single_root(agent: Agent, ctx: CheckContext) -> Check:
+    layout = layout_for(ctx.recipe.image.firmware)
     _, mounts, _ = agent.exec(["cat", "/proc/self/mounts"])
-    block = [ln.split()[:3] for ln in mounts.splitlines() if ln.startswith("/dev/")]
+    block = {ln.split()[1]: ln.split()[2] for ln in mounts.splitlines() if ln.startswith("/dev/")}
     _, lsblk, _ = agent.exec(["lsblk", "-J", "-o", "NAME,TYPE,FSTYPE"])
     parts = [c for d in json.loads(lsblk).get("blockdevices", []) for c in d.get("children", []) or []
              if c.get("type") == "part"]
-    mounted = sorted({m[1] for m in block})
-    ok = mounted == ["/"] and len(parts) == 1
-    return Check("single-root", ok, f"block-device mounts {mounted}, {len(parts)} partition(s)")
+    want = {"/": "ext4", **({ESP_MOUNT: "vfat"} if layout.esp is not None else {})}
+    ok = block == want and len(parts) == len(layout.partitions)
+    return Check("single-root", ok, f"block-device mounts {dict(sorted(block.items()))}, {len(parts)} "
+                                    f"partition(s); a {layout.firmware} image has {want} on "
+                                    f"{len(layout.partitions)}")
 
 
 def check_no_swap(agent: Agent, ctx: CheckContext) -> Check:
@@ -197,41 +240,297 @@ def check_ssh_hostkeys(agent: Agent, ctx: CheckContext) -> Check:
                                        f"{keys[-1].rsplit('/', 1)[-1]} {fingerprint}")
 
 
-CHECKS: tuple[CheckFn, ...] = (check_system_running, check_fresh_mac, check_dhcp, check_single_root,
-                               check_no_swap, check_packages, check_machine_id, check_ssh_hostkeys)
+# The EFI global variable SecureBoot: 4 bytes of attributes, then 1 (enforcing) or 0.
+SECURE_BOOT_VAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 
 
-def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, name: str,
-              console_log: Path, reporter: Reporter) -> BootTestResult:
-    """Boot ``image`` (qcow2) as a fresh clone and run the checks inside it; raise if any fails."""
-    overlay = work / f"{name}-overlay.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.resolve()), str(overlay)],
-        reporter=reporter, purpose="a throwaway overlay, so the artifact is never written")
+def check_firmware(agent: Agent, ctx: CheckContext) -> Check:
+    """The guest booted through the cell's firmware: EFI or not, and Secure Boot on exactly when asked."""
+    rc, _, _ = agent.exec(["test", "-d", "/sys/firmware/efi"])
+    efi = rc == 0
+    want_efi = ctx.cell.firmware is not BootFirmware.BIOS
+    if efi != want_efi:
+        return Check("firmware", False, f"the guest {'did' if efi else 'did not'} boot through UEFI "
+                                        f"(/sys/firmware/efi), but the cell is {ctx.cell.firmware}")
+    if not efi:
+        return Check("firmware", True, "booted through BIOS (no /sys/firmware/efi)")
+    rc, out, _ = agent.exec(["od", "-An", "-tu1", SECURE_BOOT_VAR])
+    values = out.split()
+    sb = rc == 0 and len(values) == 5 and values[4] == "1"
+    want_sb = ctx.cell.firmware is BootFirmware.SECURE_BOOT
+    if sb != want_sb:
+        return Check("firmware", False, f"Secure Boot is {'on' if sb else 'off'} in the guest "
+                                        f"(SecureBoot variable {values or 'absent'}), the cell wants it "
+                                        f"{'on' if want_sb else 'off'}")
+    return Check("firmware", True, "booted through UEFI, Secure Boot " + ("enforcing (SecureBoot=1)" if sb
+                                                                         else "off"))
+
+
+DMI_PRODUCT = {Machine.PC: "i440FX", Machine.Q35: "Q35"}
+
+
+def check_machine(agent: Agent, ctx: CheckContext) -> Check:
+    _, out, _ = agent.exec(["cat", "/sys/class/dmi/id/product_name"])
+    product = out.strip()
+    ok = DMI_PRODUCT[ctx.cell.machine] in product
+    return Check("machine", ok, f"DMI product '{product}'" + ("" if ok else f", expected {ctx.cell.machine}"))
+
+
+# -- live operations: what operators do to a running guest, read back inside it -----------------
+
+LIVE_WAIT_SECONDS = 90                 # for a change to show in the guest (TCG; seconds under KVM)
+
+
+def _libvirt() -> Any:
+    import libvirt
+    return libvirt
+
+
+def _wait(probe: Callable[[], Any], done: Callable[[Any], bool], seconds: float) -> tuple[Any, float, bool]:
+    """Poll ``probe`` until ``done(value)``; (last value, seconds taken, done?)."""
+    start = time.monotonic()
+    while True:
+        value = probe()
+        if done(value):
+            return value, time.monotonic() - start, True
+        if time.monotonic() - start > seconds:
+            return value, time.monotonic() - start, False
+        time.sleep(1)
+
+
+def _cpu_list(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out.update(range(int(a), int(b) + 1))
+        elif part:
+            out.add(int(part))
+    return out
+
+
+def _guest_view(agent: Agent, script: str) -> str:
+    """The guest's own view for a failure message: sysfs files and the kernel log's tail."""
+    _, out, _ = agent.exec(["sh", "-c", script + "; echo '--- dmesg ---'; dmesg | tail -n 12"])
+    return " | ".join(ln for ln in out.splitlines() if ln.strip())
+
+
+def _meminfo_kib(agent: Agent) -> int:
+    _, out, _ = agent.exec(["cat", "/proc/meminfo"])
+    for line in out.splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    raise BootTestFailed("no MemTotal in the guest's /proc/meminfo")
+
+
+def check_vcpu_hotplug(agent: Agent, ctx: CheckContext) -> Check:
+    """`virsh setvcpus DOMAIN N --live`: the new vCPU must come online by itself (the image's udev rule)."""
+    def online() -> tuple[set[int], str]:
+        _, out, _ = agent.exec(["sh", "-c", "cat /sys/devices/system/cpu/online; nproc"])
+        lines = out.split()
+        return _cpu_list(lines[0] if lines else ""), lines[1] if len(lines) > 1 else "?"
+
+    before, nproc_before = online()
+    target = len(before) + 1
+    if target > ctx.recipe.boot_test.max_vcpus:
+        return Check("vcpu-hotplug", False, f"{len(before)} vCPUs online already, max_vcpus is "
+                                            f"{ctx.recipe.boot_test.max_vcpus}: nothing to hot-add")
+    lv = _libvirt()
     try:
-        bt = recipe.boot_test
-        timeout = bt.timeout_seconds * (bt.tcg_factor if accel.accel is Accel.TCG else 1)
-        mac = random_mac()
-        spec = DomainSpec(name=name, accel=accel.accel, memory_mib=bt.memory_mib, vcpus=bt.vcpus,
-                          disks=(DiskSpec(overlay, "qcow2"),), console_log=console_log, mac=mac,
-                          machine=recipe.image.machine_type)
-        reporter.info(f"booting {image.name} on {accel.accel} with fresh MAC {mac} (timeout {timeout}s)")
-        start = time.monotonic()
+        ctx.dom.setVcpusFlags(target, lv.VIR_DOMAIN_AFFECT_LIVE)
+    except lv.libvirtError as exc:
+        return Check("vcpu-hotplug", False, f"libvirt refused to hot-add vCPU {target}: {exc}")
+    (after, nproc_after), took, ok = _wait(online, lambda v: len(v[0]) >= target, LIVE_WAIT_SECONDS)
+    if not ok:
+        return Check("vcpu-hotplug", False, f"vCPUs {len(before)} → {target} asked; online after {took:.0f}s: "
+                     f"{sorted(after)}; guest: " + _guest_view(
+                         agent, "echo present=$(cat /sys/devices/system/cpu/present) "
+                                "online=$(cat /sys/devices/system/cpu/online); "
+                                "grep -H . /sys/devices/system/cpu/cpu*/online"))
+    return Check("vcpu-hotplug", True, f"vCPUs {len(before)} → {len(after)} online after {took:.1f}s "
+                                       f"(online {sorted(after)}, nproc {nproc_before} → {nproc_after})")
+
+
+def check_balloon(agent: Agent, ctx: CheckContext) -> Check:
+    """Shrink the balloon target live, see MemTotal drop in the guest (and libvirt's stats agree), then
+    give the memory back and see it return."""
+    lv = _libvirt()
+    step_kib = ctx.recipe.boot_test.balloon_mib * 1024
+    full_kib = int(ctx.dom.info()[2])            # libvirt's current memory, KiB
+    total0 = _meminfo_kib(agent)
+    slack = 16 * 1024                            # the driver's page rounding and what it keeps
+    try:
+        ctx.dom.setMemoryFlags(full_kib - step_kib, lv.VIR_DOMAIN_AFFECT_LIVE)
+    except lv.libvirtError as exc:
+        return Check("balloon", False, f"libvirt refused the balloon target: {exc}")
+    low, took_down, ok = _wait(lambda: _meminfo_kib(agent), lambda v: v <= total0 - step_kib + slack,
+                               LIVE_WAIT_SECONDS)
+    actual = int(ctx.dom.memoryStats().get("actual", 0))
+    ctx.dom.setMemoryFlags(full_kib, lv.VIR_DOMAIN_AFFECT_LIVE)
+    if not ok:
+        return Check("balloon", False, f"MemTotal {total0 // 1024} MiB did not drop by "
+                     f"{step_kib // 1024} MiB in {took_down:.0f}s (now {low // 1024} MiB); guest: "
+                     + _guest_view(agent, "ls /sys/bus/virtio/drivers/virtio_balloon/ 2>&1"))
+    if abs(actual - (full_kib - step_kib)) > slack:
+        return Check("balloon", False, f"libvirt's balloon reports {actual // 1024} MiB, asked for "
+                                       f"{(full_kib - step_kib) // 1024} MiB")
+    back, took_up, ok = _wait(lambda: _meminfo_kib(agent), lambda v: v >= total0 - slack, LIVE_WAIT_SECONDS)
+    if not ok:
+        return Check("balloon", False, f"MemTotal did not grow back: {back // 1024} of {total0 // 1024} MiB "
+                                       f"after {took_up:.0f}s")
+    return Check("balloon", True, f"MemTotal {total0 // 1024} → {low // 1024} MiB in {took_down:.1f}s "
+                                  f"(libvirt: {actual // 1024} MiB), back to {back // 1024} MiB in {took_up:.1f}s")
+
+
+def _memory_blocks(agent: Agent) -> dict[str, str]:
+    _, out, _ = agent.exec(["sh", "-c", "grep -H . /sys/devices/system/memory/memory*/state"])
+    blocks = {}
+    for line in out.splitlines():
+        path, _, state = line.partition(":")
+        blocks[path.split("/")[-2]] = state.strip()
+    return blocks
+
+
+def check_memory_hotplug(agent: Agent, ctx: CheckContext) -> Check:
+    """Attach a DIMM live: MemTotal grows by its size and its memory blocks come online by themselves."""
+    lv = _libvirt()
+    size = ctx.recipe.boot_test.hotplug_memory_mib
+    total0, blocks0 = _meminfo_kib(agent), _memory_blocks(agent)
+    dimm = (f"<memory model='dimm'><target><size unit='MiB'>{size}</size><node>0</node></target></memory>")
+    try:
+        ctx.dom.attachDeviceFlags(dimm, lv.VIR_DOMAIN_AFFECT_LIVE)
+    except lv.libvirtError as exc:
+        return Check("memory-hotplug", False, f"libvirt refused to attach a {size} MiB DIMM: {exc}")
+    want = total0 + size * 1024 - 8 * 1024     # the kernel keeps a little of it for its page structs
+    total, took, ok = _wait(lambda: _meminfo_kib(agent), lambda v: v >= want, LIVE_WAIT_SECONDS)
+    blocks = _memory_blocks(agent)
+    new = {b: st for b, st in blocks.items() if b not in blocks0}
+    offline = sorted(b for b, st in new.items() if st == "offline")
+    if not ok or offline or not new:
+        return Check("memory-hotplug", False, f"a {size} MiB DIMM: MemTotal {total0 // 1024} → {total // 1024} MiB "
+                     f"after {took:.0f}s; new blocks {new or 'none'}; guest: "
+                     + _guest_view(agent, "cat /sys/devices/system/memory/auto_online_blocks; cat /proc/cmdline"))
+    # an online block's valid_zones names the zone it is in: Movable can be unplugged again
+    _, zones_out, _ = agent.exec(["sh", "-c", " ".join(f"cat /sys/devices/system/memory/{b}/valid_zones;"
+                                                       for b in sorted(new))])
+    zones = sorted(set(zones_out.split()))
+    return Check("memory-hotplug", True, f"a {size} MiB DIMM: MemTotal {total0 // 1024} → {total // 1024} MiB "
+                                         f"in {took:.1f}s, {len(new)} new blocks online in zone "
+                                         f"{'/'.join(zones) or '?'}")
+
+
+def check_virtio(agent: Agent, ctx: CheckContext) -> Check:
+    """The guest bound virtio drivers to the disk (the cell's bus), NIC, balloon, console and RNG."""
+    _, out, _ = agent.exec(["sh", "-c", "cd /sys/bus/virtio/drivers && for d in *; do "
+                                        "echo $d $(ls $d | grep -c '^virtio'); done"])
+    bound = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines() if len(ln.split()) == 2}
+    disk_driver = {"virtio": "virtio_blk", "scsi": "virtio_scsi"}[ctx.disk_bus]
+    want = (disk_driver, "virtio_net", "virtio_balloon", "virtio_console")
+    missing = [d for d in want if not bound.get(d)]
+    have = ", ".join(f"{d}×{n}" for d, n in sorted(bound.items()) if n)
+    if missing:
+        return Check("virtio", False, f"no device bound to {', '.join(missing)} (bound: {have or 'none'})")
+    return Check("virtio", True, f"root disk on {disk_driver}; bound: {have}")
+
+
+CHECKS: tuple[CheckFn, ...] = (check_system_running, check_firmware, check_machine, check_fresh_mac,
+                               check_dhcp, check_single_root, check_no_swap, check_packages, check_machine_id,
+                               check_ssh_hostkeys, check_virtio, check_vcpu_hotplug, check_balloon,
+                               check_memory_hotplug)
+CHECK_NAMES = ("multi-user", "firmware", "machine", "fresh-mac", "dhcp", "single-root", "no-swap", "packages",
+               "machine-id", "ssh-hostkeys", "virtio", "vcpu-hotplug", "balloon", "memory-hotplug")
+CHECK_OF = dict(zip(CHECK_NAMES, CHECKS, strict=True))
+
+
+def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, name: str, logs: Path,
+              reporter: Reporter, cells: tuple[Cell, ...] | None = None) -> BootTestResult:
+    """Boot ``image`` (qcow2) in each cell (default: the recipe's matrix), one after another; raise
+    BootTestFailed naming every failed cell once all have run. Consoles (and a screenshot of a failed
+    cell) are written to ``logs``."""
+    cells = cells if cells is not None else recipe.boot_test.cells(recipe.image.firmware)
+    for cell in cells:
+        firmware_files(cell.firmware)  # a missing OVMF file is named before the first boot, not mid-matrix
+    results = []
+    buses = recipe.boot_test.disk_buses
+    for i, cell in enumerate(cells, 1):
+        bus = buses[(i - 1) % len(buses)]  # in turn, so a matrix covers virtio-blk and virtio-scsi
+        with reporter.step(f"cell {i}/{len(cells)} {cell} ({bus})"):
+            results.append(boot_cell(image, recipe, cell, accel=accel, work=work, name=f"{name}-{cell.slug}",
+                                     logs=logs, reporter=reporter, disk_bus=bus))
+    result = BootTestResult(all(c.passed for c in results), str(accel.accel), results)
+    reporter.info("boot matrix: " + ", ".join(
+        f"{c.cell} {'passed' if c.passed else 'FAILED'}"
+        + (f" (agent {c.seconds_to_agent:.0f}s)" if c.seconds_to_agent is not None else "") for c in results))
+    if not result.passed:
+        failed = "; ".join(f"{c.cell}: " + ", ".join(f"{k.name}: {k.detail}" for k in c.checks if not k.ok)
+                           for c in results if not c.passed)
+        raise BootTestFailed(f"boot test of {image.name} failed in {sum(not c.passed for c in results)} of "
+                             f"{len(results)} cell(s): {failed}", result=result)
+    return result
+
+
+def cell_spec(recipe: Recipe, cell: Cell, *, name: str, accel: Accel, overlay: Path, nvram: Path,
+              console_log: Path, mac: str, disk_bus: str) -> DomainSpec:
+    """The domain of one cell, defined as an operator defines a hotplug-ready guest: vCPUs below a
+    maximum, memory with room for DIMMs (slots and a NUMA cell), a virtio balloon, virtio disk and NIC."""
+    bt = recipe.boot_test
+    loader = firmware_files(cell.firmware)[0] if cell.firmware is not BootFirmware.BIOS else None
+    disk = DiskSpec(overlay, "qcow2", target="sda", bus="scsi") if disk_bus == "scsi" else DiskSpec(overlay, "qcow2")
+    return DomainSpec(name=name, accel=accel, memory_mib=bt.memory_mib, vcpus=bt.vcpus, disks=(disk,),
+                      console_log=console_log, mac=mac, machine=str(cell.machine), loader=loader,
+                      nvram=nvram if loader else None, secure_boot=cell.firmware is BootFirmware.SECURE_BOOT,
+                      max_vcpus=bt.max_vcpus, max_memory_mib=bt.memory_mib + bt.hotplug_memory_mib * MEMORY_SLOTS,
+                      balloon=True)
+
+
+def boot_cell(image: Path, recipe: Recipe, cell: Cell, *, accel: AccelChoice, work: Path, name: str,
+              logs: Path, reporter: Reporter, disk_bus: str = "virtio") -> CellResult:
+    """One cell: a fresh overlay, MAC and VARS copy, the root disk on ``disk_bus``; the checks (the live
+    operations last); everything but the logs removed."""
+    bt = recipe.boot_test
+    timeout = bt.timeout_seconds * (bt.tcg_factor if accel.accel is Accel.TCG else 1)
+    overlay = work / f"{name}-overlay.qcow2"
+    nvram = work / f"{name}-VARS.fd"
+    console_log = logs / f"boot-console-{cell.slug}.log"
+    mac = random_mac()
+    start = time.monotonic()
+    to_agent: float | None = None
+    checks: list[Check] = []
+    try:
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.resolve()), str(overlay)],
+            reporter=reporter, purpose="a throwaway overlay, so the artifact is never written")
+        if cell.firmware is not BootFirmware.BIOS:
+            # a fresh NVRAM: no boot entries, as a new cloud guest has
+            shutil.copyfile(firmware_files(cell.firmware)[1], nvram)
+        spec = cell_spec(recipe, cell, name=name, accel=accel.accel, overlay=overlay, nvram=nvram,
+                         console_log=console_log, mac=mac, disk_bus=disk_bus)
+        reporter.info(f"booting {image.name} [{cell}] on {accel.accel} with fresh MAC {mac} (timeout {timeout}s)")
         deadline = start + timeout
         with transient_domain(spec, reporter) as dom:
-            agent = Agent(dom)
-            wait_for_agent(dom, agent, deadline, console_log)
-            to_agent = time.monotonic() - start
-            reporter.info(f"guest agent answered after {to_agent:.0f}s; running checks in the guest")
-            ctx = CheckContext(recipe, mac, deadline)
-            checks = []
-            for fn in CHECKS:
-                c = fn(agent, ctx)
-                reporter.info(f"{'✓' if c.ok else '✗'} {c.name}: {c.detail}")
-                checks.append(c)
-        result = BootTestResult(all(c.ok for c in checks), str(accel.accel), mac, round(to_agent, 1), checks)
-        if not result.passed:
-            failed = "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok)
-            raise BootTestFailed(f"boot test of {image.name} failed: {failed}")
-        return result
+            try:
+                agent = Agent(dom)
+                wait_for_agent(dom, agent, deadline, console_log)
+                to_agent = time.monotonic() - start
+                reporter.info(f"guest agent answered after {to_agent:.0f}s; running checks in the guest")
+                ctx = CheckContext(recipe, mac, deadline, cell, dom, disk_bus)
+                for check_name, fn in CHECK_OF.items():
+                    if check_name in bt.skip_checks:
+                        continue
+                    c = fn(agent, ctx)
+                    reporter.info(f"{'✓' if c.ok else '✗'} {c.name}: {c.detail}")
+                    checks.append(c)
+            except BootTestFailed as exc:
+                checks.append(Check("boot", False, str(exc)))
+            if not all(c.ok for c in checks) and dom.isActive():
+                screenshot(dom, logs / f"boot-screen-{cell.slug}.ppm")
+    except (BootTestFailed, CommandFailed, DomainError) as exc:
+        # the cell failed (libvirt refused the domain, the guest stopped or never answered): record it
+        # and go on with the next cell, so one run shows the whole matrix
+        checks.append(Check("boot", False, str(exc)))
     finally:
         overlay.unlink(missing_ok=True)
+        nvram.unlink(missing_ok=True)
+    passed = bool(checks) and all(c.ok for c in checks)
+    return CellResult(str(cell), str(cell.firmware), str(cell.machine), disk_bus, passed, str(accel.accel), mac,
+                      round(to_agent, 1) if to_agent is not None else None, round(time.monotonic() - start, 1),
+                      checks, console_log.name)

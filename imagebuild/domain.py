@@ -17,14 +17,43 @@ from typing import Any
 from .accel import Accel
 from .errors import ImageBuildError, ToolMissing
 from .events import NULL_REPORTER, Reporter
+from .recipe import BootFirmware
 
 URI = "qemu:///system"
+MEMORY_SLOTS = 4
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 try:
     import libvirt
 except ImportError:  # pragma: no cover
     libvirt = None
+
+
+class DomainError(ImageBuildError):
+    """libvirt refused to start (or to destroy) a domain."""
+
+
+# Debian's ovmf package (2022.11): 4 MiB flash images. The plain pair boots UEFI without Secure Boot;
+# the ".ms" pair is the Secure Boot build (needs SMM, so q35) with Microsoft's keys enrolled in its
+# VARS, as on a cloud host that offers Secure Boot: a shim signed by Microsoft's UEFI CA boots, an
+# unsigned EFI binary is refused.
+OVMF_DIR = Path("/usr/share/OVMF")
+OVMF = {
+    BootFirmware.UEFI: ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
+    BootFirmware.SECURE_BOOT: ("OVMF_CODE_4M.ms.fd", "OVMF_VARS_4M.ms.fd"),
+}
+
+
+def firmware_files(firmware: BootFirmware) -> tuple[Path, Path]:
+    """(CODE, VARS template) of OVMF for a UEFI firmware; ToolMissing names the package if absent."""
+    if firmware not in OVMF:
+        return Path(), Path()  # SeaBIOS is built into qemu
+    code, vars_ = (OVMF_DIR / name for name in OVMF[firmware])
+    missing = [str(p) for p in (code, vars_) if not p.is_file()]
+    if missing:
+        raise ToolMissing(f"{', '.join(missing)} missing: the {firmware} boot-test cells need OVMF "
+                          "(install the Debian package ovmf; scripts/setup-host does)")
+    return code, vars_
 
 
 def random_mac() -> str:
@@ -58,6 +87,12 @@ class DomainSpec:
     cmdline: str = ""
     guest_agent: bool = True
     extra_channels: tuple[tuple[str, Path], ...] = field(default_factory=tuple)  # (name, unix socket)
+    max_vcpus: int = 0                  # > vcpus: vCPUs can be hot-added up to this
+    max_memory_mib: int = 0             # > memory_mib: DIMMs can be hot-added up to this (slots, NUMA cell)
+    balloon: bool = False               # a virtio balloon (with stats) instead of none
+    loader: Path | None = None          # OVMF CODE (read-only pflash); None: SeaBIOS
+    nvram: Path | None = None           # this domain's own copy of the VARS file
+    secure_boot: bool = False           # the loader enforces Secure Boot (needs q35 and SMM)
 
 
 def cdrom(iso: Path, machine: str) -> DiskSpec:
@@ -70,10 +105,21 @@ def cdrom(iso: Path, machine: str) -> DiskSpec:
 def domain_xml(spec: DomainSpec) -> str:
     dom = ET.Element("domain", type="kvm" if spec.accel is Accel.KVM else "qemu")
     ET.SubElement(dom, "name").text = spec.name
+    if spec.max_memory_mib > spec.memory_mib:
+        # memory hotplug: room for DIMMs above the boot memory, which must sit in a NUMA cell
+        ET.SubElement(dom, "maxMemory", slots=str(MEMORY_SLOTS), unit="MiB").text = str(spec.max_memory_mib)
     ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mib)
-    ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
+    ET.SubElement(dom, "currentMemory", unit="MiB").text = str(spec.memory_mib)
+    if spec.max_vcpus > spec.vcpus:
+        ET.SubElement(dom, "vcpu", placement="static", current=str(spec.vcpus)).text = str(spec.max_vcpus)
+    else:
+        ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
     os_ = ET.SubElement(dom, "os")
     ET.SubElement(os_, "type", arch="x86_64", machine=spec.machine).text = "hvm"
+    if spec.loader is not None:
+        ET.SubElement(os_, "loader", readonly="yes", secure="yes" if spec.secure_boot else "no",
+                      type="pflash").text = str(spec.loader)
+        ET.SubElement(os_, "nvram").text = str(spec.nvram)
     if spec.kernel is not None:
         ET.SubElement(os_, "kernel").text = str(spec.kernel)
         if spec.initrd is not None:
@@ -84,12 +130,19 @@ def domain_xml(spec: DomainSpec) -> str:
     feats = ET.SubElement(dom, "features")
     ET.SubElement(feats, "acpi")
     ET.SubElement(feats, "apic")
-    if spec.accel is Accel.KVM:
-        ET.SubElement(dom, "cpu", mode="host-passthrough")
+    if spec.secure_boot:
+        ET.SubElement(feats, "smm", state="on")  # OVMF's Secure Boot build keeps its variables in SMM
+    cpu = ET.SubElement(dom, "cpu", mode="host-passthrough") if spec.accel is Accel.KVM else None
+    if spec.max_memory_mib > spec.memory_mib:
+        cpu = cpu if cpu is not None else ET.SubElement(dom, "cpu")
+        ET.SubElement(ET.SubElement(cpu, "numa"), "cell", id="0", cpus=f"0-{max(spec.vcpus, spec.max_vcpus) - 1}",
+                      memory=str(spec.memory_mib), unit="MiB")
     # Any stop ends the domain: an installer's reboot must not start it again.
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         ET.SubElement(dom, event).text = "destroy"
     dev = ET.SubElement(dom, "devices")
+    if any(d.bus == "scsi" for d in spec.disks):
+        ET.SubElement(dev, "controller", type="scsi", index="0", model="virtio-scsi")
     for d in spec.disks:
         disk = ET.SubElement(dev, "disk", type="file", device=d.device)
         if d.device == "cdrom":
@@ -117,7 +170,11 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(ch, "target", type="virtio", name=name)
     rng = ET.SubElement(dev, "rng", model="virtio")
     ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
-    ET.SubElement(dev, "memballoon", model="none")
+    if spec.balloon:
+        balloon = ET.SubElement(dev, "memballoon", model="virtio")
+        ET.SubElement(balloon, "stats", period="2")  # libvirt's balloon stats, compared with the guest's
+    else:
+        ET.SubElement(dev, "memballoon", model="none")
     ET.SubElement(dev, "graphics", type="vnc", listen="127.0.0.1", autoport="yes")  # screenshots
     ET.SubElement(dev, "video").append(ET.Element("model", type="vga"))
     # qemu runs as root without relabelling: the scratch files live in our 0700 work dir.
@@ -149,7 +206,7 @@ def transient_domain(spec: DomainSpec, reporter: Reporter = NULL_REPORTER) -> It
         try:
             dom = conn.createXML(xml, 0)
         except libvirt.libvirtError as exc:
-            raise ImageBuildError(f"libvirt refused to start domain {spec.name}: {exc}") from None
+            raise DomainError(f"libvirt refused to start domain {spec.name}: {exc}") from None
         try:
             yield dom
         finally:
@@ -159,7 +216,7 @@ def transient_domain(spec: DomainSpec, reporter: Reporter = NULL_REPORTER) -> It
                     reporter.log(f"libvirt: destroyed {spec.name}")
             except libvirt.libvirtError as exc:
                 if dom_exists(conn, spec.name):
-                    raise ImageBuildError(f"could not destroy domain {spec.name}: {exc}") from None
+                    raise DomainError(f"could not destroy domain {spec.name}: {exc}") from None
     finally:
         conn.close()
 

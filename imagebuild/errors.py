@@ -89,9 +89,13 @@ class CustomizeFailed(ImageBuildError):
 
 
 class BootTestFailed(ImageBuildError):
-    """The image did not boot, or a check inside the guest failed."""
+    """The image did not boot, or a check inside the guest failed (in one or more cells)."""
 
     exit_code = 7
+
+    def __init__(self, message: str, *, result: object = None) -> None:
+        self.result = result            # the BootTestResult of a whole matrix, when there is one
+        super().__init__(message)
 
 
 class PublishError(ImageBuildError):

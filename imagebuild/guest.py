@@ -12,13 +12,16 @@ import posixpath
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .accel import Accel
+from .disklayout import ESP_MOUNT, GPT_TYPE, Role, layout_for
 from .errors import CustomizeFailed, ImageBuildError
 from .events import NULL_REPORTER, Reporter
 from .procs import kill_descendants
+from .recipe import Firmware
 from .run import call_interruptibly
 
 try:
@@ -44,10 +47,12 @@ def _kill_appliance() -> None:
 
 
 class Guest:
-    def __init__(self, g: Any, reporter: Reporter) -> None:
+    def __init__(self, g: Any, reporter: Reporter, firmware: Firmware = Firmware.BIOS) -> None:
         self.g = g
         self.reporter = reporter
+        self.firmware = firmware            # the disk layout the image must have
         self.root_device = ""
+        self.esp_device = ""                # mounted at /boot/efi when the layout has an ESP
 
     # -- calls that may block for long run in a worker thread, so signals stay prompt -------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -142,6 +147,19 @@ class Guest:
     def truncate(self, path: str) -> None:
         self.g.truncate(path)
 
+    def filesize(self, path: str) -> int:
+        return int(self.g.filesize(path))
+
+    def ls(self, path: str) -> list[str]:
+        return list(self.g.ls(path))
+
+    def mkdir_p(self, path: str) -> None:
+        self.g.mkdir_p(path)
+
+    def partition_problems(self) -> list[str]:
+        """What the disk's partitions break of the layout rules (``layout_problems``)."""
+        return layout_problems(self)
+
     def edit_lines(self, path: str, keep: Any) -> int:
         """Rewrite ``path`` keeping lines for which ``keep(line)`` is true; returns lines removed."""
         text = self.read(path)
@@ -159,14 +177,20 @@ class Guest:
         return dict(self.g.list_filesystems())
 
     def mount_root(self) -> None:
-        """Mount the image's one filesystem at /; a second filesystem, swap or LVM is refused here."""
+        """Mount the image's one Linux filesystem at / (and its ESP at /boot/efi where the layout has
+        one); a disk that breaks its layout (a second filesystem, swap, LVM) is refused here."""
         problems = layout_problems(self)
         if problems:
-            raise CustomizeFailed("the disk layout breaks the golden-image rule (exactly one filesystem, "
-                                  "mounted at /, no swap, no LVM):\n  " + "\n  ".join(problems))
-        fs = [d for d, t in self.filesystems().items() if t not in ("swap", "unknown", "")]
-        self.root_device = fs[0]
+            raise CustomizeFailed(f"the disk layout breaks the golden-image rule for a {self.firmware} image "
+                                  "(exactly one Linux filesystem, mounted at /, no swap, no LVM, and only "
+                                  "the boot partitions its firmware needs):\n  " + "\n  ".join(problems))
+        found = classify_partitions(self)
+        self.root_device = found.root
         self.g.mount(self.root_device, "/")
+        if found.esp:
+            self.esp_device = found.esp
+            self.g.mkdir_p(ESP_MOUNT)
+            self.g.mount(found.esp, ESP_MOUNT)
 
 
 def root_majmin(mountinfo: str) -> str:
@@ -181,32 +205,90 @@ def root_majmin(mountinfo: str) -> str:
     return found
 
 
-def layout_problems(guest: Guest) -> list[str]:
+@dataclass
+class Partitions:
+    """What a disk holds, sorted by what the layout rules care about."""
+    table: str = ""                                   # "msdos", "gpt" or "" (none)
+    root: str = ""                                    # the one Linux filesystem, if exactly one
+    esp: str = ""                                     # vfat on an ESP-typed GPT partition
+    bios_boot: str = ""
+    linux: dict[str, str] = field(default_factory=dict)   # device → fs type (not the ESP)
+    swap: list[str] = field(default_factory=list)
+    partitions: list[str] = field(default_factory=list)
+    whole_disk_fs: list[str] = field(default_factory=list)
+
+
+def classify_partitions(guest: Guest) -> Partitions:
     g = guest.g
+    found = Partitions()
+    devices = g.list_devices()
+    found.partitions = list(g.list_partitions())
+    if devices:
+        try:
+            found.table = g.part_get_parttype(devices[0])
+        except RuntimeError:
+            found.table = ""
+    for dev, fstype in guest.filesystems().items():
+        if fstype == "swap":
+            found.swap.append(dev)
+            continue
+        gpt_type = ""
+        if found.table == "gpt" and dev in found.partitions:
+            num = int(re.sub(r"^.*?(\d+)$", r"\1", dev))
+            gpt_type = g.part_get_gpt_type(re.sub(r"\d+$", "", dev), num).upper()
+        if gpt_type == GPT_TYPE[Role.BIOS_BOOT]:
+            found.bios_boot = dev
+        elif fstype == "vfat" and gpt_type == GPT_TYPE[Role.ESP]:
+            found.esp = dev
+        elif fstype not in ("unknown", ""):
+            found.linux[dev] = fstype
+    found.whole_disk_fs = [d for d in found.linux if d in devices]
+    if len(found.linux) == 1:
+        found.root = next(iter(found.linux))
+    return found
+
+
+def layout_problems(guest: Guest) -> list[str]:
+    """Everything about the disk that breaks the layout its firmware allows (disklayout.LAYOUTS)."""
+    layout = layout_for(guest.firmware)
+    found = classify_partitions(guest)
     problems = []
-    fss = guest.filesystems()
-    real = {d: t for d, t in fss.items() if t not in ("swap", "unknown", "")}
-    swaps = [d for d, t in fss.items() if t == "swap"]
-    if swaps:
-        problems.append(f"swap partition(s): {', '.join(swaps)}")
-    if g.lvs():
-        problems.append(f"LVM logical volumes: {', '.join(g.lvs())}")
-    if len(real) != 1:
-        desc = ", ".join(f"{d} ({t})" for d, t in real.items()) or "none"
-        problems.append(f"expected exactly one filesystem, found {len(real)}: {desc}")
-    parts = g.list_partitions()
-    whole = [d for d in real if d in g.list_devices()]
-    if whole:
-        problems.append(f"filesystem on the whole disk {', '.join(whole)}: expected an MBR with one partition")
-    if len(parts) > 1:
-        problems.append(f"expected one partition, found {len(parts)}: {', '.join(parts)}")
+    if found.swap:
+        problems.append(f"swap partition(s): {', '.join(found.swap)}")
+    lvs = guest.g.lvs()
+    if lvs:
+        problems.append(f"LVM logical volumes: {', '.join(lvs)}")
+    if len(found.linux) != 1:
+        desc = ", ".join(f"{d} ({t})" for d, t in found.linux.items()) or "none"
+        problems.append(f"expected exactly one Linux filesystem, found {len(found.linux)}: {desc}")
+    if found.whole_disk_fs:
+        problems.append(f"filesystem on the whole disk {', '.join(found.whole_disk_fs)}: "
+                        f"expected a partition table")
+    want_table = "msdos" if layout.label == "dos" else "gpt"
+    if found.partitions and found.table and found.table != want_table:
+        problems.append(f"a {found.table} partition table: a {guest.firmware} image has {want_table}")
+    if found.esp and layout.esp is None:
+        problems.append(f"an EFI system partition ({found.esp}) on a {guest.firmware} image, which "
+                        "boots from BIOS only: build it with image.firmware = \"uefi\" or \"hybrid\"")
+    if layout.esp is not None and not found.esp and found.partitions:
+        problems.append(f"no EFI system partition: a {guest.firmware} image needs one (vfat, GPT type ESP)")
+    if found.bios_boot and layout.part(Role.BIOS_BOOT) is None:
+        problems.append(f"a BIOS boot partition ({found.bios_boot}) on a {guest.firmware} image")
+    if layout.part(Role.BIOS_BOOT) is not None and not found.bios_boot and found.partitions:
+        problems.append(f"no BIOS boot partition: a {guest.firmware} image needs one for grub's i386-pc "
+                        "core image (GPT type BIOS boot)")
+    if len(found.partitions) > len(layout.partitions):
+        problems.append(f"expected {len(layout.partitions)} partition(s) for a {guest.firmware} image, "
+                        f"found {len(found.partitions)}: {', '.join(found.partitions)}")
     return problems
 
 
 @contextmanager
 def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_REPORTER,
-               network: bool = False, readonly: bool = False, mount: bool = True) -> Iterator[Guest]:
-    """Launch the appliance on ``disk`` (format named: never probed) and mount its root."""
+               network: bool = False, readonly: bool = False, mount: bool = True,
+               firmware: Firmware = Firmware.BIOS) -> Iterator[Guest]:
+    """Launch the appliance on ``disk`` (format named: never probed) and mount its root (and ESP); the
+    disk must have the layout of ``firmware``."""
     require_guestfs()
     g = guestfs.GuestFS(python_return_dict=True)
     try:
@@ -218,7 +300,7 @@ def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_
                          discard="disable" if readonly else "besteffort")
         reporter.log(f"libguestfs: launching appliance for {disk} (format {fmt}, {accel}, "
                      f"network {'on' if network else 'off'})")
-        guest = Guest(g, reporter)
+        guest = Guest(g, reporter, firmware)
         try:
             call_interruptibly(g.launch, on_interrupt=_kill_appliance)
         except RuntimeError as exc:

@@ -10,6 +10,7 @@ keeps its logs in ``output/failed/<build id>/`` and nothing else.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from contextlib import ExitStack
@@ -18,9 +19,11 @@ from typing import Any
 
 from . import customize as cz
 from .accel import choose_accel
-from .boottest import boot_test
+from .boottest import BootTestResult, boot_test
 from .digest import sha256_file
-from .errors import ImageBuildError, PreflightError
+from .disklayout import ESP_MOUNT
+from .domain import firmware_files
+from .errors import BootTestFailed, ImageBuildError, PreflightError
 from .events import NULL_REPORTER, Reporter
 from .guest import open_guest
 from .install import installer_for
@@ -50,6 +53,9 @@ def validate(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, for_build: b
     """Everything checkable before any download, disk file or VM: tools, answer files, step names."""
     installer = installer_for(recipe)
     require_tools({**COMMON_TOOLS, **installer.tools(recipe)})
+    if recipe.boot_test.enabled:
+        for cell in recipe.boot_test.cells(recipe.image.firmware):
+            firmware_files(cell.firmware)  # OVMF for the UEFI cells: named before anything starts
     installer.validate(recipe, reporter, for_build=for_build)
     cz.selected_steps(recipe)
 
@@ -126,8 +132,14 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
         boot: dict[str, Any] | None = None
         if recipe.boot_test.enabled and run_boot_test:
             with reporter.step("boot-test", stage=True):
-                result = boot_test(artifact, recipe, accel=b.accel, work=work, name=f"{b.domain_prefix}-boot",
-                                   console_log=staging / "boot-console.log", reporter=reporter)
+                reporter.info("boot matrix: " + ", ".join(map(str, recipe.boot_test.cells(recipe.image.firmware))))
+                try:
+                    result = boot_test(artifact, recipe, accel=b.accel, work=work,
+                                       name=f"{b.domain_prefix}-boot", logs=staging, reporter=reporter)
+                except BootTestFailed as exc:
+                    if isinstance(exc.result, BootTestResult):  # a failed build keeps every cell's result
+                        (staging / "boot-test.json").write_text(json.dumps(exc.result.to_data(), indent=2))
+                    raise
                 if sha256_file(artifact) != info.sha256:
                     raise ImageBuildError("the artifact changed during the boot test (it must stay read-only)")
                 boot = result.to_data()
@@ -158,7 +170,8 @@ def _customize(b: Build, installer: Any, steps: list[cz.Step]) -> None:
     network = cz.needs_network(steps)
     rep = b.reporter
     rep.info(f"launching libguestfs (network {'on' if network else 'off'})")
-    with open_guest(b.disk, b.disk_format, accel=b.accel.accel, reporter=rep, network=network) as guest:
+    with open_guest(b.disk, b.disk_format, accel=b.accel.accel, reporter=rep, network=network,
+                    firmware=b.recipe.image.firmware) as guest:
         with rep.step(f"finalize {installer.backend} install"):
             installer.finalize(guest, b)
         ctx = cz.StepContext(b.recipe, network)
@@ -169,6 +182,8 @@ def _customize(b: Build, installer: Any, steps: list[cz.Step]) -> None:
         b.inputs["packages"] = ctx.notes.get("packages") or installed_packages(guest, b.recipe.image.family)
         with rep.step("discard free space"):
             guest.call("fstrim", "/")
+            if guest.esp_device:
+                guest.call("fstrim", ESP_MOUNT)
 
 
 def _keep_logs_on_failure(staging: Path, build_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import customize as cz
+from .boottest import CHECK_NAMES
 from .install import installer_for
 from .recipe import Recipe, to_data
 from .sparsify import COMPRESSION
@@ -27,9 +28,10 @@ def make_plan(recipe: Recipe) -> dict[str, Any]:
             {"stage": "boot-test", "enabled": bt.enabled, "memory_mib": bt.memory_mib, "vcpus": bt.vcpus,
              "timeout_seconds": {"kvm": bt.timeout_seconds, "tcg": bt.timeout_seconds * bt.tcg_factor},
              "accelerator": "KVM if a bounded probe boots a kernel under it, else TCG (decided at build)",
-             "checks": ["multi-user", "fresh-mac", "dhcp", "single-root", "no-swap", "packages",
-                        "machine-id", "ssh-hostkeys"]},
+             "matrix": [str(c) for c in bt.cells(recipe.image.firmware)],
+             "checks": list(CHECK_NAMES)},
             {"stage": "manifest", "files": [f"{recipe.name}.qcow2", "manifest.json", "SHA256SUMS",
-                                            "boot-console.log", "build.log", "events.jsonl"]},
+                                            *(f"boot-console-{c.slug}.log" for c in bt.cells(recipe.image.firmware)),
+                                            "build.log", "events.jsonl"]},
         ],
     }

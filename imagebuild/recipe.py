@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import tomllib
 import typing
@@ -32,6 +31,8 @@ GLANCE_RESERVED = frozenset({
     "container_format", "min_disk", "min_ram", "size", "virtual_size", "checksum", "os_hash_algo",
     "os_hash_value", "locations", "direct_url", "created_at", "updated_at", "file", "schema", "self",
     "stores"})
+# Glance properties that say how to boot the image: set only from passed boot-test cells.
+PROVEN_PROPERTIES = frozenset({"hw_firmware_type", "hw_machine_type", "os_secure_boot"})
 
 
 class Backend(StrEnum):
@@ -40,8 +41,80 @@ class Backend(StrEnum):
 
 
 class Firmware(StrEnum):
-    BIOS = "bios"
-    UEFI = "uefi"
+    """What the disk is laid out to boot from (its partition table and boot loaders)."""
+    BIOS = "bios"      # MBR, one ext4 /, grub for i386-pc
+    UEFI = "uefi"      # GPT, an EFI system partition and one ext4 /, grub (and shim) for x86_64-efi
+    HYBRID = "hybrid"  # GPT, a BIOS boot partition, an ESP and one ext4 /, grub for both
+
+
+class Machine(StrEnum):
+    PC = "pc"          # i440fx + PIIX
+    Q35 = "q35"        # q35 + ICH9 (PCIe); the only chipset OVMF's Secure Boot (SMM) runs on
+
+
+class BootFirmware(StrEnum):
+    """The firmware a boot-test cell (and a cloud) starts the image with."""
+    BIOS = "bios"                # SeaBIOS
+    UEFI = "uefi"                # OVMF
+    SECURE_BOOT = "secure-boot"  # OVMF with Secure Boot enforced (Microsoft keys enrolled), q35 with SMM
+
+
+# What each disk layout can boot, and so the boot-test cells it claims by default.
+CLAIMED_CELLS: dict[Firmware, tuple[tuple[BootFirmware, Machine], ...]] = {
+    Firmware.BIOS: ((BootFirmware.BIOS, Machine.PC), (BootFirmware.BIOS, Machine.Q35)),
+    Firmware.UEFI: ((BootFirmware.UEFI, Machine.Q35), (BootFirmware.SECURE_BOOT, Machine.Q35)),
+    Firmware.HYBRID: ((BootFirmware.BIOS, Machine.PC), (BootFirmware.BIOS, Machine.Q35),
+                      (BootFirmware.UEFI, Machine.Q35), (BootFirmware.SECURE_BOOT, Machine.Q35)),
+}
+# OVMF runs on i440fx too, but no cloud offers that pairing (oVirt's UEFI types are q35 only) and Secure
+# Boot needs SMM, which libvirt gives only on q35: cells are limited to the pairs clouds actually use.
+CELL_MACHINES: dict[BootFirmware, tuple[Machine, ...]] = {
+    BootFirmware.BIOS: (Machine.PC, Machine.Q35),
+    BootFirmware.UEFI: (Machine.Q35,),
+    BootFirmware.SECURE_BOOT: (Machine.Q35,),
+}
+# The firmware a disk must carry a boot path for.
+NEEDS_LAYOUT: dict[BootFirmware, tuple[Firmware, ...]] = {
+    BootFirmware.BIOS: (Firmware.BIOS, Firmware.HYBRID),
+    BootFirmware.UEFI: (Firmware.UEFI, Firmware.HYBRID),
+    BootFirmware.SECURE_BOOT: (Firmware.UEFI, Firmware.HYBRID),
+}
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One boot-test cell: a firmware on a machine type, written ``firmware/machine`` (``uefi/q35``)."""
+    firmware: BootFirmware
+    machine: Machine
+
+    def __str__(self) -> str:
+        return f"{self.firmware}/{self.machine}"
+
+    @property
+    def slug(self) -> str:
+        """For file names: ``uefi-q35``."""
+        return f"{self.firmware}-{self.machine}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cell:
+        """``uefi/q35`` → Cell; ValueError with the reason otherwise."""
+        fw, sep, machine = text.partition("/")
+        if not sep:
+            raise ValueError(f"'{text}' is not firmware/machine (e.g. 'uefi/q35')")
+        try:
+            firmware = BootFirmware(fw)
+        except ValueError:
+            raise ValueError(f"unknown firmware '{fw}' in '{text}' (one of "
+                             + ", ".join(f.value for f in BootFirmware) + ")") from None
+        try:
+            mach = Machine(machine)
+        except ValueError:
+            raise ValueError(f"unknown machine type '{machine}' in '{text}' (one of "
+                             + ", ".join(m.value for m in Machine) + ")") from None
+        if mach not in CELL_MACHINES[firmware]:
+            raise ValueError(f"'{text}': {firmware} firmware is tested on "
+                             + " or ".join(m.value for m in CELL_MACHINES[firmware]) + " only")
+        return cls(firmware, mach)
 
 
 class Family(StrEnum):
@@ -57,8 +130,8 @@ class Image:
     family: Family                     # decides the package manager and config file layouts
     disk_gib: int = 3                  # virtual size of the disk
     os_type: str = "linux"
-    firmware: Firmware = Firmware.BIOS
-    machine_type: str = "pc"
+    firmware: Firmware = Firmware.BIOS  # the disk layout: bios, uefi or hybrid (both)
+    machine_type: Machine = Machine.PC  # the chipset image stores are told to prefer
     min_ram_mib: int = 512
     compat: str = "1.1"                # qcow2 compat level of the artifact
 
@@ -130,6 +203,21 @@ class BootTest:
     timeout_seconds: int = 180         # for KVM; multiplied by tcg_factor under TCG
     tcg_factor: int = 4
     allow_failed_units: tuple[str, ...] = ()
+    matrix: tuple[str, ...] = ()       # cells "firmware/machine" to boot; empty = every cell the layout claims
+    # What operators do to running guests, done live in every cell and checked inside the guest
+    # (boottest.LIVE_CHECKS): the domain starts with `vcpus` of `max_vcpus`, `memory_mib` with room for a
+    # `hotplug_memory_mib` DIMM (maxMemory with slots, one NUMA cell), and a virtio balloon.
+    max_vcpus: int = 4                 # vCPU hotplug adds one up to this
+    hotplug_memory_mib: int = 512      # the DIMM hot-added (a multiple of the 128 MiB memory block)
+    balloon_mib: int = 256             # how far the balloon shrinks the guest, then gives it back
+    disk_buses: tuple[str, ...] = ("virtio", "scsi")  # root disk bus by cell, in turn (virtio-blk, virtio-scsi)
+    skip_checks: tuple[str, ...] = ()  # in-guest checks an image family cannot pass (boottest.CHECK_NAMES)
+
+    def cells(self, firmware: Firmware) -> tuple[Cell, ...]:
+        """The cells to boot, in a fixed order (validated at load time)."""
+        if not self.matrix:
+            return tuple(Cell(f, m) for f, m in CLAIMED_CELLS[firmware])
+        return tuple(dict.fromkeys(Cell.parse(c) for c in self.matrix))
 
 
 @dataclass(frozen=True)
@@ -155,6 +243,10 @@ class Ovirt:
 
 @dataclass(frozen=True)
 class Publish:
+    # The firmware image stores are told to boot the image with: "auto" is the layout's own (bios or
+    # uefi; hybrid: bios, which every cloud boots when told nothing); "secure-boot" asks for UEFI with
+    # Secure Boot required. Whatever it is, a passed boot-test cell must prove it.
+    firmware: str = "auto"
     glance: Glance = field(default_factory=Glance)
     ovirt: Ovirt = field(default_factory=Ovirt)
 
@@ -298,8 +390,8 @@ def from_data(cls: Any, data: dict[str, Any], *, origins: dict[str, str], defaul
 
 def recipe_dirs() -> list[Path]:
     """Where recipes are looked up: $IMAGEBUILD_RECIPE_PATH (colon-separated), then recipes/."""
-    extra = [Path(p) for p in os.environ.get("IMAGEBUILD_RECIPE_PATH", "").split(":") if p]
-    return extra + [PROJECT_ROOT / "recipes"]
+    from .settings import current
+    return list(current().recipe_path) + [PROJECT_ROOT / "recipes"]
 
 
 def find_recipe(name: str, dirs: list[Path] | None = None) -> Path:
@@ -435,6 +527,21 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
     check(1 <= bt.vcpus <= 64, "boot_test.vcpus", "must be between 1 and 64")
     check(bt.timeout_seconds >= 10, "boot_test.timeout_seconds", "must be at least 10")
     check(bt.tcg_factor >= 1, "boot_test.tcg_factor", "must be at least 1")
+    check(bt.vcpus <= bt.max_vcpus <= 64, "boot_test.max_vcpus",
+          f"must be between boot_test.vcpus ({bt.vcpus}) and 64")
+    check(bt.max_vcpus > bt.vcpus or "vcpu-hotplug" in bt.skip_checks, "boot_test.max_vcpus",
+          f"must be above boot_test.vcpus ({bt.vcpus}) to hot-add a vCPU (or skip_checks = [\"vcpu-hotplug\"])")
+    check(bt.hotplug_memory_mib >= 128 and bt.hotplug_memory_mib % 128 == 0, "boot_test.hotplug_memory_mib",
+          "must be a multiple of 128 (the guest's memory block size), at least 128")
+    check(0 < bt.balloon_mib <= bt.memory_mib - 256, "boot_test.balloon_mib",
+          f"must leave the guest at least 256 MiB of its {bt.memory_mib} (boot_test.memory_mib)")
+    for i, bus in enumerate(bt.disk_buses):
+        check(bus in DISK_BUSES, f"boot_test.disk_buses[{i}]", f"must be one of {', '.join(DISK_BUSES)}")
+    check(bool(bt.disk_buses), "boot_test.disk_buses", "must name at least one bus")
+    from .boottest import CHECK_NAMES
+    for i, name in enumerate(bt.skip_checks):
+        check(name in CHECK_NAMES, f"boot_test.skip_checks[{i}]",
+              f"unknown check '{name}' (the checks: {', '.join(CHECK_NAMES)})")
     gl = recipe.publish.glance
     check(gl.visibility in GLANCE_VISIBILITIES, "publish.glance.visibility",
           "must be one of " + ", ".join(GLANCE_VISIBILITIES))
@@ -449,8 +556,12 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
         check(key not in GLANCE_RESERVED and not key.startswith(("imagebuild_", "os_glance")),
               f"publish.glance.properties.{key}",
               "is set by Glance or by imagebuild itself (provenance) and cannot be overridden")
+        check(key not in PROVEN_PROPERTIES, f"publish.glance.properties.{key}",
+              "is set from the boot-test cells that passed: choose it with publish.firmware and "
+              "image.machine_type")
     check(recipe.publish.ovirt.timeout_seconds >= 10, "publish.ovirt.timeout_seconds",
           "must be at least 10")
+    _validate_firmware(recipe, check)
     if recipe.abstract:
         raise_all(problems)
         return
@@ -465,9 +576,62 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
               "install.bootstrap.variant", f"unknown mmdebstrap variant '{b.variant}'")
     else:
         _validate_vm(recipe, check)
-    check(recipe.image.firmware is Firmware.BIOS, "image.firmware",
-          "only BIOS (MBR) images are built so far")
+        check(recipe.image.firmware is Firmware.BIOS, "image.firmware",
+              "a VM install (kickstart/preseed) makes BIOS (MBR) images so far; UEFI and hybrid layouts "
+              "are made by the bootstrap installer")
     raise_all(problems)
+
+
+# Root disk buses the boot test attaches (virtio-blk, or virtio-scsi with discard as clouds use for TRIM).
+DISK_BUSES = ("virtio", "scsi")
+# The smallest root filesystem a golden image is given beside its boot partitions.
+MIN_ROOT_MIB = 1024
+
+
+def _validate_firmware(recipe: Recipe, check: Any) -> None:
+    """Disk layout, boot-test matrix and published firmware must agree with each other."""
+    from .disklayout import layout_for
+    img = recipe.image
+    root_mib = img.disk_gib * 1024 - layout_for(img.firmware).overhead_mib
+    check(root_mib >= MIN_ROOT_MIB, "image.disk_gib",
+          f"{img.disk_gib} GiB leaves {root_mib} MiB for / beside the {img.firmware} boot partitions; "
+          f"/ needs at least {MIN_ROOT_MIB} MiB")
+    claimed = CLAIMED_CELLS[img.firmware]
+    unparsed = False  # check() collects rather than raises: cells() below would raise on a bad cell
+    for i, text in enumerate(recipe.boot_test.matrix):
+        try:
+            cell = Cell.parse(text)
+        except ValueError as exc:
+            check(False, f"boot_test.matrix[{i}]", str(exc))
+            unparsed = True
+            continue
+        check((cell.firmware, cell.machine) in claimed, f"boot_test.matrix[{i}]",
+              f"'{cell}' cannot boot a {img.firmware} image (its cells: "
+              + ", ".join(str(Cell(f, m)) for f, m in claimed) + ")")
+    published = publish_firmware(recipe)
+    check(published is not None, "publish.firmware",
+          f"must be 'auto' or one of {', '.join(f.value for f in BootFirmware)} that a {img.firmware} "
+          f"image can boot, not {recipe.publish.firmware!r}")
+    if published is not None:
+        cells = recipe.boot_test.cells(img.firmware) if recipe.boot_test.matrix and not unparsed else ()
+        check(not cells or any(c.firmware is published for c in cells), "boot_test.matrix",
+              f"has no {published} cell, so the {published} firmware that publish.firmware advertises "
+              "could never be proven")
+        check(published is BootFirmware.BIOS or img.machine_type is Machine.Q35, "publish.firmware",
+              f"{published} is booted on q35 only, and image.machine_type is {img.machine_type}: "
+              "set machine_type = \"q35\" in [image]")
+
+
+def publish_firmware(recipe: Recipe) -> BootFirmware | None:
+    """The firmware image stores are told to use (None: publish.firmware names one the disk cannot boot)."""
+    want = recipe.publish.firmware
+    if want == "auto":
+        return BootFirmware.UEFI if recipe.image.firmware is Firmware.UEFI else BootFirmware.BIOS
+    try:
+        fw = BootFirmware(want)
+    except ValueError:
+        return None
+    return fw if recipe.image.firmware in NEEDS_LAYOUT[fw] else None
 
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -21,18 +21,19 @@ from .accel import AccelChoice
 from .errors import PreflightError
 from .events import Reporter
 from .procs import pid_alive, proc_start_time, processes_mentioning, stop_processes
-from .recipe import PROJECT_ROOT, Recipe
+from .recipe import Recipe
 from .run import run
+from .settings import current
 
 DOMAIN_PREFIX = "imagebuild-"
 
 
 def work_root() -> Path:
-    return Path(os.environ.get("IMAGEBUILD_WORK", PROJECT_ROOT / "work"))
+    return current().work
 
 
 def output_root() -> Path:
-    return Path(os.environ.get("IMAGEBUILD_OUTPUT", PROJECT_ROOT / "output"))
+    return current().output
 
 
 def new_build_id(recipe_name: str) -> str:

@@ -40,14 +40,23 @@ class Step:
     default: bool = True
     families: tuple[Family, ...] = (Family.DEBIAN, Family.EL)
     needs_network: bool = False
+    description: str = ""               # the long form (`invoke steps --long`, README): why, and what exactly
 
 
 STEPS: dict[str, Step] = {}
 
 
+def _description(fn: RunFn) -> str:
+    """A step's long description: its function's docstring, else its module's first paragraph."""
+    import inspect
+    import sys
+    doc = inspect.getdoc(fn) or inspect.getdoc(sys.modules.get(fn.__module__)) or ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
 def register(name: str, summary: str, *, order: int, check: CheckFn, default: bool = True,
              families: tuple[Family, ...] = (Family.DEBIAN, Family.EL),
-             needs_network: bool = False) -> Callable[[RunFn], RunFn]:
+             needs_network: bool = False, description: str = "") -> Callable[[RunFn], RunFn]:
     def deco(fn: RunFn) -> RunFn:
         if not STEP_NAME.match(name):
             raise ValueError(f"customize step name {name!r} is not kebab-case")
@@ -55,12 +64,14 @@ def register(name: str, summary: str, *, order: int, check: CheckFn, default: bo
             raise ValueError(f"customize step {name!r} registered twice")
         if not summary or "\n" in summary:
             raise ValueError(f"customize step {name!r} needs a one-line summary")
-        STEPS[name] = Step(name, summary, fn, check, order, default, families, needs_network)
+        STEPS[name] = Step(name, summary, fn, check, order, default, families, needs_network,
+                           description or _description(fn))
         return fn
     return deco
 
 
-def register_removal(name: str, summary: str, *, order: int, paths: Callable[[Guest], list[str]]) -> None:
+def register_removal(name: str, summary: str, *, order: int, paths: Callable[[Guest], list[str]],
+                     description: str = "") -> None:
     """A step that removes what ``paths`` finds in the image (files, symlinks or whole directories);
     its check reports whatever is still found."""
     def check(guest: Guest, ctx: StepContext) -> list[str]:
@@ -73,7 +84,8 @@ def register_removal(name: str, summary: str, *, order: int, paths: Callable[[Gu
             else:
                 guest.remove(p)
 
-    register(name, summary, order=order, check=check)(remove)
+    register(name, summary, order=order, check=check,
+             description=description or "A removal: the post-check reports whatever of it is left.")(remove)
 
 
 def existing(*candidates: str) -> Callable[[Guest], list[str]]:
@@ -83,7 +95,7 @@ def existing(*candidates: str) -> Callable[[Guest], list[str]]:
 
 def _load_all() -> None:
     # Importing the modules registers their steps; listed here so the order of registration is fixed.
-    from . import host_identity, layout, logs, net_identity, packages, ssh_hostkeys  # noqa: F401
+    from . import host_identity, hotplug, layout, logs, net_identity, packages, ssh_hostkeys  # noqa: F401
 
 
 def all_steps() -> list[Step]:

@@ -1,4 +1,6 @@
-"""The golden layout: one filesystem mounted at /, no swap (partition, file or fstab entry), no LVM.
+"""The golden layout: one Linux filesystem mounted at /, no swap (partition, file or fstab entry), no
+LVM; beside it only the boot partitions the image's firmware needs (an ESP at /boot/efi for uefi and
+hybrid images, a BIOS boot partition without a filesystem for hybrid ones: ``disklayout``).
 
 Partitions cannot be fixed after the fact, so ``Guest.mount_root`` refuses such a disk outright; swap
 files, swap lines and resume= settings can, and this step removes them.
@@ -6,7 +8,8 @@ files, swap lines and resume= settings can, and this step removes them.
 
 from __future__ import annotations
 
-from ..guest import Guest, layout_problems
+from ..disklayout import ESP_MOUNT, layout_for
+from ..guest import Guest
 from . import StepContext, register
 
 PSEUDO_FS = {"proc", "sysfs", "tmpfs", "devpts", "devtmpfs", "securityfs", "cgroup", "cgroup2",
@@ -29,6 +32,8 @@ def _fstab_problems(guest: Guest) -> list[str]:
         return ["/etc/fstab is missing"]
     problems = []
     roots = 0
+    has_esp = layout_for(guest.firmware).esp is not None
+    esp_lines = 0
     for n, f in fstab_entries(guest.read("/etc/fstab")):
         if len(f) < 3:
             problems.append(f"/etc/fstab:{n}: malformed line")
@@ -36,15 +41,20 @@ def _fstab_problems(guest: Guest) -> list[str]:
             problems.append(f"/etc/fstab:{n}: swap entry {' '.join(f[:3])}")
         elif f[1] == "/":
             roots += 1
+        elif f[1] == ESP_MOUNT and f[2] == "vfat" and has_esp:
+            esp_lines += 1
         elif f[2] not in PSEUDO_FS:
             problems.append(f"/etc/fstab:{n}: a second mount point {f[1]} ({f[2]})")
     if roots != 1:
         problems.append(f"/etc/fstab mounts / {roots} times, expected once")
+    if has_esp and esp_lines != 1:
+        problems.append(f"/etc/fstab mounts the EFI system partition at {ESP_MOUNT} {esp_lines} times, "
+                        "expected once (grub and shim updates write there)")
     return problems
 
 
 def _check(guest: Guest, ctx: StepContext) -> list[str]:
-    problems = layout_problems(guest) + _fstab_problems(guest)
+    problems = guest.partition_problems() + _fstab_problems(guest)
     problems += [f"swap file {p} exists" for p in SWAP_FILES if guest.is_file(p)]
     problems += [f"{p} exists (resume from a swap device)" for p in RESUME_FILES if guest.is_file(p)]
     return problems

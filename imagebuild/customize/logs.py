@@ -38,7 +38,7 @@ def _log_files(guest: Guest) -> list[str]:
 
 
 def _check_logs(guest: Guest, ctx: StepContext) -> list[str]:
-    return [f"{p} is not empty" for p in _log_files(guest) if guest.g.filesize(p) > 0]
+    return [f"{p} is not empty" for p in _log_files(guest) if guest.filesize(p) > 0]
 
 
 @register("logfiles", "Truncate every log under /var/log, remove rotated logs and the journal",
@@ -64,7 +64,7 @@ register_removal("package-cache", "Empty the apt/yum/dnf caches and package list
 
 
 def _tmp_entries(guest: Guest) -> list[str]:
-    return [posixpath.join(d, n) for d in TMP_DIRS if guest.is_dir(d) for n in guest.g.ls(d)]
+    return [posixpath.join(d, n) for d in TMP_DIRS if guest.is_dir(d) for n in guest.ls(d)]
 
 
 register_removal("tmp-files", "Empty /tmp and /var/tmp", order=900, paths=_tmp_entries)

@@ -43,6 +43,6 @@ def ssh_hostkeys(guest: Guest, ctx: StepContext) -> None:
     # EL7's sshd-keygen.service already regenerates missing keys; Debian needs a unit.
     if ctx.recipe.image.family is Family.DEBIAN and guest.exists("/usr/sbin/sshd"):
         guest.write(UNIT, UNIT_TEXT, mode=0o644)
-        guest.g.mkdir_p("/etc/systemd/system/multi-user.target.wants")
+        guest.mkdir_p("/etc/systemd/system/multi-user.target.wants")
         guest.remove(WANTS)
         guest.symlink(UNIT, WANTS)

@@ -5,25 +5,44 @@ tree costs ~140 s there; ``mkfs.ext4 -d`` writes the same tree straight into the
 Only the bootloader needs the image's own grub run against the whole disk, which the shared libguestfs
 session does in ``finalize``.
 
-Disk: MBR, one primary partition at 1 MiB, ext4 at /, no swap, fstab by UUID, serial console.
+Disk: the firmware's layout (``disklayout``: MBR with one ext4 /; or GPT with an ESP, and for hybrid
+images a BIOS boot partition too), no swap, fstab by UUID, serial console. The ESP is made on the host
+with ``mkfs.fat --offset`` (userspace: these hosts have no vfat driver; it takes milliseconds) and filled
+by the image's own ``grub-install`` in the libguestfs session, whose kernel mounts vfat.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
 import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..disklayout import ESP_LABEL, ESP_MOUNT, SECTOR, layout_for
 from ..errors import CustomizeFailed, InstallFailed
 from ..events import Reporter
 from ..guest import Guest
 from ..paths import cache_root
 from ..preflight import preflight
-from ..recipe import Backend, Recipe
+from ..recipe import Backend, Firmware, Recipe
 from ..run import run
 from ..workspace import Build, remove_tree
 
-PART_START = 1024 * 1024  # 1 MiB: aligned, and room for grub's core.img after the MBR
+# The boot loader packages each layout needs. Hybrid images get Debian's cloud meta-package, which
+# debian-cloud-images uses: it pulls grub for i386-pc and x86_64-efi, the signed grub and shim, and its
+# trigger re-installs both boot paths whenever grub is upgraded (once /etc/grub.d/enable_cloud exists),
+# so a later `apt upgrade` keeps BIOS and UEFI boot in step. UEFI images get grub-efi-amd64 (whose
+# postinst re-installs on upgrade, to the removable path too: see UEFI_DEBCONF) with the signed chain.
+BOOT_PACKAGES = {
+    Firmware.BIOS: ("grub-pc",),
+    Firmware.UEFI: ("grub-efi-amd64", "grub-efi-amd64-signed", "shim-signed"),
+    Firmware.HYBRID: ("grub-cloud-amd64",),
+}
+# grub-efi-amd64's own settings for later upgrades: no NVRAM writes (a cloud guest's NVRAM is not
+# ours), and keep EFI/BOOT/BOOTX64.EFI current, the path a fresh NVRAM boots.
+UEFI_DEBCONF = ("grub-efi-amd64 grub2/update_nvram boolean false\n"
+                "grub-efi-amd64 grub2/force_efi_extra_removable boolean true\n")
 SERIAL_CMDLINE = "console=tty0 console=ttyS0,115200n8"
 
 GRUB_DEFAULTS = f"""\
@@ -61,7 +80,7 @@ def apt_cache_dir(recipe: Recipe) -> Path:
 
 def mmdebstrap_argv(recipe: Recipe, target: Path, apt_cache: Path | None = None) -> list[str]:
     b = recipe.install.bootstrap
-    packages = list(dict.fromkeys(b.include + recipe.packages.all))
+    packages = list(dict.fromkeys(b.include + BOOT_PACKAGES[recipe.image.firmware] + recipe.packages.all))
     cache: list[str] = []
     if apt_cache is not None:
         # mmdebstrap's own package-cache recipe (its manual, EXAMPLES): the cached .debs go into the
@@ -109,9 +128,12 @@ class BootstrapInstaller:
     backend: ClassVar[Backend] = Backend.BOOTSTRAP
 
     def tools(self, recipe: Recipe) -> dict[str, str]:
-        return {"mmdebstrap": "build the Debian root tree", "unshare": "isolate mmdebstrap's mounts",
-                "sfdisk": "write the MBR partition table", "mkfs.ext4": "write the root tree into the disk",
-                "systemctl": "enable units in the tree offline (systemctl --root)"}
+        tools = {"mmdebstrap": "build the Debian root tree", "unshare": "isolate mmdebstrap's mounts",
+                 "sfdisk": "write the partition table", "mkfs.ext4": "write the root tree into the disk",
+                 "systemctl": "enable units in the tree offline (systemctl --root)"}
+        if layout_for(recipe.image.firmware).esp is not None:
+            tools["mkfs.fat"] = "make the EFI system partition (Debian package dosfstools)"
+        return tools
 
     def validate(self, recipe: Recipe, reporter: Reporter, *, for_build: bool) -> None:
         if for_build:  # recipe.validate checked the names; the archive must have them, before mmdebstrap runs
@@ -119,10 +141,13 @@ class BootstrapInstaller:
 
     def describe(self, recipe: Recipe) -> dict[str, Any]:
         command = mmdebstrap_argv(recipe, Path("<work>/rootfs"), apt_cache_dir(recipe))
+        fw = recipe.image.firmware
+        targets = {Firmware.BIOS: "i386-pc", Firmware.UEFI: "x86_64-efi (shim, removable path too)",
+                   Firmware.HYBRID: "i386-pc + x86_64-efi (shim, removable path too)"}[fw]
         return {"backend": "bootstrap", "command": command,
-                "disk": {"label": "dos", "partitions": [{"start": "1MiB", "fs": "ext4", "mount": "/"}],
-                         "size_gib": recipe.image.disk_gib},
-                "kernel_cmdline": SERIAL_CMDLINE, "bootloader": "grub-pc (BIOS), installed from the image"}
+                "disk": {**layout_for(fw).describe(), "size_gib": recipe.image.disk_gib},
+                "kernel_cmdline": SERIAL_CMDLINE,
+                "bootloader": f"{' '.join(BOOT_PACKAGES[fw])}: grub-install {targets}, run from the image"}
 
     def install(self, build: Build) -> None:
         r, rep = build.recipe, build.reporter
@@ -141,41 +166,69 @@ class BootstrapInstaller:
         if cache is not None:
             build.inputs["package_cache"] = tend_apt_cache(cache, rootfs, cached_before, rep)
         root_uuid = str(uuid.uuid4())
+        layout = layout_for(r.image.firmware)
+        esp_id = secrets.token_hex(4).upper() if layout.esp is not None else ""
         with rep.step("configure tree"):
-            self._configure(rootfs, root_uuid, build)
+            self._configure(rootfs, root_uuid, esp_id, build)
         build.inputs.update({"mirror": r.install.bootstrap.mirror, "suite": r.install.bootstrap.suite,
-                             "sources": sources_list(r), "root_fs_uuid": root_uuid})
+                             "sources": sources_list(r), "root_fs_uuid": root_uuid,
+                             "disk_layout": layout.describe()})
         disk = build.work / "disk.raw"
         with rep.step("assemble disk"):
-            size = r.image.disk_gib * 1024**3
             with open(disk, "wb") as f:
-                f.truncate(size)
+                f.truncate(r.image.disk_gib * 1024**3)
             run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)], reporter=rep,
-                input="label: dos\nstart=2048, type=83, bootable\n", purpose="write the partition table")
-            fs_kib = (size - PART_START) // 1024
+                input=layout.sfdisk_script(disk.name), purpose="write the partition table")
+            parts = self._read_table(disk, build)
+            start, size = parts[layout.root.number]
             run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), "-U", root_uuid, "-L", "root",
-                 "-E", f"offset={PART_START},root_owner=0:0", str(disk), f"{fs_kib}k"],
+                 "-E", f"offset={start * SECTOR},root_owner=0:0", str(disk), f"{size * SECTOR // 1024}k"],
                 reporter=rep, purpose="write the root tree into the partition")
-            self._check_disk(disk, root_uuid, build)
+            if layout.esp is not None:
+                esp_start, esp_size = parts[layout.esp.number]
+                # -s 1: one sector a cluster keeps FAT32 above its minimum cluster count on a small ESP
+                run(["mkfs.fat", "-F", "32", "-s", "1", "-n", ESP_LABEL, "-i", esp_id,
+                     f"--offset={esp_start}", str(disk), str(esp_size * SECTOR // 1024)],
+                    reporter=rep, purpose="make the EFI system partition (vfat)")
+            self._check_disk(disk, root_uuid, esp_id, parts, build)
         remove_tree(rootfs, rep)
         build.disk, build.disk_format = disk, "raw"
 
-    def _check_disk(self, disk: Path, root_uuid: str, build: Build) -> None:
-        """The partition table and the filesystem must be where the bootloader will look for them."""
-        table = run(["sfdisk", "--dump", str(disk)], reporter=build.reporter, check=False,
-                    purpose="verify the partition table").stdout
-        probe = run(["blkid", "-p", "-o", "export", "-O", str(PART_START), str(disk)], reporter=build.reporter,
-                    check=False, purpose="verify the root filesystem").stdout
-        whole = run(["blkid", "-p", "-o", "export", str(disk)], reporter=build.reporter, check=False,
-                    purpose="verify nothing but the partition table is at the disk start").stdout
-        if "label: dos" not in table or "start=        2048" not in table:
-            raise InstallFailed(f"the assembled disk has no MBR partition at 1 MiB:\n{table}")
-        if f"UUID={root_uuid}" not in probe:
-            raise InstallFailed(f"no ext4 filesystem {root_uuid} at 1 MiB in the assembled disk:\n{probe}")
-        if "PTTYPE=dos" not in whole:
-            raise InstallFailed(f"the disk start does not read as an MBR disk:\n{whole}")
+    def _read_table(self, disk: Path, build: Build) -> dict[int, tuple[int, int]]:
+        """partition number → (start, size) in sectors, as sfdisk wrote them."""
+        out = run(["sfdisk", "--json", str(disk)], reporter=build.reporter,
+                  purpose="read back the partition table").stdout
+        table = json.loads(out)["partitiontable"]
+        parts = {}
+        for p in table.get("partitions", []):
+            parts[int(p["node"][len(str(disk)):])] = (int(p["start"]), int(p["size"]))
+        return parts
 
-    def _configure(self, root: Path, root_uuid: str, build: Build) -> None:
+    def _check_disk(self, disk: Path, root_uuid: str, esp_id: str, parts: dict[int, tuple[int, int]],
+                    build: Build) -> None:
+        """The partition table and the filesystems must be where the boot loaders will look for them."""
+        layout = layout_for(build.recipe.image.firmware)
+        rep = build.reporter
+        want = {p.number: p.start_sector for p in layout.partitions}
+        got = {n: start for n, (start, _) in parts.items()}
+        if got != want:
+            raise InstallFailed(f"the assembled disk's partitions (number: start sector) are {got}, "
+                                f"expected {want}")
+        whole = run(["blkid", "-p", "-o", "export", str(disk)], reporter=rep, check=False,
+                    purpose="verify the disk start reads as the partition table").stdout
+        if f"PTTYPE={'dos' if layout.label == 'dos' else 'gpt'}" not in whole:
+            raise InstallFailed(f"the disk start does not read as a {layout.label} partition table:\n{whole}")
+        expect = {layout.root.number: f"UUID={root_uuid}"}
+        if layout.esp is not None:
+            expect[layout.esp.number] = f"UUID={esp_id[:4]}-{esp_id[4:]}"
+        for number, marker in expect.items():
+            probe = run(["blkid", "-p", "-o", "export", "-O", str(parts[number][0] * SECTOR), str(disk)],
+                        reporter=rep, check=False, purpose=f"verify the filesystem of partition {number}").stdout
+            if marker not in probe:
+                raise InstallFailed(f"partition {number} of the assembled disk does not hold the filesystem "
+                                    f"{marker}:\n{probe}")
+
+    def _configure(self, root: Path, root_uuid: str, esp_id: str, build: Build) -> None:
         def write(rel: str, text: str, mode: int = 0o644) -> None:
             p = root / rel
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -186,8 +239,12 @@ class BootstrapInstaller:
 
         if not any((root / "boot").glob("vmlinuz-*")):
             raise InstallFailed("the bootstrapped tree has no kernel in /boot (include linux-image-*)")
-        write("etc/fstab", f"# <fs> <mount> <type> <options> <dump> <pass>\n"
-                           f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
+        fstab = f"# <fs> <mount> <type> <options> <dump> <pass>\nUUID={root_uuid} / ext4 errors=remount-ro 0 1\n"
+        if esp_id:
+            # umask=0077: the ESP holds boot code; nofail keeps a guest booting if a cloud drops it
+            fstab += f"UUID={esp_id[:4]}-{esp_id[4:]} {ESP_MOUNT} vfat umask=0077,nofail 0 2\n"
+            (root / ESP_MOUNT.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        write("etc/fstab", fstab)
         write("etc/default/grub.d/50-imagebuild.cfg", GRUB_DEFAULTS)
         write("etc/systemd/network/80-dhcp.network", NETWORKD_DHCP)
         write("etc/apt/sources.list", "\n".join(sources_list(build.recipe)) + "\n")
@@ -197,21 +254,51 @@ class BootstrapInstaller:
             reporter=build.reporter, purpose="enable DHCP on any NIC at boot")
 
     def finalize(self, guest: Guest, build: Build) -> None:
-        # grub from the image itself, so the boot code matches the grub.cfg and modules it reads.
+        """grub from the image itself, so the boot code matches the grub.cfg and modules it reads: for
+        i386-pc into the disk (MBR gap or BIOS boot partition), for x86_64-efi into the ESP."""
+        fw = build.recipe.image.firmware
+        layout = layout_for(fw)
         api_disk = guest.g.list_devices()[0]
-        if guest.root_device != api_disk + "1":
-            raise InstallFailed(f"the root filesystem is on {guest.root_device}, expected {api_disk}1")
+        if guest.root_device != f"{api_disk}{layout.root.number}":
+            raise InstallFailed(f"the root filesystem is on {guest.root_device}, "
+                                f"expected {api_disk}{layout.root.number}")
         # Inside the appliance the kernel may call our disk /dev/sdb (its own root disk taking sda):
         # grub-install runs there, so it gets the kernel's name, never the libguestfs API name.
         disk, partno = guest.kernel_disk_of_root()
-        if partno != 1:
-            raise InstallFailed(f"the root filesystem is partition {partno} of {disk}, expected partition 1")
+        if partno != layout.root.number:
+            raise InstallFailed(f"the root filesystem is partition {partno} of {disk}, "
+                                f"expected partition {layout.root.number}")
         build.reporter.log(f"grub target: {disk} (libguestfs calls it {api_disk})")
+        if fw in (Firmware.BIOS, Firmware.HYBRID):
+            self._grub_install(guest, ["--target=i386-pc", disk], disk)
+        if layout.esp is not None:
+            if guest.esp_device != f"{api_disk}{layout.esp.number}":
+                raise InstallFailed(f"the EFI system partition is {guest.esp_device or 'not mounted'}, "
+                                    f"expected {api_disk}{layout.esp.number} at {ESP_MOUNT}")
+            # --uefi-secure-boot installs shim (signed by Microsoft's UEFI CA) in front of Debian's
+            # signed grub; --force-extra-removable puts the same chain at EFI/BOOT/BOOTX64.EFI, which a
+            # fresh NVRAM (every new cloud guest) boots; --no-nvram: this appliance's NVRAM is not the guest's.
+            self._grub_install(guest, ["--target=x86_64-efi", f"--efi-directory={ESP_MOUNT}",
+                                       "--bootloader-id=debian", "--no-nvram", "--uefi-secure-boot",
+                                       "--force-extra-removable"], disk)
+            if fw is Firmware.HYBRID:
+                guest.write("/etc/grub.d/enable_cloud", "")  # grub-cloud-amd64's trigger: re-install both
+            else:
+                guest.command(["sh", "-c", f"printf '{UEFI_DEBCONF}' | debconf-set-selections"],
+                              purpose="grub-efi-amd64 upgrades: no NVRAM writes, keep the removable path")
+            missing = [p for p in ("/EFI/BOOT/BOOTX64.EFI", "/EFI/BOOT/grubx64.efi", "/EFI/debian/shimx64.efi",
+                                   "/EFI/debian/grubx64.efi", "/EFI/debian/grub.cfg")
+                       if not guest.is_file(ESP_MOUNT + p)]
+            if missing:
+                raise InstallFailed(f"grub-install left the ESP without {', '.join(missing)}")
+        guest.command(["update-grub"], purpose="write grub.cfg (serial console, root by UUID)")
+
+    def _grub_install(self, guest: Guest, args: list[str], disk: str) -> None:
         try:
-            guest.command(["grub-install", "--target=i386-pc", disk], purpose="install the boot loader")
+            guest.command(["grub-install", *args], purpose="install the boot loader")
         except CustomizeFailed as exc:
             diag = guest.command(["sh", "-c", "grub-probe -v --target=drive /boot/grub 2>&1 | tail -n 20; "
                                   "ls -l /dev/sd* /dev/vd* /sys/dev/block/ 2>&1; cat /proc/self/mountinfo"],
                                  purpose="diagnose grub-install")
-            raise InstallFailed(f"grub-install {disk} failed: {exc}\n--- what grub saw ---\n{diag}") from None
-        guest.command(["update-grub"], purpose="write grub.cfg (serial console, root by UUID)")
+            raise InstallFailed(f"grub-install {' '.join(args)} failed: {exc}\n--- what grub saw ---\n{diag}"
+                                ) from None

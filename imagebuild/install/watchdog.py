@@ -189,12 +189,25 @@ def run_installer(spec: DomainSpec, *, limits: Limits, marker: str, reporter: Re
             return exc_type(message + f"\n--- last console lines ({spec.console_log}) ---\n"
                             + "\n".join(_tail(spec.console_log)))
 
+        first_output: dict[str, float] = {}
+
+        def console_state() -> str:
+            """Where the guest's output got to: the first thing to know when a guest seems silent."""
+            if not first_output:
+                return (f"no installer output at all in {time.monotonic() - start:.0f}s: the guest never "
+                        "printed on its serial console (a slow start under emulation, or no kernel console)")
+            return "; ".join(f"{name}: first output after {t - start:.0f}s" for name, t in first_output.items()) \
+                + f"; {n_lines} lines"
+
         while True:
             stopped = _gone(dom)
             for src in sources:
                 src.poll()
                 for line in src.take():
                     n_lines += 1
+                    if src.name not in first_output:
+                        first_output[src.name] = time.monotonic()
+                        reporter.log(f"watchdog: first {src.name} output after {first_output[src.name] - start:.1f}s")
                     reporter.log(f"[{src.name}] {line}")
                     if marker in line:
                         marker_seen = True
@@ -210,10 +223,11 @@ def run_installer(spec: DomainSpec, *, limits: Limits, marker: str, reporter: Re
                 last_activity, last_io, last_bytes = now, io, out_bytes
             if now - last_activity > limits.inactivity_seconds:
                 raise fail(InstallHung, f"install hung: no disk I/O and no installer output for "
-                                        f"{limits.inactivity_seconds}s (install.vm.inactivity_seconds)")
+                                        f"{limits.inactivity_seconds}s (install.vm.inactivity_seconds); "
+                                        f"{console_state()}")
             if now - start > limits.timeout_seconds:
                 raise fail(InstallHung, f"install did not finish within {limits.timeout_seconds}s "
-                                        "(install.vm.timeout_seconds)")
+                                        f"(install.vm.timeout_seconds); {console_state()}")
             time.sleep(limits.poll_seconds)
     elapsed = time.monotonic() - start
     if not marker_seen:

@@ -45,14 +45,34 @@ _HEX = {"sha256": re.compile(r"^[0-9a-f]{64}$"), "sha512": re.compile(r"^[0-9a-f
 
 @dataclass(frozen=True)
 class ImageFacts:
-    """How an image store should describe the guest (from the recipe the artifact was built from)."""
+    """How an image store should describe the guest: the OS from the recipe, the firmware and chipset
+    from the boot-test cells that passed (``boot_firmware`` is what is advertised)."""
     os_distro: str
     os_version: str
     os_type: str = "linux"
     machine_type: str = "pc"
-    firmware: str = "bios"
+    boot_firmware: str = "bios"        # bios, uefi or secure-boot: a passed cell proved it
     min_ram_mib: int = 512
     guest_agent: bool = False
+    passed_cells: tuple[str, ...] = ()  # "uefi/q35", ... in matrix order
+    disk_buses: tuple[str, ...] = ("virtio",)  # root disk buses a passed cell booted from
+    live_checks: tuple[str, ...] = ()  # live operations (vcpu-hotplug, memory-hotplug, balloon) that passed
+
+    @property
+    def firmware(self) -> str:
+        """bios or uefi (how OpenStack's hw_firmware_type names it)."""
+        return "bios" if self.boot_firmware == "bios" else "uefi"
+
+    @property
+    def secure_boot(self) -> bool:
+        return self.boot_firmware == "secure-boot"
+
+    @property
+    def ovirt_bios_type(self) -> str:
+        """oVirt's BiosType for the advertised firmware and chipset."""
+        if self.boot_firmware == "bios":
+            return "q35_sea_bios" if self.machine_type == "q35" else "i440fx_sea_bios"
+        return "q35_secure_boot" if self.secure_boot else "q35_ovmf"
 
 
 @dataclass(frozen=True)
@@ -234,14 +254,18 @@ def load_published_artifact(output_dir: Path | str, *, force: bool = False,
 
     packages = recipe.get("packages") or {}
     all_packages = list(packages.get("base") or []) + list(packages.get("extra") or [])
+    proven = _proven(manifest_path, recipe, bt, forced)
     facts = ImageFacts(
         os_distro=str(image.get("os_distro") or ""),
         os_version=str(image.get("os_version") or recipe.get("version") or ""),
         os_type=str(image.get("os_type") or "linux"),
-        machine_type=str(image.get("machine_type") or "pc"),
-        firmware=str(image.get("firmware") or "bios"),
+        machine_type=proven.machine,
+        boot_firmware=proven.firmware,
         min_ram_mib=int(image.get("min_ram_mib") or 512),
-        guest_agent="qemu-guest-agent" in all_packages,
+        guest_agent="qemu-guest-agent" in all_packages and (proven.guest_agent or forced),
+        passed_cells=proven.cells,
+        disk_buses=proven.disk_buses,
+        live_checks=proven.live,
     )
     if not facts.os_distro:
         raise PublishError(f"{manifest_path}: recipe.image.os_distro is empty")
@@ -252,6 +276,52 @@ def load_published_artifact(output_dir: Path | str, *, force: bool = False,
         manifest_sha256=hashlib.sha256(raw).hexdigest(), image=facts, boot_test=boot_test,
         boot_test_accelerator=str(bt.get("accelerator") or "") if isinstance(bt, dict) else "",
         forced=forced, publish_settings=dict(recipe.get("publish") or {}))
+
+
+LIVE_CHECKS = ("vcpu-hotplug", "memory-hotplug", "balloon")
+
+
+@dataclass(frozen=True)
+class Proven:
+    """What the passed boot-test cells showed, for the stores to advertise."""
+    machine: str
+    firmware: str                      # bios, uefi or secure-boot
+    cells: tuple[str, ...]             # the passed cells
+    disk_buses: tuple[str, ...]        # root disk buses a passed cell booted from
+    live: tuple[str, ...]              # live operations that passed in every passed cell that ran them
+    guest_agent: bool                  # a passed cell's agent answered
+
+
+def _proven(manifest_path: Path, recipe: dict[str, Any], bt: Any, forced: bool) -> Proven:
+    """What the recipe asks stores to use (firmware, machine), which a passed boot-test cell must have
+    proven, and what else the passed cells showed (a forced publish advertises the recipe's wish)."""
+    from ..recipe import Recipe, publish_firmware
+    try:
+        parsed = Recipe.from_json(json.dumps(recipe))
+    except ImageBuildError as exc:
+        raise PublishError(f"{manifest_path}: the recipe it records does not load: {exc}") from None
+    wanted = publish_firmware(parsed)
+    if wanted is None:
+        raise PublishError(f"{manifest_path}: publish.firmware {parsed.publish.firmware!r} cannot boot a "
+                           f"{parsed.image.firmware} image")
+    machine = str(parsed.image.machine_type)
+    cells = bt.get("cells") if isinstance(bt, dict) else None
+    good = [c for c in cells or [] if isinstance(c, dict) and c.get("passed") is True]
+    passed = tuple(str(c.get("cell")) for c in good)
+    want_cell = f"{wanted}/{machine}"
+    if not forced and want_cell not in passed:
+        if cells is None:
+            raise PublishError(f"{manifest_path}: the boot test records no cells (a build from before the boot "
+                               "matrix): rebuild it, so the firmware it advertises has been proven")
+        raise PublishError(f"{parsed.name}: would advertise {wanted} firmware on {machine}, but no boot-test "
+                           f"cell {want_cell} passed (passed: {', '.join(passed) or 'none'}); "
+                           "set boot_test.matrix / publish.firmware / image.machine_type to what was tested")
+    ran = [{k["name"]: k.get("ok") for k in c.get("checks", []) if isinstance(k, dict)} for c in good]
+    live = tuple(name for name in LIVE_CHECKS
+                 if any(name in checks for checks in ran) and all(checks.get(name, True) for checks in ran))
+    return Proven(machine=machine, firmware=str(wanted), cells=passed,
+                  disk_buses=tuple(dict.fromkeys(str(c.get("disk_bus") or "virtio") for c in good)),
+                  live=live, guest_agent=bool(good))
 
 
 def record_publish(artifact: Artifact, result: PublishResult) -> None:

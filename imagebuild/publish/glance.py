@@ -68,10 +68,20 @@ def glance_properties(artifact: Artifact, settings: Glance) -> dict[str, str]:
         "hw_disk_bus": "virtio",
         "hw_vif_model": "virtio",
         "hw_qemu_guest_agent": "yes" if facts.guest_agent else "no",
-        "hw_machine_type": facts.machine_type,
-        "hw_firmware_type": facts.firmware,
     }
     props.update(settings.properties)
+    # after the recipe's extras: the firmware a store is told to use is only ever what a cell proved
+    props.update({"hw_machine_type": facts.machine_type, "hw_firmware_type": facts.firmware,
+                  "imagebuild_boot_matrix": ",".join(facts.passed_cells),
+                  "imagebuild_live_checks": ",".join(facts.live_checks)})
+    bus = props["hw_disk_bus"]
+    if bus == "scsi" and "scsi" not in facts.disk_buses:
+        raise PublishError(f"{artifact.recipe}: asks Glance for hw_disk_bus=scsi, but no passed boot-test cell "
+                           f"booted from virtio-scsi (buses proven: {', '.join(facts.disk_buses)})")
+    if bus == "scsi":
+        props.setdefault("hw_scsi_model", "virtio-scsi")
+    if facts.secure_boot:
+        props["os_secure_boot"] = "required"  # Nova: UEFI with Secure Boot enforced (q35, SMM)
     props.update(artifact.provenance())  # last: a recipe cannot fake provenance
     return props
 

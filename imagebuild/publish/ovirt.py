@@ -125,7 +125,8 @@ def load_engine(section: str | None, settings: Ovirt) -> Engine:
 
 def _description(artifact: Artifact, started: float) -> str:
     return (f"{DESCRIPTION_PREFIX} recipe={artifact.recipe} build={artifact.build_id} "
-            f"sha256={artifact.sha256} boot_test={artifact.boot_test}"
+            f"sha256={artifact.sha256} boot_test={artifact.boot_test} bios_type={artifact.image.ovirt_bios_type}"
+            f" live={','.join(artifact.image.live_checks) or 'none'}"
             + (" forced=true" if artifact.forced else "")
             + f" uploader={process_token()} started={started:.3f}")
 
@@ -214,7 +215,8 @@ def publish_to_ovirt(artifact: Artifact, settings: Ovirt, *, config: str | None 
                                  forced=artifact.forced, location=engine.url)
         extra: dict[str, str] = {}
         if settings.template:
-            extra["template_id"] = _make_template(system, types, disk.id, name, settings, reporter)
+            extra["template_id"] = _make_template(system, types, disk.id, name, settings, reporter,
+                                                  artifact.image.ovirt_bios_type)
         return PublishResult(target="ovirt", image_id=disk.id, name=name, created=True,
                              forced=artifact.forced, location=engine.url, method="imageio", extra=extra)
     except sdk.Error as exc:
@@ -346,11 +348,13 @@ def _undo(transfer_service: Any, disk_service: Any, disk_id: str, reporter: Repo
 
 
 def _make_template(system: Any, types: Any, disk_id: str, name: str, settings: Ovirt,
-                   reporter: Reporter) -> str:
-    """A template from the uploaded disk: a VM with that disk as bootable, a template from the VM."""
+                   reporter: Reporter, bios_type: str) -> str:
+    """A template from the uploaded disk: a VM with that disk as bootable and the chipset/firmware the
+    boot test proved (``bios_type``, kept by the template), then a template from the VM."""
     vms = system.vms_service()
     vm = vms.add(types.Vm(name=f"{name}-tmp", cluster=types.Cluster(name=settings.cluster),
-                          template=types.Template(name="Blank")))
+                          template=types.Template(name="Blank"),
+                          bios=types.Bios(type=types.BiosType(bios_type))))
     vm_service = vms.vm_service(vm.id)
     try:
         vm_service.disk_attachments_service().add(types.DiskAttachment(

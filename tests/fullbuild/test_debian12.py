@@ -9,15 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from imagebuild.disklayout import GPT_TYPE, Role
 from imagebuild.guest import open_guest
+from imagebuild.recipe import Firmware
 
 pytestmark = pytest.mark.build
+CELLS = ("bios-pc", "bios-q35", "uefi-q35", "secure-boot-q35")
 
 
 def test_output_files_and_checksums(built_debian12):
     names = {p.name for p in built_debian12.iterdir()}
-    assert {"debian12.qcow2", "manifest.json", "SHA256SUMS", "boot-console.log", "build.log",
-            "events.jsonl"} <= names
+    assert {"debian12.qcow2", "manifest.json", "SHA256SUMS", "build.log", "events.jsonl",
+            *(f"boot-console-{c}.log" for c in CELLS)} <= names
     assert not [n for n in names if n.endswith(".partial")]
     subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=built_debian12, check=True)
     assert not list(built_debian12.parent.glob(".tmp-*"))
@@ -39,11 +42,24 @@ def test_manifest_records_what_was_built_and_proven(built_debian12, accel):
     assert m["schema"] == 1 and m["recipe"]["name"] == "debian12"
     assert m["accelerator"] == str(accel.accel) and m["boot_test"]["accelerator"] == str(accel.accel)
     assert m["boot_test"]["passed"] is True
-    checks = {c["name"]: c for c in m["boot_test"]["checks"]}
-    assert set(checks) == {"multi-user", "fresh-mac", "dhcp", "single-root", "no-swap", "packages",
-                           "machine-id", "ssh-hostkeys"}
-    assert all(c["ok"] for c in checks.values())
-    assert m["boot_test"]["mac"] in checks["fresh-mac"]["detail"]
+    cells = m["boot_test"]["cells"]
+    assert [c["cell"] for c in cells] == ["bios/pc", "bios/q35", "uefi/q35", "secure-boot/q35"]
+    macs = set()
+    for cell in cells:
+        checks = {c["name"]: c for c in cell["checks"]}
+        assert set(checks) == {"multi-user", "firmware", "machine", "fresh-mac", "dhcp", "single-root", "no-swap",
+                               "packages", "machine-id", "ssh-hostkeys"}, cell["cell"]
+        assert cell["passed"] and all(c["ok"] for c in checks.values()), cell
+        assert cell["mac"] in checks["fresh-mac"]["detail"] and cell["accelerator"] == str(accel.accel)
+        assert 0 < cell["seconds_to_agent"] < cell["seconds"]
+        macs.add(cell["mac"])
+        # each cell proved it booted the way it claims, from inside the guest
+        fw = checks["firmware"]["detail"]
+        assert {"bios": "booted through BIOS", "uefi": "Secure Boot off",
+                "secure-boot": "Secure Boot enforcing"}[cell["firmware"]] in fw, fw
+        assert {"pc": "i440FX", "q35": "Q35"}[cell["machine"]] in checks["machine"]["detail"]
+    assert len(macs) == len(cells)  # a fresh MAC per cell
+    assert m["inputs"]["disk_layout"]["label"] == "gpt"
     assert set(m["stages"]) == {"install", "customize", "sparsify", "boot-test"}
     assert all(v > 0 for v in m["stages"].values())
     art = m["artifact"]
@@ -62,22 +78,35 @@ def test_manifest_records_what_was_built_and_proven(built_debian12, accel):
     assert {"qemu-img", "libguestfs", "libvirt"} <= set(m["tools"])
 
 
-def test_console_log_shows_a_login_prompt(built_debian12):
-    log = (built_debian12 / "boot-console.log").read_text(errors="replace")
-    assert "login:" in log
+def test_console_logs_show_a_login_prompt_in_every_cell(built_debian12):
+    for cell in CELLS:
+        log = (built_debian12 / f"boot-console-{cell}.log").read_text(errors="replace")
+        assert "login:" in log, cell
+    # OVMF on the UEFI cells, SeaBIOS on the others: the consoles show which firmware ran
+    assert "SeaBIOS" in (built_debian12 / "boot-console-bios-q35.log").read_text(errors="replace")
 
 
 def test_finished_image_is_generalized(built_debian12, accel):
     """Read the artifact itself (read-only), not the pipeline's word for it."""
-    with open_guest(built_debian12 / "debian12.qcow2", "qcow2", accel=accel.accel, readonly=True) as guest:
+    with open_guest(built_debian12 / "debian12.qcow2", "qcow2", accel=accel.accel, readonly=True,
+                    firmware=Firmware.HYBRID) as guest:
         g = guest.g
-        assert g.part_get_parttype("/dev/sda") == "msdos"
-        assert g.list_partitions() == ["/dev/sda1"]
-        assert g.vfs_type("/dev/sda1") == "ext4"
+        assert g.part_get_parttype("/dev/sda") == "gpt"
+        assert g.list_partitions() == ["/dev/sda1", "/dev/sda14", "/dev/sda15"]
+        assert [g.vfs_type(p) for p in ("/dev/sda1", "/dev/sda15")] == ["ext4", "vfat"]
+        assert g.part_get_gpt_type("/dev/sda", 14) == GPT_TYPE[Role.BIOS_BOOT]
+        assert g.part_get_gpt_type("/dev/sda", 15) == GPT_TYPE[Role.ESP]
+        # both UEFI boot paths: the distribution's and the removable one a fresh NVRAM boots
+        for f in ("/boot/efi/EFI/BOOT/BOOTX64.EFI", "/boot/efi/EFI/debian/shimx64.efi",
+                  "/boot/efi/EFI/debian/grubx64.efi"):
+            assert g.is_file(f), f
+        assert g.exists("/etc/grub.d/enable_cloud")  # grub-cloud-amd64 re-installs both on upgrades
+        assert g.is_file("/boot/grub/i386-pc/core.img")  # the BIOS half, embedded in partition 14
         assert guest.read("/etc/machine-id") == ""
         assert [k for k in g.ls("/etc/ssh") if k.startswith("ssh_host_")] == []
         fstab = [ln.split() for ln in guest.read("/etc/fstab").splitlines() if ln and not ln.startswith("#")]
-        assert fstab == [[f"UUID={g.vfs_uuid('/dev/sda1')}", "/", "ext4", "errors=remount-ro", "0", "1"]]
+        assert fstab == [[f"UUID={g.vfs_uuid('/dev/sda1')}", "/", "ext4", "errors=remount-ro", "0", "1"],
+                         [f"UUID={g.vfs_uuid('/dev/sda15')}", "/boot/efi", "vfat", "umask=0077,nofail", "0", "2"]]
         assert guest.read("/etc/hostname").strip() == "localhost"
         assert g.is_symlink("/etc/resolv.conf")
         assert "console=ttyS0" in guest.read("/boot/grub/grub.cfg")

@@ -4,7 +4,9 @@ and read the result back on the host (debugfs), independently of the code under 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -12,53 +14,11 @@ from imagebuild.customize import StepContext, customize, post_check, selected_st
 from imagebuild.errors import CustomizeFailed
 from imagebuild.events import Reporter
 from imagebuild.guest import open_guest
-from imagebuild.recipe import load_recipe
+from imagebuild.recipe import Firmware
 
-from ..phony import exists, listdir, make_disk, make_tree, read_file
+from ..phony import MAC, MARKED, NM_UUID, RECIPE, exists, listdir, make_disk, make_layout_disk, make_tree, read_file
 
 pytestmark = pytest.mark.guestfs
-
-MAC = "52:54:00:de:ad:01"
-NM_UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-RECIPE = load_recipe("debian12")
-DPKG_STATUS = "".join(f"Package: {p}\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.0\n\n"
-                      for p in RECIPE.packages.all)
-
-MARKED = {
-    "/etc/sysconfig/network-scripts/ifcfg-eth0":
-        f'DEVICE=eth0\nHWADDR={MAC}\nUUID="{NM_UUID}"\nBOOTPROTO=dhcp\nONBOOT=yes\nMACADDR={MAC}\n',
-    "/etc/NetworkManager/system-connections/eth0.nmconnection":
-        f"[connection]\nid=eth0\nuuid={NM_UUID}\ntype=ethernet\n[ethernet]\nmac-address={MAC.upper()}\n"
-        "cloned-mac-address=52:54:00:00:00:02\n[ipv4]\nmethod=auto\n",
-    "/etc/udev/rules.d/70-persistent-net.rules":
-        f'SUBSYSTEM=="net", ATTR{{address}}=="{MAC}", NAME="eth0"\n',
-    "/etc/network/interfaces": f"auto eth0\niface eth0 inet dhcp\n    hwaddress ether {MAC}\n",
-    "/var/lib/dhcp/dhclient.eth0.leases": "lease { fixed-address 10.9.8.7; }\n",
-    "/var/lib/NetworkManager/internal-x-eth0.lease": "ADDRESS=10.9.8.7\n",
-    "/etc/machine-id": "0123456789abcdef0123456789abcdef\n",
-    "/var/lib/dbus/machine-id": "0123456789abcdef0123456789abcdef\n",
-    "/var/lib/systemd/random-seed": "seedseedseed",
-    "/etc/ssh/ssh_host_rsa_key": "PRIVATE", "/etc/ssh/ssh_host_rsa_key.pub": "PUBLIC",
-    "/etc/ssh/ssh_host_ed25519_key": "PRIVATE", "/usr/sbin/sshd": "",
-    "/etc/hostname": "buildhost.example.com\n",
-    "/etc/resolv.conf": "search corp.example\nnameserver 10.1.2.3\n",
-    "/etc/fstab": "UUID=@ROOT@ / ext4 errors=remount-ro 0 1\n/swapfile none swap sw 0 0\n"
-                  "proc /proc proc defaults 0 0\n",
-    "/swapfile": "x" * 4096,
-    "/etc/initramfs-tools/conf.d/resume": "RESUME=UUID=1111\n",
-    "/var/log/syslog": "Nov 27 build host log line\n", "/var/log/syslog.1.gz": "old",
-    "/var/log/apt/history.log": "Start-Date: 2026\n",
-    "/var/log/journal/0123456789abcdef0123456789abcdef/system.journal": "JOURNAL",
-    "/var/log/installer/cdebconf/questions.dat": "passwd/root-password-crypted $6$x",
-    "/root/.bash_history": "echo secret\n", "/home/alice/.bash_history": "ls\n",
-    "/root/anaconda-ks.cfg": "rootpw --iscrypted $6$x\n", "/root/original-ks.cfg": "rootpw --iscrypted $6$x\n",
-    "/var/cache/apt/archives/vim_9.0_amd64.deb": "deb", "/var/cache/apt/pkgcache.bin": "bin",
-    "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease": "lists",
-    "/tmp/build-junk": "junk", "/var/tmp/more-junk": "junk",
-    "/var/lib/dpkg/status": DPKG_STATUS,
-    "/lib/systemd/system/systemd-resolved.service": "[Unit]\n",
-}
-
 
 @pytest.fixture(scope="module")
 def marked_disk(tmp_path_factory):
@@ -81,7 +41,8 @@ def test_every_marker_is_removed_and_the_post_check_passes(marked_disk, accel):
     assert MAC in read_file(pristine, "/etc/sysconfig/network-scripts/ifcfg-eth0")
     assert exists(pristine, "/etc/ssh/ssh_host_rsa_key")
 
-    steps = selected_steps(RECIPE)
+    # hotplug needs a bootable tree (update-grub, an initramfs): the full build and its boot test prove it
+    steps = [s for s in selected_steps(RECIPE) if s.name != "hotplug"]
     without_machine_id = [s for s in steps if s.name != "machine-id"]
     rep = Reporter()
     with open_guest(disk, "raw", accel=accel.accel, reporter=rep, network=False) as guest:
@@ -144,8 +105,39 @@ def test_bad_layouts_are_rejected_with_every_reason(tmp_path, accel):
         pass
     msg = str(e.value)
     assert "swap partition(s): /dev/sda2" in msg
-    assert "expected exactly one filesystem, found 2" in msg
-    assert "expected one partition, found 3" in msg
+    assert "expected exactly one Linux filesystem, found 2" in msg
+    assert "expected 1 partition(s) for a bios image, found 3" in msg
+
+
+def test_esp_and_bios_boot_partition_accepted_on_hybrid_refused_on_bios(tmp_path, accel):
+    """The same phony hybrid disk: its ESP (mounted at /boot/efi) and BIOS boot partition pass the layout
+    rules of a hybrid image, and each is named as a reason when the image claims to be bios."""
+    tree = tmp_path / "tree"
+    make_tree(tree, {"/etc/fstab": "placeholder\n", "/boot/efi/.keep": ""})
+    disk = tmp_path / "hybrid.raw"
+    ids = make_layout_disk(disk, tree, Firmware.HYBRID)
+    fstab = f"UUID={ids['root']} / ext4 errors=remount-ro 0 1\nUUID={ids['esp']} /boot/efi vfat umask=0077 0 2\n"
+    recipe = dataclasses.replace(RECIPE, image=dataclasses.replace(RECIPE.image, firmware=Firmware.HYBRID))
+    layout_step = [s for s in selected_steps(recipe) if s.name == "layout"]
+    with open_guest(disk, "raw", accel=accel.accel, firmware=Firmware.HYBRID) as guest:
+        assert (guest.root_device, guest.esp_device) == ("/dev/sda1", "/dev/sda15")
+        guest.write("/etc/fstab", fstab)
+        guest.write("/boot/efi/EFI/BOOT/probe.txt", "on the ESP")  # written through the mounted vfat
+        post_check(guest, StepContext(recipe, network=False), layout_step)
+        # a second /boot/efi line, or none, is named by the layout check
+        guest.write("/etc/fstab", fstab.splitlines()[0] + "\n")
+        assert any("mounts the EFI system partition at /boot/efi 0 times" in p
+                   for p in layout_step[0].check(guest, StepContext(recipe, network=False)))
+    mdir = subprocess.run(["mdir", "-b", "-i", f"{disk}@@{4 * 1024 * 1024}", "::/EFI/BOOT"], capture_output=True,
+                          text=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    assert "PROBE.TXT" in mdir.stdout.upper(), mdir.stdout + mdir.stderr  # read back on the host (mtools)
+    with pytest.raises(CustomizeFailed) as e, open_guest(disk, "raw", accel=accel.accel, readonly=True,
+                                                         firmware=Firmware.BIOS):
+        pass
+    for reason in ("an EFI system partition (/dev/sda15) on a bios image",
+                   "a BIOS boot partition (/dev/sda14) on a bios image",
+                   "a gpt partition table: a bios image has msdos", "expected 1 partition(s) for a bios image"):
+        assert reason in str(e.value), str(e.value)
 
 
 def test_missing_packages_without_network_fail_clearly(tmp_path, accel):

@@ -87,7 +87,10 @@ def make_qcow2(path: Path, *, virtual_mib: int, data_mib: float) -> None:
 
 
 def write_manifest(out: Path, recipe: Recipe, qcow2: Path, *, boot_test: bool | None = True,
-                   build_id: str | None = None, finished: str = "2026-11-27T07:30:00+00:00") -> dict:
+                   build_id: str | None = None, finished: str = "2026-11-27T07:30:00+00:00",
+                   cells: dict[str, bool] | None = None) -> dict:
+    """A manifest as a build writes it; ``cells`` (cell → passed) defaults to the recipe's whole matrix
+    with the outcome ``boot_test``."""
     data = qcow2.read_bytes()
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2", str(qcow2)],
                                      check=True, capture_output=True, text=True).stdout)
@@ -99,8 +102,16 @@ def write_manifest(out: Path, recipe: Recipe, qcow2: Path, *, boot_test: bool | 
                      "virtual_size": info["virtual-size"], "file_size": len(data),
                      "sha256": hashlib.sha256(data).hexdigest(), "sha512": hashlib.sha512(data).hexdigest()},
         "boot_test": None if boot_test is None else {
-            "passed": boot_test, "accelerator": "tcg", "mac": "52:54:00:12:34:56",
-            "checks": [{"name": "login", "ok": boot_test, "detail": "synthetic manifest for tests"}]},
+            "passed": boot_test, "accelerator": "tcg", "cells": [
+                {"cell": cell, "firmware": cell.split("/")[0], "machine": cell.split("/")[1], "passed": ok,
+                 "disk_bus": ("virtio", "scsi")[i % 2],
+                 "accelerator": "tcg", "mac": "52:54:00:12:34:56", "seconds_to_agent": 40.0, "seconds": 60.0,
+                 "checks": [{"name": name, "ok": ok, "detail": "synthetic manifest for tests"}
+                            for name in ("multi-user", "vcpu-hotplug", "memory-hotplug", "balloon")],
+                 "console_log": f"boot-console-{cell.replace('/', '-')}.log"}
+                for i, (cell, ok) in enumerate((cells if cells is not None else
+                                 {str(c): boot_test for c in recipe.boot_test.cells(recipe.image.firmware)}
+                                 ).items())]},
         "accelerator": "tcg", "stages": {}, "inputs": {}, "tools": {},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -117,12 +128,13 @@ def make_build(tmp_path: Path) -> MakeBuild:
     counter = iter(range(1000))
 
     def make(recipe: Recipe, *, data_mib: float = 0.25, virtual_mib: int = 1536,
-             boot_test: bool | None = True, finished: str = "2026-11-27T07:30:00+00:00") -> Path:
+             boot_test: bool | None = True, finished: str = "2026-11-27T07:30:00+00:00",
+             cells: dict[str, bool] | None = None) -> Path:
         out = tmp_path / f"output-{next(counter)}" / recipe.name
         out.mkdir(parents=True)
         qcow2 = out / f"{recipe.name}.qcow2"
         make_qcow2(qcow2, virtual_mib=virtual_mib, data_mib=data_mib)
-        write_manifest(out, recipe, qcow2, boot_test=boot_test, finished=finished)
+        write_manifest(out, recipe, qcow2, boot_test=boot_test, finished=finished, cells=cells)
         return out
 
     return make

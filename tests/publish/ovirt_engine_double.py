@@ -344,7 +344,7 @@ def _transfer_xml(d: EngineDouble, t: TransferRecord) -> ET.Element:
 
 def _add_vm(d: EngineDouble, xml: ET.Element) -> ET.Element:
     vm = {"id": str(uuid.uuid4()), "name": xml.findtext("name"), "disks": [],
-          "cluster": xml.findtext("cluster/name")}
+          "cluster": xml.findtext("cluster/name"), "bios_type": xml.findtext("bios/type")}
     d.state.vms[vm["id"]] = vm
     return _vm_xml(vm)
 
@@ -360,7 +360,7 @@ def _add_template(d: EngineDouble, xml: ET.Element) -> ET.Element:
     vm_id = xml.find("vm").get("id")  # type: ignore[union-attr]
     vm = d.state.vms[vm_id or ""]
     template = {"id": str(uuid.uuid4()), "name": xml.findtext("name"), "vm": vm_id,
-                "disks": list(vm["disks"])}
+                "disks": list(vm["disks"]), "bios_type": vm["bios_type"]}  # a template keeps its VM's
     d.state.templates[template["id"]] = template
     return _template_xml(template)
 
@@ -368,5 +368,7 @@ def _add_template(d: EngineDouble, xml: ET.Element) -> ET.Element:
 def _template_xml(t: dict) -> ET.Element:
     e = ET.Element("template", href=f"{API}/templates/{t['id']}", id=t["id"])
     ET.SubElement(e, "name").text = t["name"]
+    if t.get("bios_type"):
+        ET.SubElement(ET.SubElement(e, "bios"), "type").text = t["bios_type"]
     ET.SubElement(e, "status").text = "ok"
     return e

@@ -74,7 +74,10 @@ def test_publish_describes_the_image_and_matches_sha512(glance, cloud, make_buil
         "imagebuild_build_id": manifest["build_id"], "imagebuild_built": manifest["finished"],
         "imagebuild_sha256": manifest["artifact"]["sha256"], "imagebuild_manifest_sha256": manifest_digest,
         "imagebuild_boot_test": "passed", "imagebuild_forced": "false",
+        "imagebuild_boot_matrix": "bios/pc,bios/q35,uefi/q35,secure-boot/q35",
+        "imagebuild_live_checks": "vcpu-hotplug,memory-hotplug,balloon",
         "imagebuild_uploader": process_token()}  # this process published it
+    assert "os_secure_boot" not in props  # a hybrid image advertises BIOS unless the recipe says otherwise
     record = [json.loads(line) for line in (out / "published.jsonl").read_text().splitlines()]
     assert record[-1]["image_id"] == result.image_id and record[-1]["forced"] is False
     # Glance stored exactly our bytes, in its file store.

@@ -179,3 +179,63 @@ def test_no_credential_reaches_errors_logs_or_events(make_build: MakeBuild, tmp_
     assert "Glance" in str(err.value) and canary not in str(err.value)
     for f in (log, events, stream, out / "published.jsonl"):
         assert not f.exists() or canary not in f.read_text()
+
+
+def _with(recipe, *, firmware: str = "auto", machine: str | None = None, image_firmware: str | None = None):
+    from imagebuild.recipe import Firmware, Machine
+    image = recipe.image
+    if image_firmware:
+        image = dataclasses.replace(image, firmware=Firmware(image_firmware))
+    if machine:
+        image = dataclasses.replace(image, machine_type=Machine(machine))
+    return dataclasses.replace(recipe, image=image, publish=dataclasses.replace(recipe.publish, firmware=firmware))
+
+
+@pytest.mark.parametrize("firmware, machine, cells, want", [
+    # (publish.firmware, image.machine_type, cells that passed) → (hw_firmware_type, hw_machine_type,
+    #  os_secure_boot, oVirt bios_type)
+    ("auto", None, {"bios/pc": True, "bios/q35": True, "uefi/q35": True, "secure-boot/q35": True},
+     ("bios", "pc", None, "i440fx_sea_bios")),
+    ("uefi", "q35", {"bios/pc": True, "uefi/q35": True, "secure-boot/q35": False},
+     ("uefi", "q35", None, "q35_ovmf")),
+    ("secure-boot", "q35", {"uefi/q35": True, "secure-boot/q35": True},
+     ("uefi", "q35", "required", "q35_secure_boot")),
+    ("bios", "q35", {"bios/q35": True}, ("bios", "q35", None, "q35_sea_bios")),
+])
+def test_firmware_facts_come_from_the_passed_cells(make_build: MakeBuild, firmware, machine, cells, want) -> None:
+    recipe = _with(recipe_for(f"u-fw-{firmware}"), firmware=firmware, machine=machine)
+    out = make_build(recipe, cells=cells, boot_test=all(cells.values()))
+    # a failed secure-boot cell fails the whole boot test: publishing UEFI then needs --force...
+    art = load_published_artifact(out, force=not all(cells.values()))
+    props = glance_properties(art, Glance())
+    assert (props["hw_firmware_type"], props["hw_machine_type"], props.get("os_secure_boot"),
+            art.image.ovirt_bios_type) == want
+    assert props["imagebuild_boot_matrix"] == ",".join(c for c, ok in cells.items() if ok)
+
+
+def test_publishing_refuses_firmware_no_cell_proved(make_build: MakeBuild) -> None:
+    # the recipe asks for UEFI on q35, but only the BIOS cells ran (a narrowed matrix)
+    recipe = _with(recipe_for("u-fw-unproven"), firmware="uefi", machine="q35")
+    out = make_build(recipe, cells={"bios/pc": True, "bios/q35": True})
+    with pytest.raises(PublishError, match=r"would advertise uefi firmware on q35, but no boot-test cell "
+                                           r"uefi/q35 passed \(passed: bios/pc, bios/q35\)"):
+        load_published_artifact(out)
+    # and a manifest from before the boot matrix (no cells) is refused with the reason
+    m = json.loads((out / "manifest.json").read_text())
+    m["boot_test"].pop("cells")
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PublishError, match="records no cells"):
+        load_published_artifact(out)
+
+
+def test_disk_bus_and_live_operations_come_from_the_passed_cells(make_build: MakeBuild) -> None:
+    scsi = recipe_for("u-scsi", properties={"hw_disk_bus": "scsi"})
+    art = load_published_artifact(make_build(scsi))  # cells alternate virtio, scsi: both proven
+    props = glance_properties(art, scsi.publish.glance)
+    assert (props["hw_disk_bus"], props["hw_scsi_model"]) == ("scsi", "virtio-scsi")
+    assert props["imagebuild_live_checks"] == "vcpu-hotplug,memory-hotplug,balloon"
+    assert art.image.live_checks == ("vcpu-hotplug", "memory-hotplug", "balloon")
+    # only the first cell ran (on virtio-blk): scsi was never proven, so it is not advertised
+    only_virtio = load_published_artifact(make_build(scsi, cells={"bios/pc": True}))
+    with pytest.raises(PublishError, match="no passed boot-test cell booted from virtio-scsi"):
+        glance_properties(only_virtio, scsi.publish.glance)

@@ -72,3 +72,21 @@ def test_abstract_recipe_is_not_built(env):
 def test_free_space_preflight_names_the_directory(tmp_path):
     with pytest.raises(PreflightError, match=f"{tmp_path} has .* GiB free; the test needs at least 1000000 GiB"):
         check_free_space(tmp_path, 1000000, "the test")
+
+
+@pytest.mark.parametrize("var, value, message", [
+    ("IMAGEBUILD_ACCEL", "kvmm", "IMAGEBUILD_ACCEL='kvmm': must be kvm or tcg"),
+    ("IMAGEBUILD_OUPUT", "/tmp/x", "IMAGEBUILD_OUPUT is not a setting; did you mean IMAGEBUILD_OUTPUT?"),
+    ("IMAGEBUILD_WORK", " ", "IMAGEBUILD_WORK is set but empty"),
+])
+def test_bad_environment_is_an_error_before_anything_starts(env, var, value, message):
+    res = run_invoke(["build", "debian12"], {**env, var: value})
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert nothing_started(env)
+
+
+def test_a_recipes_own_password_variable_is_not_a_typo():
+    from imagebuild.settings import Settings
+    s = Settings.from_environ({"IMAGEBUILD_PASSWORD_CENTOS": "x", "IMAGEBUILD_ACCEL": "tcg"})
+    assert s.accel == "tcg"

@@ -26,13 +26,13 @@ def test_three_mistakes_give_three_messages(tmp_path):
     # An unknown key means there is no recipe to check the rules on: they run once it is fixed.
     assert (e.value.file, e.value.key) == (str(child), "image.os_versoin")
 
-    child.write_text('extends = "base"\n[image]\ndisk_gib = 0\n[packages]\nextra = ["ok", "no spaces"]\n'
-                     '[boot_test]\nvcpus = 0\n')
+    child.write_text('extends = "base"\n[image]\ncompat = "2"\n[packages]\nextra = ["ok", "no spaces"]\n'
+                     '[boot_test]\ntcg_factor = 0\n')
     with pytest.raises(RecipeErrors) as e:
         load_recipe("child", [tmp_path])
-    assert [x.key for x in e.value.errors] == ["image.disk_gib", "packages.extra[1]", "boot_test.vcpus"]
+    assert [x.key for x in e.value.errors] == ["image.compat", "packages.extra[1]", "boot_test.tcg_factor"]
     assert all(x.file == str(child) for x in e.value.errors)
-    assert e.value.exit_code == 2 and e.value.key == "image.disk_gib" and e.value.file == str(child)
+    assert e.value.exit_code == 2 and e.value.key == "image.compat" and e.value.file == str(child)
     assert "the recipe has 3 problems" in str(e.value) and str(e.value).count(f"{child}, key '") == 3
 
 
@@ -48,10 +48,10 @@ def test_type_errors_anywhere_in_the_tree_are_collected(tmp_path):
 
 def test_one_mistake_is_still_a_plain_recipe_error(tmp_path):
     write(tmp_path, "base", BASE)
-    write(tmp_path, "child", 'extends = "base"\n[image]\ndisk_gib = 0\n')
+    write(tmp_path, "child", 'extends = "base"\n[image]\ncompat = "2"\n')
     with pytest.raises(RecipeError) as e:
         load_recipe("child", [tmp_path])
-    assert not isinstance(e.value, RecipeErrors) and e.value.key == "image.disk_gib"
+    assert not isinstance(e.value, RecipeErrors) and e.value.key == "image.compat"
 
 
 def test_a_recipe_that_is_not_utf8_names_the_byte_offset(tmp_path):

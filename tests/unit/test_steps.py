@@ -14,7 +14,8 @@ pytestmark = pytest.mark.unit
 
 REQUIRED = {"ifcfg-identity", "nm-keyfile-identity", "udev-persistent-net", "ifupdown-hwaddress",
             "dhcp-leases", "machine-id", "ssh-hostkeys", "logfiles", "shell-history", "package-cache",
-            "tmp-files", "installer-files", "packages", "layout", "hostname", "resolv-conf", "random-seed"}
+            "tmp-files", "installer-files", "packages", "layout", "hostname", "resolv-conf", "random-seed",
+            "hotplug"}
 
 
 def test_every_step_is_well_formed():

@@ -112,15 +112,19 @@ def test_sigint_during_boot_test_destroys_the_domain(built_debian12, fresh_env):
     assert image.stat().st_mtime_ns == before
 
 
-def test_boot_test_task_passes_on_the_built_image(built_debian12, fresh_env):
-    res = run_invoke(["boot-test", str(built_debian12 / "debian12.qcow2")], fresh_env, timeout=900)
+def test_boot_test_task_runs_one_cell_as_a_second_clone(built_debian12, fresh_env):
+    res = run_invoke(["boot-test", str(built_debian12 / "debian12.qcow2"), "--firmware", "uefi"], fresh_env,
+                     timeout=900)
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout)
-    assert result["passed"] and all(c["ok"] for c in result["checks"])
-    # a second clone of the same image: a different MAC and machine-id than the build's own boot test
+    (cell,) = result["cells"]
+    assert result["passed"] and cell["cell"] == "uefi/q35" and all(c["ok"] for c in cell["checks"])
+    # a second clone of the same image: a different MAC, machine-id and host keys than the build's own
+    # uefi/q35 cell
     m = json.loads((built_debian12 / "manifest.json").read_text())
-    first = {c["name"]: c["detail"] for c in m["boot_test"]["checks"]}
-    second = {c["name"]: c["detail"] for c in result["checks"]}
-    assert result["mac"] != m["boot_test"]["mac"]
+    built = next(c for c in m["boot_test"]["cells"] if c["cell"] == "uefi/q35")
+    first = {c["name"]: c["detail"] for c in built["checks"]}
+    second = {c["name"]: c["detail"] for c in cell["checks"]}
+    assert cell["mac"] != built["mac"]
     assert first["machine-id"] != second["machine-id"]
     assert first["ssh-hostkeys"].split(";")[1] != second["ssh-hostkeys"].split(";")[1]  # fingerprints

@@ -1,0 +1,57 @@
+"""Docs that list things are generated from the code that defines them, so they cannot drift:
+the README's table of customize steps (from the step records) and of tasks (from the invoke tasks).
+
+``invoke docs`` rewrites the marked sections (``<!-- generated:NAME -->`` ... ``<!-- /generated:NAME -->``);
+a unit test fails when the README differs from what the code generates (virt-sysprep builds its manual
+from its operations the same way).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+def steps_table() -> str:
+    from .customize import all_steps
+    rows = ["| step | on | families | what and why |", "|---|---|---|---|"]
+    for s in all_steps():
+        fam = ", ".join(str(f) for f in s.families)
+        text = s.summary if s.description in ("", s.summary) else f"{s.summary}. {s.description}"
+        rows.append(f"| `{s.name}` | {'yes' if s.default else 'no'} | {fam} | {text.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def tasks_table(tasks: Iterable[Any]) -> str:
+    """From invoke Task objects: the name with its flags, and the first line of the docstring."""
+    rows = ["| task | what |", "|---|---|"]
+    for t in sorted(tasks, key=lambda t: t.name):
+        words = [f"invoke {t.name}"]
+        for arg in t.get_arguments():
+            name = arg.names[0]
+            if arg.positional:
+                words.append(name.upper())
+            elif arg.kind is bool:
+                words.append(f"[--{name}]")
+            else:
+                words.append(f"[--{name} {name.upper().replace('-', '_')}]")
+        first = (t.__doc__ or "").strip().splitlines()[0] if (t.__doc__ or "").strip() else ""
+        rows.append(f"| `{' '.join(words)}` | {first.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+SECTION = r"(<!-- generated:{name} -->\n)(.*?)(<!-- /generated:{name} -->)"
+
+
+def replace_sections(text: str, sections: dict[str, Callable[[], str]]) -> str:
+    for name, make in sections.items():
+        pattern = re.compile(SECTION.format(name=re.escape(name)), re.S)
+        if not pattern.search(text):
+            raise ValueError(f"README has no generated section '{name}'")
+        body = make() + "\n"
+
+        def fill(m: re.Match[str], body: str = body) -> str:
+            return m.group(1) + body + m.group(3)
+        text = pattern.sub(fill, text)
+    return text

@@ -1,0 +1,100 @@
+"""The environment, read once: every ``IMAGEBUILD_*`` variable in one frozen, validated ``Settings``.
+
+mkosi reads its environment at the edge; so do we. ``tasks.py`` builds the settings from ``os.environ``
+when a task starts and installs them with ``configure``; library code asks ``current()`` and never
+reads a variable itself, so a typo (``IMAGEBUILD_ACCEL=kvmm``, ``IMAGEBUILD_OUPUT=...``) is an error
+before anything starts instead of being ignored. Library callers that never call ``configure`` (tests,
+scripts) get the environment read at the moment they ask.
+
+Secrets are not settings: the root password variable a recipe names (``install.vm.root_password_env``,
+by default ``IMAGEBUILD_ROOT_PASSWORD``) is read only where the answer file is made, and never stored.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ImageBuildError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# name → what it sets (the README's table of variables says the same)
+VARIABLES = {
+    "IMAGEBUILD_OUTPUT": "where finished builds go (default: output/ in the project)",
+    "IMAGEBUILD_WORK": "scratch space for builds, ~4 GiB (default: work/ in the project)",
+    "IMAGEBUILD_CACHE": "what outlives builds: media, apt cache, KVM answer (default: $XDG_CACHE_HOME/imagebuild)",
+    "IMAGEBUILD_ACCEL": "force the accelerator: kvm or tcg (default: a bounded probe decides)",
+    "IMAGEBUILD_RECIPE_PATH": "colon-separated directories searched for recipes before recipes/",
+    "IMAGEBUILD_TEMPLATE_PATH": "colon-separated directories searched for answer-file templates before kickstart/",
+    "IMAGEBUILD_MIRRORS": "site mirrors: space-separated FROM=TO URL prefixes (docs/answer-files.md)",
+    "IMAGEBUILD_VENV": "the venv ./inv makes and uses (default: .venv in the project)",
+    "IMAGEBUILD_ROOT_PASSWORD": "the root password of VM installs (a secret: hashed, never stored)",
+}
+ACCELS = ("kvm", "tcg")
+
+
+class SettingsError(ImageBuildError):
+    """An IMAGEBUILD_* variable has a bad value, or looks like a misspelt one."""
+
+    exit_code = 2
+
+
+def _paths(value: str) -> tuple[Path, ...]:
+    return tuple(Path(p).expanduser() for p in value.split(":") if p)
+
+
+@dataclass(frozen=True)
+class Settings:
+    output: Path
+    work: Path
+    cache: Path
+    accel: str                          # "" (probe), "kvm" or "tcg"
+    recipe_path: tuple[Path, ...]
+    template_path: tuple[Path, ...]
+    mirrors: str
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str]) -> Settings:
+        """Validate every IMAGEBUILD_* variable at once; one error lists all that is wrong."""
+        problems = []
+        for name in sorted(k for k in env if k.startswith("IMAGEBUILD_") and k not in VARIABLES):
+            close = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=0.85)
+            if close:  # other IMAGEBUILD_* names may be a recipe's own password variable: only typos fail
+                problems.append(f"{name} is not a setting; did you mean {close[0]}?")
+        accel = env.get("IMAGEBUILD_ACCEL", "")
+        if accel not in ("", *ACCELS):
+            problems.append(f"IMAGEBUILD_ACCEL={accel!r}: must be {' or '.join(ACCELS)} (or unset: probe)")
+        for name in ("IMAGEBUILD_OUTPUT", "IMAGEBUILD_WORK", "IMAGEBUILD_CACHE"):
+            if name in env and not env[name].strip():
+                problems.append(f"{name} is set but empty: unset it or name a directory")
+        if problems:
+            raise SettingsError("bad environment: " + "; ".join(problems))
+        xdg = env.get("XDG_CACHE_HOME") or "~/.cache"
+        return cls(
+            output=Path(env.get("IMAGEBUILD_OUTPUT") or PROJECT_ROOT / "output").expanduser(),
+            work=Path(env.get("IMAGEBUILD_WORK") or PROJECT_ROOT / "work").expanduser(),
+            cache=(Path(env["IMAGEBUILD_CACHE"]) if env.get("IMAGEBUILD_CACHE") else Path(xdg) / "imagebuild"
+                   ).expanduser(),
+            accel=accel,
+            recipe_path=_paths(env.get("IMAGEBUILD_RECIPE_PATH", "")),
+            template_path=_paths(env.get("IMAGEBUILD_TEMPLATE_PATH", "")),
+            mirrors=env.get("IMAGEBUILD_MIRRORS", ""),
+        )
+
+
+_configured: Settings | None = None
+
+
+def configure(settings: Settings | None) -> None:
+    """Install the settings every library call uses (tasks.py, once per task); None undoes it."""
+    global _configured
+    _configured = settings
+
+
+def current() -> Settings:
+    if _configured is not None:
+        return _configured
+    import os
+    return Settings.from_environ(os.environ)
