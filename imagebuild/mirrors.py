@@ -6,11 +6,11 @@ serve the media but not change it.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 
 from .errors import RecipeError
+from .settings import current  # the environment is read once, at the edge
 
 
 def site_mirrors(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -20,9 +20,9 @@ def site_mirrors(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     to the install tree and to URL variables of the answer file; the media pins still apply, so a mirror
     can serve the media but not change it.
     """
-    env = os.environ if environ is None else environ
+    value = current().mirrors if environ is None else environ.get("IMAGEBUILD_MIRRORS", "")
     mirrors: dict[str, str] = {}
-    for pair in env.get("IMAGEBUILD_MIRRORS", "").split():
+    for pair in value.split():
         src, sep, dst = pair.partition("=")
         if not sep or not re.match(r"^(https?|ftp|file)://", src) or not re.match(r"^(https?|file)://", dst):
             raise RecipeError(f"IMAGEBUILD_MIRRORS: '{pair}' is not FROM_URL=TO_URL",

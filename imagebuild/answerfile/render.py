@@ -26,6 +26,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from ..errors import RecipeError
 from ..mirrors import resolve_mirrors, rewrite_url
 from ..recipe import PROJECT_ROOT, Backend, Family, Recipe
+from ..settings import current  # the environment is read once, at the edge
 from .findings import ANSWER_FILE_NAME, AnswerFileKind
 
 TEMPLATE_DIR = PROJECT_ROOT / "kickstart"
@@ -141,8 +142,7 @@ def _display_path(filename: str) -> str:
 
 def template_dirs() -> list[Path]:
     """Where templates are looked up: $IMAGEBUILD_TEMPLATE_PATH (colon-separated), then kickstart/."""
-    extra = [Path(p) for p in os.environ.get("IMAGEBUILD_TEMPLATE_PATH", "").split(":") if p]
-    return extra + [TEMPLATE_DIR]
+    return list(current().template_path) + [TEMPLATE_DIR]
 
 
 def _url_host(url: str) -> str:
