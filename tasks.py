@@ -96,14 +96,61 @@ def show(c, recipe, json_=False):
     print(json.dumps(plan, indent=2))
 
 
-@task(help={"recipe": "recipe name or path"})
+@task(help={"recipe": "recipe name or path",
+            "online": "also check the archive: suite, every package, the mirror (bootstrap recipes)"})
 @edge
-def validate(c, recipe):
-    """Check a recipe, its answer file and the host tools, without downloading or booting anything."""
+def validate(c, recipe, online=False):
+    """Check a recipe (all its mistakes at once), its answer file and the host tools; --online: its archive too."""
     from imagebuild.pipeline import validate as run_validate
     from imagebuild.recipe import load_recipe
-    run_validate(load_recipe(recipe), Reporter())
+    r = load_recipe(recipe)
+    run_validate(r, Reporter())
+    if online:
+        from imagebuild.preflight import preflight
+        preflight(r, Reporter())
     print(f"{recipe}: ok")
+
+
+@task(iterable=["more"],
+      help={"files": "answer file(s), kickstart or preseed: one path, or several separated by commas or spaces",
+            "more": "one more answer file (repeatable), e.g. for paths with commas or spaces",
+            "kind": "kickstart or preseed (default: guessed from the name, then the content)",
+            "syntax": "pykickstart syntax, e.g. RHEL7, RHEL9, RHEL10, F40 (default: #version= line, else guessed)",
+            "policy": "golden (the golden-image rules) or none (syntax, encoding and templates only)",
+            "format": "text, json (one object per finding) or sarif (SARIF 2.1.0 for code scanning)",
+            "output": "write the report to this file instead of standard output"})
+@edge
+def lint(c, files, more=None, kind=None, syntax=None, policy="golden", format="text", output=None):
+    """Lint any kickstart or preseed, no recipe needed. Exit 0 when clean (warnings allowed), 2 on errors."""
+    from imagebuild.answerfile import AnswerFileKind
+    from imagebuild.answerfile.lint import Policy, check_syntax, lint_file
+    from imagebuild.answerfile.report import Format, render
+    from imagebuild.errors import RecipeError
+
+    def choice(enum, value, flag):  # type: ignore[no-untyped-def]
+        try:
+            return enum(value)
+        except ValueError:
+            raise RecipeError(f"'{value}' is not one of " + ", ".join(m.value for m in enum), key=flag) from None
+
+    paths = files.replace(",", " ").split() + list(more or [])
+    if not paths:
+        raise RecipeError("name at least one answer file: invoke lint FILE [FILE...]", key="files")
+    k = choice(AnswerFileKind, kind, "--kind") if kind else None
+    s = check_syntax(syntax) if syntax else None
+    results = [lint_file(p, kind=k, syntax=s, policy=choice(Policy, policy, "--policy")) for p in paths]
+    fmt = choice(Format, format, "--format")
+    text = render(results, fmt)
+    if fmt is not Format.TEXT:  # the text report says what was guessed; machine formats keep stdout clean
+        for r in results:
+            for why in r.guesses:
+                print(f"{r.name}: note: taken as {why}", file=sys.stderr)
+    if output:
+        Path(output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    if any(r.findings.errors for r in results):
+        raise Exit(code=RecipeError.exit_code)
 
 
 @task(help={"long": "also print each step's description (why, and what exactly)"})

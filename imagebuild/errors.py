@@ -30,6 +30,27 @@ class RecipeError(ImageBuildError):
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
+class RecipeErrors(RecipeError):
+    """Several mistakes in one recipe, reported together (one run shows them all, as the answer-file
+    lint does). ``errors`` holds each ``RecipeError``, with its own file and key; ``file``/``key`` are
+    the first one's, so callers that look at one error still get a real location."""
+
+    def __init__(self, errors: list[RecipeError]) -> None:
+        self.errors = tuple(errors)
+        first = self.errors[0]
+        self.file, self.key, self.line = first.file, first.key, first.line
+        lines = "\n  ".join(str(e) for e in self.errors)
+        Exception.__init__(self, f"the recipe has {len(self.errors)} problems:\n  {lines}")
+
+
+def raise_all(errors: list[RecipeError]) -> None:
+    """Raise nothing, the one error, or all of them as one ``RecipeErrors``."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise RecipeErrors(errors)
+
+
 class ToolMissing(ImageBuildError):
     """A host tool the build needs is not installed."""
 

@@ -17,7 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import RecipeError
+from .errors import RecipeError, raise_all
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -302,7 +302,8 @@ def _type_name(tp: Any) -> str:
     return {str: "string", int: "integer", bool: "boolean", float: "number"}.get(tp, str(tp))
 
 
-def _convert(tp: Any, value: Any, key: str, origins: dict[str, str], default_file: str) -> Any:
+def _convert(tp: Any, value: Any, key: str, origins: dict[str, str], default_file: str,
+             errors: list[RecipeError] | None = None) -> Any:
     def fail(msg: str) -> RecipeError:
         return RecipeError(msg, file=_origin(origins, key, default_file), key=key)
 
@@ -310,12 +311,12 @@ def _convert(tp: Any, value: Any, key: str, origins: dict[str, str], default_fil
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise fail(f"expected a table, got {type(value).__name__}")
-        return from_data(tp, value, origins=origins, default_file=default_file, prefix=key + ".")
+        return from_data(tp, value, origins=origins, default_file=default_file, prefix=key + ".", errors=errors)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise fail(f"expected {_type_name(tp)}, got {type(value).__name__}")
         item_tp = typing.get_args(tp)[0]
-        return tuple(_convert(item_tp, v, f"{key}[{i}]", origins, default_file) for i, v in enumerate(value))
+        return tuple(_convert(item_tp, v, f"{key}[{i}]", origins, default_file, errors) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(v, str | int | bool) for v in value.values()):
             raise fail("expected a table of strings")
@@ -349,21 +350,39 @@ def _origin(origins: dict[str, str], key: str, default_file: str) -> str:
     return default_file
 
 
+class _Incomplete(Exception):
+    """A table had errors (already collected): its parent cannot be built either."""
+
+
 def from_data(cls: Any, data: dict[str, Any], *, origins: dict[str, str], default_file: str,
-              prefix: str = "") -> Any:
+              prefix: str = "", errors: list[RecipeError] | None = None) -> Any:
+    """Build ``cls`` from plain data. Every unknown key, wrong type and missing key of the whole tree
+    is collected, then raised together (``RecipeErrors``), so one run shows every mistake."""
+    top = errors is None
+    found: list[RecipeError] = [] if errors is None else errors
+    before = len(found)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise RecipeError(f"unknown key (known keys here: {known})",
-                              file=_origin(origins, prefix + key, default_file), key=prefix + key)
+            found.append(RecipeError(f"unknown key (known keys here: {known})",
+                                     file=_origin(origins, prefix + key, default_file), key=prefix + key))
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], prefix + name, origins, default_file)
+            try:
+                kwargs[name] = _convert(hints[name], data[name], prefix + name, origins, default_file, found)
+            except RecipeError as exc:
+                found.append(exc)
+            except _Incomplete:
+                pass
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise RecipeError("required key is missing", file=default_file, key=prefix + name)
+            found.append(RecipeError("required key is missing", file=default_file, key=prefix + name))
+    if len(found) > before:
+        if top:
+            raise_all(found)
+        raise _Incomplete
     return cls(**kwargs)
 
 
@@ -405,6 +424,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
+    except UnicodeDecodeError as exc:
+        raw = path.read_bytes()
+        line = raw[:exc.start].count(b"\n") + 1
+        raise RecipeError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} (line {line}); "
+                          "TOML files are UTF-8", file=path, line=line) from None
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         raise RecipeError(f"not valid TOML: {exc}", file=path,
@@ -481,9 +505,11 @@ def load_recipe(name: str, dirs: list[Path] | None = None) -> Recipe:
 
 def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
     """Rules beyond types, each naming the key."""
+    problems: list[RecipeError] = []  # every rule is checked; all that fail are raised together
+
     def check(ok: bool, key: str, msg: str) -> None:
         if not ok:
-            raise RecipeError(msg, file=_origin(origins, key, leaf), key=key)
+            problems.append(RecipeError(msg, file=_origin(origins, key, leaf), key=key))
 
     check(NAME_RE.match(recipe.name) is not None, "name", "recipe file names must be lower-case")
     check(1 <= recipe.image.disk_gib <= 2048, "image.disk_gib", "must be between 1 and 2048")
@@ -537,6 +563,7 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
           "must be at least 10")
     _validate_firmware(recipe, check)
     if recipe.abstract:
+        raise_all(problems)
         return
     if recipe.install.backend is Backend.BOOTSTRAP:
         check(recipe.image.family is Family.DEBIAN, "install.backend",
@@ -552,6 +579,7 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
         check(recipe.image.firmware is Firmware.BIOS, "image.firmware",
               "a VM install (kickstart/preseed) makes BIOS (MBR) images so far; UEFI and hybrid layouts "
               "are made by the bootstrap installer")
+    raise_all(problems)
 
 
 # Root disk buses the boot test attaches (virtio-blk, or virtio-scsi with discard as clouds use for TRIM).
@@ -569,11 +597,13 @@ def _validate_firmware(recipe: Recipe, check: Any) -> None:
           f"{img.disk_gib} GiB leaves {root_mib} MiB for / beside the {img.firmware} boot partitions; "
           f"/ needs at least {MIN_ROOT_MIB} MiB")
     claimed = CLAIMED_CELLS[img.firmware]
+    unparsed = False  # check() collects rather than raises: cells() below would raise on a bad cell
     for i, text in enumerate(recipe.boot_test.matrix):
         try:
             cell = Cell.parse(text)
         except ValueError as exc:
             check(False, f"boot_test.matrix[{i}]", str(exc))
+            unparsed = True
             continue
         check((cell.firmware, cell.machine) in claimed, f"boot_test.matrix[{i}]",
               f"'{cell}' cannot boot a {img.firmware} image (its cells: "
@@ -583,7 +613,7 @@ def _validate_firmware(recipe: Recipe, check: Any) -> None:
           f"must be 'auto' or one of {', '.join(f.value for f in BootFirmware)} that a {img.firmware} "
           f"image can boot, not {recipe.publish.firmware!r}")
     if published is not None:
-        cells = recipe.boot_test.cells(img.firmware) if recipe.boot_test.matrix else ()
+        cells = recipe.boot_test.cells(img.firmware) if recipe.boot_test.matrix and not unparsed else ()
         check(not cells or any(c.firmware is published for c in cells), "boot_test.matrix",
               f"has no {published} cell, so the {published} firmware that publish.firmware advertises "
               "could never be proven")

@@ -24,6 +24,7 @@ from ..errors import CustomizeFailed, InstallFailed
 from ..events import Reporter
 from ..guest import Guest
 from ..paths import cache_root
+from ..preflight import preflight
 from ..recipe import Backend, Firmware, Recipe
 from ..run import run
 from ..workspace import Build, remove_tree
@@ -135,7 +136,8 @@ class BootstrapInstaller:
         return tools
 
     def validate(self, recipe: Recipe, reporter: Reporter, *, for_build: bool) -> None:
-        return None  # recipe.validate already checked suite, mirror, variant and package names
+        if for_build:  # recipe.validate checked the names; the archive must have them, before mmdebstrap runs
+            preflight(recipe, reporter)
 
     def describe(self, recipe: Recipe) -> dict[str, Any]:
         command = mmdebstrap_argv(recipe, Path("<work>/rootfs"), apt_cache_dir(recipe))

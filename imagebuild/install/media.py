@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urljoin, urlsplit
 
-from ..answerfile import rewrite_url, site_mirrors  # noqa: F401 - site_mirrors is re-exported
 from ..digest import sha256_file
 from ..errors import InstallFailed
 from ..events import NULL_REPORTER, Reporter
+from ..mirrors import rewrite_url, site_mirrors  # noqa: F401 - site_mirrors is re-exported
 from ..paths import cache_root
 from ..recipe import Recipe
 from ..run import run

@@ -52,7 +52,7 @@ def with_vm(recipe, **changes):
 
 # -- the shipped recipes ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["centos7", "debian12-preseed"])
+@pytest.mark.parametrize("name", ["centos7", "debian12-preseed", "rocky9", "almalinux9"])
 def test_shipped_vm_recipes_render_and_validate(name):
     out = io.StringIO()
     validate_recipe(load_recipe(name), Reporter(out))
@@ -172,9 +172,10 @@ def test_each_violation_is_reported_with_its_own_message(tmp_path):
     with pytest.raises(AnswerFileError) as info:
         check_answer_file(render_answer_file(recipe, dirs=dirs))
     rules = sorted(p.rule for p in info.value.problems)
-    assert rules == ["autopart", "clearpart", "erroronfail", "plaintext-rootpw", "serial-console", "zerombr"]
+    assert rules == ["autopart", "clearpart", "erroronfail", "lvm", "plaintext-rootpw", "serial-console", "swap",
+                     "zerombr"]
     message = str(info.value)
-    assert "has 6 problems" in message and message.count("\n  ") == 6
+    assert "has 8 problems" in message and message.count("\n  ") == 8
 
 
 def test_kickstart_syntax_error_names_template_line(tmp_path):
@@ -350,13 +351,13 @@ def test_password_canary_never_leaves_the_hash(tmp_path, monkeypatch):
     """The password is never on argv, in the build log, the event stream, the terminal, the rendered
     answer file, its redacted form or the plan; only its crypted hash is written."""
     argvs: list[list[str]] = []
-    real_run = answerfile.run
+    real_run = answerfile.password.run
 
     def spy(argv, **kw):
         argvs.append([str(a) for a in argv])
         return real_run(argv, **kw)
 
-    monkeypatch.setattr(answerfile, "run", spy)
+    monkeypatch.setattr(answerfile.password, "run", spy)
     out = io.StringIO()
     reporter = Reporter(out, verbose=True)
     reporter.attach(tmp_path / "build.log", tmp_path / "events.jsonl")
@@ -449,3 +450,44 @@ def test_site_mirror_map_defaults_to_the_environment(monkeypatch):
     monkeypatch.setenv("IMAGEBUILD_MIRRORS", "nonsense")
     with pytest.raises(RecipeError, match="IMAGEBUILD_MIRRORS"):
         validate_recipe(recipe)
+
+
+@pytest.mark.parametrize("name,tree", [("rocky9", "http://dl.rockylinux.org/vault/rocky/9.5/BaseOS/x86_64/os/"),
+                                       ("almalinux9", "https://vault.almalinux.org/9.5/BaseOS/x86_64/os/")])
+def test_el9_recipes_render_rhel9_kickstarts_and_plan(name, tree):
+    recipe = load_recipe(name)
+    rendered = render_answer_file(recipe, mirrors={})
+    assert rendered.syntax == "RHEL9" and rendered.text.startswith("#version=RHEL9\n")
+    lines = rendered.text.splitlines()
+    assert "install" not in lines and not any(line.startswith("auth ") for line in lines)
+    assert "authselect select minimal" in lines and f"url --url={tree}" in lines
+    assert any(line.startswith("repo --name=AppStream --baseurl=") for line in lines)
+    # The file lints clean on its own too, as `invoke lint` sees it (syntax guessed from #version=).
+    from imagebuild.answerfile.lint import lint_bytes
+    alone = lint_bytes(rendered.text.encode(), "ks.cfg")
+    assert alone.syntax == "RHEL9" and alone.findings.errors == ()
+    plan = describe_vm_install(recipe, mirrors={})
+    assert plan["cmdline"] == (f"inst.ks=file:/ks.cfg inst.repo={tree} inst.text inst.cmdline "
+                               "console=ttyS0,115200n8")
+    assert plan["answer_file"]["syntax"] == "RHEL9" and plan["answer_file"]["template"] == f"{name}.ks.j2"
+    assert plan["kernel"]["url"] == tree + "images/pxeboot/vmlinuz"
+
+
+@pytest.mark.parametrize("template,syntax", [("scripted.ks.j2", "RHEL7"), ("scripted-el9.ks.j2", "RHEL9")])
+def test_the_scripted_installer_kickstarts_render_and_lint(template, syntax):
+    """What the stand-in gets in the VM tests (tests/vm/test_vm_install.py): the real base templates,
+    linted as a build would; the RHEL9 one has none of the commands the stand-in (like anaconda)
+    refuses in a RHEL9 kickstart."""
+    scripted = PROJECT_ROOT / "tests" / "data" / "scripted"
+    recipe = with_vm(load_recipe("rocky9" if syntax == "RHEL9" else "centos7"), template=template,
+                     kickstart_syntax=syntax,
+                     variables={**load_recipe("rocky9").install.vm.variables, "payload_url": "http://10.0.2.2:8/",
+                                "pre_script": "", "appstream_url": "http://10.0.2.2:8/",
+                                "updates_url": "http://10.0.2.2:8/"})
+    rendered = render_answer_file(recipe, dirs=[scripted, TEMPLATE_DIR], mirrors={})
+    assert rendered.text.startswith(f"#version={syntax}\n")
+    check_answer_file(rendered, required_packages=recipe.packages.all)
+    lines = rendered.text.splitlines()
+    assert "url --url=http://10.0.2.2:8/" in lines
+    if syntax == "RHEL9":
+        assert not [ln for ln in lines if re.match(r"^(install\s*$|auth |authconfig )", ln)]

@@ -76,7 +76,8 @@ def scripted_env(tmp_path, tree):
         (tmp_path / "cache" / "accel.json").write_text((cache_root() / "accel.json").read_text())
 
     def make(name: str, *, pre_script: str = "", inactivity: int = 300, tcg_factor: int = 4,
-             timeout: int = 3600, iso: tuple[str, str] | None = None) -> str:
+             timeout: int = 3600, iso: tuple[str, str] | None = None, template: str = "scripted.ks.j2",
+             syntax: str = "RHEL7") -> str:
         port = tree["port"]
         source = (f'iso_url = "{iso[0]}"\niso_sha256 = "{iso[1]}"' if iso else
                   f'tree_url = "http://127.0.0.1:{port}/"\nkernel_sha256 = "{tree["kernel_sha256"]}"\n'
@@ -92,14 +93,15 @@ disk_gib = 3
 [install]
 backend = "vm"
 [install.vm]
-template = "scripted.ks.j2"
-kickstart_syntax = "RHEL7"
+template = "{template}"
+kickstart_syntax = "{syntax}"
 {source}
 memory_mib = 1024
 inactivity_seconds = {inactivity}
 timeout_seconds = {timeout}
 [install.vm.variables]
 payload_url = "http://10.0.2.2:{port}"
+appstream_url = "http://10.0.2.2:{port}/"
 pre_script = {json.dumps(pre_script)}
 lang = "en_US.UTF-8"
 keymap = "us"
@@ -160,6 +162,26 @@ def test_scripted_install_end_to_end(scripted_env, tree, payload):
             assert not guest.lexists(gone), gone
         shadow = guest.read("/etc/shadow").splitlines()
         assert [ln for ln in shadow if ln.startswith("root:$6$")], "rootpw --iscrypted was not applied"
+    assert our_domains("imagebuild-" + name) == []
+
+
+@pytest.mark.build
+def test_scripted_install_of_the_el9_kickstart_end_to_end(scripted_env, tree, payload):
+    """The RHEL9 base kickstart (kickstart/el9-base.ks.j2: no `install`, `authselect`, an AppStream
+    repo) drives the stand-in, which refuses EL7-only commands in a RHEL9 kickstart as anaconda
+    does, through the same install path as EL7: inst.ks=file:/ks.cfg, inst.repo= on the command line."""
+    env, make = scripted_env
+    (tree["root"] / "rootfs.tar").unlink(missing_ok=True)
+    (tree["root"] / "rootfs.tar").symlink_to(payload)
+    name = make("scripted-el9", template="scripted-el9.ks.j2", syntax="RHEL9")
+    res = run_invoke(["build", name], env, timeout=3600)
+    assert res.returncode == 0, res.stderr[-6000:]
+    out = Path(env["IMAGEBUILD_OUTPUT"]) / name
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["boot_test"]["passed"] and all(c["ok"] for c in m["boot_test"]["checks"])
+    log = (out / "build.log").read_text(errors="replace")
+    assert "Kickstart syntax: RHEL9" in log and "inst.repo=http://127.0.0.1:" in log
+    assert "inst.ks=file:/ks.cfg" in log and "was removed in RHEL9" not in log
     assert our_domains("imagebuild-" + name) == []
 
 
