@@ -44,19 +44,56 @@ def edge(fn):  # type: ignore[no-untyped-def]
             "verbose": "stream the build log to the terminal",
             "publish": "after a successful build, publish to this target (glance or ovirt)",
             "cloud": "clouds.yaml entry for --publish glance",
-            "no_cache": "download every package again, ignoring the host's package cache"})
+            "no_cache": "read nothing from and write nothing to the caches (stages and packages)",
+            "rebuild": "build this stage and those after it, reuse the ones before "
+                       "(install, customize, sparsify, boot-test)",
+            "offline": "fetch no InRelease: reuse the newest cached install of the recipe, and say so",
+            "require_cached": "fail before any work unless these stages (comma-separated) are cached",
+            "explain": "print every stage's key inputs"})
 @edge
 def build(c, recipe, no_boot_test=False, keep_work=False, verbose=False, publish=None, cloud=None,
-          no_cache=False):
+          no_cache=False, rebuild="", offline=False, require_cached="", explain=False):
     """Build a recipe into output/RECIPE/: qcow2, manifest.json, SHA256SUMS, logs."""
     from imagebuild.pipeline import build as run_build
+    from imagebuild.stagecache import CacheOptions
+    opts = CacheOptions(use=not no_cache, rebuild=rebuild, offline=offline, explain=explain,
+                        require=tuple(s for s in require_cached.replace(",", " ").split() if s))
     out = run_build(recipe, reporter=Reporter(verbose=verbose), run_boot_test=not no_boot_test,
-                    keep_work=keep_work, use_cache=not no_cache)
+                    keep_work=keep_work, cache=opts)
     print(out)
     if publish:
         from imagebuild.publish import publish as run_publish
         result = run_publish(recipe, out, to=publish, cloud=cloud, reporter=Reporter(verbose=verbose))
         print(json.dumps(result.to_json(), indent=2))
+
+
+@task(help={"prune": "evict least recently used entries down to IMAGEBUILD_CACHE_MAX",
+            "json_": "print JSON"})
+@edge
+def cache(c, prune=False, json_=False):
+    """List the stage cache's entries (recipe, stage, key, size, last use); --prune trims it to its cap."""
+    import time as _time
+
+    from imagebuild.cache import StageCache
+    from imagebuild.paths import cache_root
+    from imagebuild.settings import current
+    sc = StageCache(cache_root() / "stages", max_bytes=current().cache_max, reporter=Reporter())
+    if prune:
+        removed = sc.evict()
+        print(f"pruned {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
+    rows = [{"recipe": e.meta.get("recipe"), "stage": e.stage, "key": e.key, "size": e.size,
+             "build_id": e.meta.get("build_id"), "created": e.meta.get("created"),
+             "last_used": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(e.meta.get("last_used", 0))),
+             "boot_test": bool(e.meta.get("boot"))} for e in sc.entries()]
+    if json_:
+        print(json.dumps(rows, indent=2))
+        return
+    total = sum(e.size for e in sc.entries())
+    for r in rows:
+        print(f"{r['recipe']!s:16} {r['stage']!s:9} {str(r['key'])[:12]} {int(r['size'] or 0) / 2**20:7.0f} MiB"
+              f"  built {r['created']}  used {r['last_used']}" + ("  +boot-test" if r["boot_test"] else ""))
+    print(f"{len(rows)} entries, {total / 2**30:.2f} GiB of {current().cache_max / 2**30:.0f} GiB "
+          f"({sc.root})")
 
 
 @task(name="list", help={"all": "also list abstract base recipes",
@@ -82,9 +119,10 @@ def list_(c, all=False, json_=False):
         print(f"{r.name:22} {kind}{r.install.backend} {r.image.firmware}{base}: {r.description}")
 
 
-@task(help={"recipe": "recipe name or path", "json_": "print JSON instead of text"})
+@task(help={"recipe": "recipe name or path", "json_": "print JSON instead of text",
+            "offline": "do not fetch the suites' InRelease for the stage keys"})
 @edge
-def show(c, recipe, json_=False):
+def show(c, recipe, json_=False, offline=False):
     """Show the fully resolved recipe and the stages a build would run, without building."""
     from imagebuild.pipeline import validate
     from imagebuild.plan import make_plan
@@ -93,6 +131,8 @@ def show(c, recipe, json_=False):
     plan = make_plan(r)
     if not r.abstract:
         validate(r)
+        from imagebuild.stagecache import cache_status
+        plan["cache"] = cache_status(r, offline=offline)
     print(json.dumps(plan, indent=2))
 
 

@@ -31,6 +31,7 @@ from .manifest import write_manifest, write_sha256sums
 from .recipe import Recipe, load_recipe, to_data
 from .run import require_tools, signals_raise
 from .sparsify import compress
+from .stagecache import CacheOptions, StageCacheUse
 from .workspace import (
     Build,
     clean_stale,
@@ -90,8 +91,9 @@ def tool_versions() -> dict[str, str]:
 
 
 def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
-          keep_work: bool = False, use_cache: bool = True) -> Path:
+          keep_work: bool = False, use_cache: bool = True, cache: CacheOptions | None = None) -> Path:
     """Build ``recipe_name`` into ``output/<recipe>/``; returns that directory."""
+    opts = cache or CacheOptions(use=use_cache)
     recipe = load_recipe(recipe_name)
     if recipe.abstract:
         raise ImageBuildError(f"recipe '{recipe.name}' is abstract (a base for others to extend); "
@@ -103,7 +105,9 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
         clean_stale(reporter)
         check_free_space(work_root(), WORK_SPACE_GIB, "the build's scratch space")
         check_free_space(output_root(), OUTPUT_SPACE_GIB, "the output")
+        sc = StageCacheUse.open(recipe, steps, opts, reporter)
         build_id = new_build_id(recipe.name)
+        sc.build_id = build_id
         work = create_work_dir(build_id)
         if not keep_work:
             stack.callback(remove_tree, work, reporter)
@@ -113,43 +117,57 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
         reporter.attach(staging / "build.log", staging / "events.jsonl")
         stack.callback(reporter.close)
         b = Build(recipe=recipe, build_id=build_id, work=work, output_dir=output_root() / recipe.name,
-                  staging=staging, reporter=reporter, stack=stack, use_cache=use_cache)
+                  staging=staging, reporter=reporter, stack=stack, use_cache=opts.use)
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         reporter.info(f"build {build_id}: recipe {recipe.name} ({' <- '.join(Path(s).stem for s in recipe.sources)})")
         b.accel = choose_accel(reporter)
         reporter.info(f"accelerator: {b.accel.accel} ({b.accel.reason})")
+        artifact = staging / b.artifact_name
 
-        with reporter.step("install", stage=True):
-            installer.install(b)
-        with reporter.step("customize", stage=True):
-            _customize(b, installer, steps)
-        with reporter.step("sparsify", stage=True):
-            assert b.disk is not None
-            artifact = staging / b.artifact_name
-            info = compress(b.disk, b.disk_format, artifact, compat=recipe.image.compat, reporter=reporter)
-            b.disk.unlink()
-            reporter.info(f"{artifact.name}: {info.file_size / 2**20:.0f} MiB "
-                          f"(virtual {info.virtual_size / 2**30:.0f} GiB)")
+        hit = sc.reused_artifact(artifact)
+        if hit is not None:  # nothing that shapes the image changed: install, customize, sparsify reused
+            info, b.inputs = hit
+            for stage in ("install", "customize", "sparsify"):
+                with reporter.step(stage, stage=True):
+                    reporter.info(sc.line(stage))
+        else:
+            with reporter.step("install", stage=True):
+                if not sc.reused_install(b):
+                    with sc.making("install"):
+                        installer.install(b)
+                        sc.store_install(b)
+            with reporter.step("customize", stage=True):
+                _customize(b, installer, steps)
+            with reporter.step("sparsify", stage=True):
+                assert b.disk is not None
+                info = compress(b.disk, b.disk_format, artifact, compat=recipe.image.compat, reporter=reporter)
+                b.disk.unlink()
+                reporter.info(f"{artifact.name}: {info.file_size / 2**20:.0f} MiB "
+                              f"(virtual {info.virtual_size / 2**30:.0f} GiB)")
+                sc.store_artifact(b, artifact, info, steps)
         boot: dict[str, Any] | None = None
         if recipe.boot_test.enabled and run_boot_test:
             with reporter.step("boot-test", stage=True):
-                reporter.info("boot matrix: " + ", ".join(map(str, recipe.boot_test.cells(recipe.image.firmware))))
-                try:
-                    result = boot_test(artifact, recipe, accel=b.accel, work=work,
-                                       name=f"{b.domain_prefix}-boot", logs=staging, reporter=reporter)
-                except BootTestFailed as exc:
-                    if isinstance(exc.result, BootTestResult):  # a failed build keeps every cell's result
-                        (staging / "boot-test.json").write_text(json.dumps(exc.result.to_data(), indent=2))
-                    raise
-                if sha256_file(artifact) != info.sha256:
-                    raise ImageBuildError("the artifact changed during the boot test (it must stay read-only)")
-                boot = result.to_data()
+                boot = sc.reused_boot_test(info, str(b.accel.accel), staging)
+                if boot is None:
+                    reporter.info("boot matrix: " + ", ".join(map(str, recipe.boot_test.cells(recipe.image.firmware))))
+                    try:
+                        result = boot_test(artifact, recipe, accel=b.accel, work=work,
+                                           name=f"{b.domain_prefix}-boot", logs=staging, reporter=reporter)
+                    except BootTestFailed as exc:
+                        if isinstance(exc.result, BootTestResult):  # a failed build keeps every cell's result
+                            (staging / "boot-test.json").write_text(json.dumps(exc.result.to_data(), indent=2))
+                        raise
+                    if sha256_file(artifact) != info.sha256:
+                        raise ImageBuildError("the artifact changed during the boot test (it must stay read-only)")
+                    boot = result.to_data()
+                    sc.store_boot_test(boot, staging)
         manifest = {
             "build_id": build_id, "started": started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "recipe": to_data(recipe), "artifact": to_data(info), "boot_test": boot,
             "accelerator": str(b.accel.accel), "accelerator_reason": b.accel.reason,
-            "stages": dict(reporter.stage_seconds),
+            "stages": dict(reporter.stage_seconds), "cache": sc.record,
             "inputs": b.inputs, "tools": tool_versions(),
             "customize_steps": [s.name for s in steps],
         }

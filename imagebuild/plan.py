@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import customize as cz
 from .boottest import CHECK_NAMES
+from .events import NULL_REPORTER, Reporter
 from .install import installer_for
-from .recipe import Recipe, to_data
+from .recipe import Backend, Recipe, to_data
 from .sparsify import COMPRESSION
 
 
@@ -35,3 +39,85 @@ def make_plan(recipe: Recipe) -> dict[str, Any]:
                                             "build.log", "events.jsonl"]},
         ],
     }
+
+
+# -- stage keys: what determines each stage's output (the stage cache, imagebuild/cache.py) -------
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The code whose behaviour shapes each stage's output: a change to it is a new key.
+STAGE_CODE = {
+    "install": ("install/bootstrap.py", "disklayout.py"),
+    "customize": ("customize", "guest.py", "install/bootstrap.py"),
+    "artifact": ("sparsify.py",),
+    "boot-test": ("boottest.py", "domain.py"),
+}
+CACHED_STAGES = ("install", "customize", "sparsify", "boot-test")  # --rebuild / --require-cached names
+
+
+def code_version(paths: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for rel in paths:
+        p = PACKAGE_DIR / rel
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            h.update(str(f.relative_to(PACKAGE_DIR)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def archive_digests(recipe: Recipe, reporter: Reporter = NULL_REPORTER) -> dict[str, str]:
+    """sha256 of each suite's InRelease as the mirror serves it now: a security update in the archive
+    makes a new install key. (Trust is not asked of these bytes: apt verifies what it installs.)"""
+    from .install.bootstrap import sources_list
+    from .install.media import fetch_bytes
+    out = {}
+    for line in sources_list(recipe):
+        _, mirror, suite, *_ = line.split()
+        data = fetch_bytes(f"{mirror.rstrip('/')}/dists/{suite}/InRelease", timeout=20)
+        out[suite] = hashlib.sha256(data).hexdigest()
+    reporter.log("archive: " + ", ".join(f"{s} InRelease {d[:12]}" for s, d in out.items()))
+    return out
+
+
+def install_tools() -> dict[str, str]:
+    from .run import tool_version
+    return {"mmdebstrap": tool_version(["mmdebstrap", "--version"]),
+            "mkfs.ext4": tool_version(["mke2fs", "-V"]), "sfdisk": tool_version(["sfdisk", "--version"]),
+            "mkfs.fat": tool_version(["mkfs.fat", "--help"])}
+
+
+@dataclass(frozen=True)
+class StageKeys:
+    """Each cached stage's inputs and key (sha256 of the canonical JSON of the inputs)."""
+    inputs: dict[str, dict[str, Any]]
+
+    def key(self, stage: str) -> str:
+        from .cache import key_of
+        return key_of(self.inputs[stage])
+
+
+def stage_keys(recipe: Recipe, steps: list[cz.Step], *, archive: dict[str, str] | None,
+               qemu_img: str) -> StageKeys | None:
+    """The keys of install, customize and the artifact (None: this backend is not cached, as VM installs
+    are not yet: their answer file carries a freshly salted password hash). ``archive`` None: offline.
+
+    Each stage's inputs hold the whole chain before it (``{"install": ..., "customize": ...}``), so a
+    miss can name the input that changed at any depth: ``customize.recipe.disable changed``."""
+    if recipe.install.backend is not Backend.BOOTSTRAP:
+        return None
+    install = {"recipe": {"install": to_data(recipe.install), "packages": list(recipe.packages.all),
+                          "family": str(recipe.image.family), "firmware": str(recipe.image.firmware),
+                          "disk_gib": recipe.image.disk_gib},
+               "tools": install_tools(), "archive": archive, "code": code_version(STAGE_CODE["install"])}
+    customize = {"recipe": {**to_data(recipe.customize), "packages": list(recipe.packages.all),
+                            "firmware": str(recipe.image.firmware)},
+                 "steps": [s.name for s in steps], "code": code_version(STAGE_CODE["customize"])}
+    artifact = {"recipe": {"compat": recipe.image.compat}, "compression": COMPRESSION,
+                "tools": {"qemu-img": qemu_img}, "code": code_version(STAGE_CODE["artifact"])}
+    return StageKeys({"install": {"install": install},
+                      "customize": {"install": install, "customize": customize},
+                      "artifact": {"install": install, "customize": customize, "artifact": artifact}})
+
+
+def boot_test_inputs(recipe: Recipe, artifact_sha256: str, accel: str) -> dict[str, Any]:
+    return {"stage": "boot-test", "artifact": artifact_sha256, "boot_test": to_data(recipe.boot_test),
+            "firmware": str(recipe.image.firmware), "accelerator": accel,
+            "code": code_version(STAGE_CODE["boot-test"])}

@@ -25,6 +25,7 @@ VARIABLES = {
     "IMAGEBUILD_OUTPUT": "where finished builds go (default: output/ in the project)",
     "IMAGEBUILD_WORK": "scratch space for builds, ~4 GiB (default: work/ in the project)",
     "IMAGEBUILD_CACHE": "what outlives builds: media, apt cache, KVM answer (default: $XDG_CACHE_HOME/imagebuild)",
+    "IMAGEBUILD_CACHE_MAX": "size cap of the stage cache, least recently used entries go first (default: 20G)",
     "IMAGEBUILD_ACCEL": "force the accelerator: kvm or tcg (default: a bounded probe decides)",
     "IMAGEBUILD_RECIPE_PATH": "colon-separated directories searched for recipes before recipes/",
     "IMAGEBUILD_TEMPLATE_PATH": "colon-separated directories searched for answer-file templates before kickstart/",
@@ -54,6 +55,7 @@ class Settings:
     recipe_path: tuple[Path, ...]
     template_path: tuple[Path, ...]
     mirrors: str
+    cache_max: int = 20 * 1024**3       # bytes
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> Settings:
@@ -69,6 +71,13 @@ class Settings:
         for name in ("IMAGEBUILD_OUTPUT", "IMAGEBUILD_WORK", "IMAGEBUILD_CACHE"):
             if name in env and not env[name].strip():
                 problems.append(f"{name} is set but empty: unset it or name a directory")
+        cache_max = 20 * 1024**3
+        if env.get("IMAGEBUILD_CACHE_MAX"):
+            from .cache import parse_size
+            try:
+                cache_max = parse_size(env["IMAGEBUILD_CACHE_MAX"])
+            except ValueError as exc:
+                problems.append(f"IMAGEBUILD_CACHE_MAX: {exc}")
         if problems:
             raise SettingsError("bad environment: " + "; ".join(problems))
         xdg = env.get("XDG_CACHE_HOME") or "~/.cache"
@@ -81,6 +90,7 @@ class Settings:
             recipe_path=_paths(env.get("IMAGEBUILD_RECIPE_PATH", "")),
             template_path=_paths(env.get("IMAGEBUILD_TEMPLATE_PATH", "")),
             mirrors=env.get("IMAGEBUILD_MIRRORS", ""),
+            cache_max=cache_max,
         )
 
 

@@ -168,6 +168,14 @@ def clean_stale(reporter: Reporter) -> list[str]:
             if build_id in dead or not (root / build_id).exists():
                 shutil.rmtree(tmp, ignore_errors=True)
                 removed.append(f"unfinished output {tmp}")
+    # unfinished stage-cache entries (.tmp-BUILDID-*) of builds that are gone
+    from .cache import StageCache
+    from .paths import cache_root
+
+    def alive(build_id: str) -> bool:
+        return (root / build_id).is_dir() and owner_alive(root / build_id)
+    for tmp in StageCache(cache_root() / "stages", max_bytes=0).remove_unfinished(alive):
+        removed.append(f"unfinished cache entry {tmp}")
     for msg in removed:
         reporter.info(f"cleaned: {msg}")
     return removed

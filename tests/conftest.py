@@ -36,8 +36,10 @@ def run_invoke(args: list[str], env: dict[str, str], **kw) -> subprocess.Complet
 
 @pytest.fixture(scope="session")
 def built_debian12(invoke_env):
-    """One full `invoke build debian12` for the whole session (the default CI run includes it)."""
-    res = run_invoke(["build", "debian12"], invoke_env, timeout=3600)
+    """One full `invoke build debian12` for the whole session (the default CI run includes it). It always
+    installs and boot-tests for real (--rebuild install: a warm stage cache on a developer's machine
+    must not turn it into a copy), and leaves its stages in the cache for the stage-cache tests."""
+    res = run_invoke(["build", "debian12", "--rebuild", "install"], invoke_env, timeout=3600)
     print(res.stdout[-5000:], res.stderr[-20000:])
     assert res.returncode == 0, f"build failed ({res.returncode}):\n{res.stderr[-8000:]}"
     return Path(invoke_env["IMAGEBUILD_OUTPUT"]) / "debian12"

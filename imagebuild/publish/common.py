@@ -316,7 +316,8 @@ def _proven(manifest_path: Path, recipe: dict[str, Any], bt: Any, forced: bool) 
         raise PublishError(f"{parsed.name}: would advertise {wanted} firmware on {machine}, but no boot-test "
                            f"cell {want_cell} passed (passed: {', '.join(passed) or 'none'}); "
                            "set boot_test.matrix / publish.firmware / image.machine_type to what was tested")
-    ran = [{k["name"]: k.get("ok") for k in c.get("checks", []) if isinstance(k, dict)} for c in good]
+    ran = [{k["name"]: k.get("ok") for k in c.get("checks", []) if isinstance(k, dict) and not k.get("skipped")}
+           for c in good]
     live = tuple(name for name in LIVE_CHECKS
                  if any(name in checks for checks in ran) and all(checks.get(name, True) for checks in ran))
     return Proven(machine=machine, firmware=str(wanted), cells=passed,

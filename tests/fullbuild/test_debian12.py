@@ -48,8 +48,18 @@ def test_manifest_records_what_was_built_and_proven(built_debian12, accel):
     for cell in cells:
         checks = {c["name"]: c for c in cell["checks"]}
         assert set(checks) == {"multi-user", "firmware", "machine", "fresh-mac", "dhcp", "single-root", "no-swap",
-                               "packages", "machine-id", "ssh-hostkeys"}, cell["cell"]
+                               "packages", "machine-id", "ssh-hostkeys", "virtio", "balloon", "memory-hotplug",
+                               "vcpu-hotplug"}, cell["cell"]
         assert cell["passed"] and all(c["ok"] for c in checks.values()), cell
+        # the live operations, read inside the guest (docs/live-operations.md)
+        assert "MemTotal" in checks["balloon"]["detail"] and "back to" in checks["balloon"]["detail"]
+        assert "new blocks online in zone Movable" in checks["memory-hotplug"]["detail"]
+        bus = {"virtio": "virtio_blk", "scsi": "virtio_scsi"}[cell["disk_bus"]]
+        assert f"root disk on {bus}" in checks["virtio"]["detail"]
+        if cell["firmware"] == "secure-boot" and cell["accelerator"] == "tcg":
+            assert checks["vcpu-hotplug"].get("skipped") and "SMM" in checks["vcpu-hotplug"]["detail"]
+        else:
+            assert not checks["vcpu-hotplug"].get("skipped") and " online after " in checks["vcpu-hotplug"]["detail"]
         assert cell["mac"] in checks["fresh-mac"]["detail"] and cell["accelerator"] == str(accel.accel)
         assert 0 < cell["seconds_to_agent"] < cell["seconds"]
         macs.add(cell["mac"])
@@ -59,6 +69,7 @@ def test_manifest_records_what_was_built_and_proven(built_debian12, accel):
                 "secure-boot": "Secure Boot enforcing"}[cell["firmware"]] in fw, fw
         assert {"pc": "i440FX", "q35": "Q35"}[cell["machine"]] in checks["machine"]["detail"]
     assert len(macs) == len(cells)  # a fresh MAC per cell
+    assert {c["disk_bus"] for c in cells} == {"virtio", "scsi"}  # both buses, in alternate cells
     assert m["inputs"]["disk_layout"]["label"] == "gpt"
     assert set(m["stages"]) == {"install", "customize", "sparsify", "boot-test"}
     assert all(v > 0 for v in m["stages"].values())

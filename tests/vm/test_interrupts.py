@@ -69,7 +69,7 @@ def _wait_for_mmdebstrap(env: dict[str, str]) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_during_install_cleans_up(fresh_env, sig):
-    p = start_invoke(["build", "debian12"], fresh_env)
+    p = start_invoke(["build", "debian12", "--rebuild", "install"], fresh_env)  # never the cached install
     _wait_for_mmdebstrap(fresh_env)
     t = time.monotonic()
     p.send_signal(sig)
@@ -83,7 +83,7 @@ def test_signal_during_install_cleans_up(fresh_env, sig):
 
 
 def test_killed_build_is_cleaned_by_the_next_clean(fresh_env):
-    p = start_invoke(["build", "debian12"], fresh_env)
+    p = start_invoke(["build", "debian12", "--rebuild", "install"], fresh_env)  # never the cached install
     _wait_for_mmdebstrap(fresh_env)
     p.kill()  # SIGKILL: nothing runs in-process; children get SIGTERM via PR_SET_PDEATHSIG
     p.communicate(timeout=30)

@@ -1,0 +1,47 @@
+"""The stage cache with real builds: the session's debian12 build again reuses every stage; a
+customize-only change reuses the install and says why the rest was rebuilt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ..conftest import run_invoke
+
+pytestmark = pytest.mark.build
+
+
+def test_nothing_changed_reuses_every_stage(built_debian12, invoke_env):
+    first = json.loads((built_debian12 / "manifest.json").read_text())
+    res = run_invoke(["build", "debian12"], invoke_env, timeout=1800)
+    assert res.returncode == 0, res.stderr[-4000:]
+    for stage in ("install", "customize", "sparsify", "boot-test"):
+        assert f"{stage}: reused (key " in res.stderr, (stage, res.stderr[-3000:])
+    m = json.loads((built_debian12 / "manifest.json").read_text())
+    assert m["build_id"] != first["build_id"]
+    assert m["artifact"]["sha256"] == first["artifact"]["sha256"]  # the same image, not rebuilt
+    assert all(m["cache"][s]["reused"] and m["cache"][s]["from_build"] == first["build_id"]
+               for s in ("install", "customize", "sparsify")), m["cache"]
+    assert m["boot_test"] == first["boot_test"] and m["cache"]["boot-test"]["from_build"] == first["build_id"]
+    assert (built_debian12 / "boot-console-uefi-q35.log").read_text(errors="replace").count("login:") >= 1
+    listing = run_invoke(["cache", "--json"], invoke_env)
+    stages = {(e["recipe"], e["stage"]) for e in json.loads(listing.stdout)}
+    assert {("debian12", "install"), ("debian12", "artifact")} <= stages
+
+
+def test_a_customize_change_reuses_the_install_and_names_the_change(built_debian12, invoke_env, tmp_path):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "debian12-noseed.toml").write_text('extends = "debian12"\n[customize]\ndisable = ["random-seed"]\n')
+    env = {**invoke_env, "IMAGEBUILD_RECIPE_PATH": str(recipes)}
+    res = run_invoke(["build", "debian12-noseed", "--no-boot-test"], env, timeout=1800)
+    assert res.returncode == 0, res.stderr[-4000:]
+    first = json.loads((built_debian12 / "manifest.json").read_text())
+    assert "install: reused (key " in res.stderr
+    assert "customize: built (miss: " in res.stderr and "customize.recipe.disable changed" in res.stderr
+    m = json.loads((Path(invoke_env["IMAGEBUILD_OUTPUT"]) / "debian12-noseed" / "manifest.json").read_text())
+    assert m["cache"]["install"]["reused"] and not m["cache"]["customize"]["reused"]
+    assert m["inputs"]["root_fs_uuid"] == first["inputs"]["root_fs_uuid"]  # the very same installed disk
+    assert "random-seed" not in m["customize_steps"]

@@ -1,0 +1,162 @@
+"""The stage cache (imagebuild/cache.py) on real files, and the stage keys (imagebuild/plan.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from imagebuild import customize as cz
+from imagebuild.cache import StageCache, describe_changes, key_of, parse_size
+from imagebuild.plan import stage_keys
+from imagebuild.recipe import load_recipe
+from imagebuild.stagecache import _with_archive
+
+pytestmark = pytest.mark.unit
+ARCHIVE = {"bookworm": "a" * 64, "bookworm-updates": "b" * 64, "bookworm-security": "c" * 64}
+
+
+def writer(data: bytes):
+    def write(dest: Path) -> None:
+        dest.write_bytes(data)
+    return write
+
+
+def make(cache: StageCache, key: str, data: bytes = b"disk", recipe: str = "r", build: str = "r-1",
+         inputs: dict | None = None):
+    return cache.store("install", key, inputs=inputs or {"k": key}, build_id=build, recipe=recipe,
+                       files={"disk.qcow2": writer(data)})
+
+
+def test_store_then_lookup_verifies_and_a_damaged_entry_is_discarded(tmp_path):
+    cache = StageCache(tmp_path, max_bytes=1 << 30)
+    entry = make(cache, "k1", b"x" * 1000)
+    assert entry is not None and entry.file("disk.qcow2").read_bytes() == b"x" * 1000
+    assert cache.lookup("install", "k1") is not None
+    entry.file("disk.qcow2").write_bytes(b"x" * 999)  # truncated
+    assert cache.lookup("install", "k1") is None
+    assert not (tmp_path / "install" / "k1").exists()  # discarded, never used
+    make(cache, "k2", b"yyyy")
+    (tmp_path / "install" / "k2" / "disk.qcow2").write_bytes(b"zzzz")  # same size, other bytes
+    assert cache.lookup("install", "k2") is None
+
+
+def test_an_interrupted_store_leaves_only_a_tmp_dir_that_clean_removes(tmp_path):
+    cache = StageCache(tmp_path, max_bytes=1 << 30)
+
+    def dies(dest: Path) -> None:
+        dest.write_bytes(b"half")
+        raise KeyboardInterrupt  # a signal mid-write
+    with pytest.raises(KeyboardInterrupt):
+        cache.store("install", "k", inputs={}, build_id="r-dead", recipe="r", files={"disk.qcow2": dies})
+    assert cache.lookup("install", "k") is None and cache.entries() == []
+    leftovers = list((tmp_path / "install").glob(".tmp-*"))
+    assert len(leftovers) == 1
+    assert cache.remove_unfinished(alive=lambda build_id: build_id != "r-dead") == leftovers
+    assert cache.remove_unfinished(alive=lambda b: False) == []  # twice: nothing more
+
+
+def test_a_full_disk_means_no_entry_and_a_warning(tmp_path, capsys):
+    from imagebuild.events import Reporter
+    cache = StageCache(tmp_path, max_bytes=1 << 30, reporter=Reporter())
+
+    def full(dest: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert cache.store("install", "k", inputs={}, build_id="b", recipe="r", files={"disk.qcow2": full}) is None
+    said = capsys.readouterr()
+    assert "could not store install k (no space left): this build goes on without caching it" in said.out + said.err
+    assert list((tmp_path / "install").iterdir()) == []  # not even a .tmp- dir
+    assert cache.entries() == []
+
+
+def _store_same_key(root: str, n: int) -> None:
+    cache = StageCache(Path(root), max_bytes=1 << 30)
+    make(cache, "same", b"identical output", build=f"r-{n}")
+
+
+def test_two_builds_storing_one_key_at_once_leave_one_good_entry(tmp_path):
+    procs = [multiprocessing.Process(target=_store_same_key, args=(str(tmp_path), n)) for n in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    cache = StageCache(tmp_path, max_bytes=1 << 30)
+    (entry,) = cache.entries()
+    assert cache.lookup("install", "same") is not None
+    assert entry.file("disk.qcow2").read_bytes() == b"identical output"
+    assert list((tmp_path / "install").glob(".tmp-*")) == []
+
+
+def test_least_recently_used_entries_go_first(tmp_path):
+    cache = StageCache(tmp_path, max_bytes=2500)
+    for k in ("old", "mid"):
+        make(cache, k, b"x" * 1000)
+    cache.lookup("install", "old")  # used again: now "mid" is the least recently used
+    make(cache, "new", b"x" * 1000)  # 3000 bytes > 2500: one must go
+    assert sorted(e.key for e in cache.entries()) == ["new", "old"]
+
+
+def test_a_miss_names_what_changed(tmp_path):
+    cache = StageCache(tmp_path, max_bytes=1 << 30)
+    make(cache, "k1", recipe="debian12", inputs={"archive": ARCHIVE, "customize": {"disable": []},
+                                                 "tools": {"qemu-img": "7.2"}})
+    new = {"archive": {**ARCHIVE, "bookworm-security": "d" * 64}, "customize": {"disable": ["random-seed"]},
+           "tools": {"qemu-img": "8.0"}}
+    why = cache.explain_miss("install", "debian12", new)
+    assert "archive.bookworm-security changed" in why and "customize.disable changed" in why
+    assert "tools.qemu-img 7.2 → 8.0" in why
+    assert cache.explain_miss("artifact", "debian12", new) == "no earlier entry for this stage"
+    assert describe_changes({"a": 1}, {"a": 1, "b": 2}) == "b added"
+
+
+def test_stage_keys_follow_their_inputs():
+    r = load_recipe("debian12")
+    steps = cz.selected_steps(r)
+    base = stage_keys(r, steps, archive=ARCHIVE, qemu_img="qemu-img version 7.2.0")
+    assert base is not None
+    same = stage_keys(r, steps, archive=dict(ARCHIVE), qemu_img="qemu-img version 7.2.0")
+    assert [base.key(s) for s in ("install", "customize", "artifact")] == \
+        [same.key(s) for s in ("install", "customize", "artifact")]  # deterministic
+    # a customize setting: install stays, customize and the artifact change
+    r2 = dataclasses.replace(r, customize=dataclasses.replace(r.customize, disable=("random-seed",)))
+    k2 = stage_keys(r2, cz.selected_steps(r2), archive=ARCHIVE, qemu_img="qemu-img version 7.2.0")
+    assert k2.key("install") == base.key("install") and k2.key("customize") != base.key("customize")
+    assert k2.key("artifact") != base.key("artifact")
+    # a package: everything from install on; a security update in the archive likewise
+    r3 = dataclasses.replace(r, packages=dataclasses.replace(r.packages, extra=r.packages.extra + ("htop",)))
+    assert stage_keys(r3, steps, archive=ARCHIVE, qemu_img="qemu-img version 7.2.0").key("install") != \
+        base.key("install")
+    moved = stage_keys(r, steps, archive={**ARCHIVE, "bookworm-security": "e" * 64}, qemu_img="qemu-img version 7.2.0")
+    assert moved.key("install") != base.key("install") and moved.key("artifact") != base.key("artifact")
+    # a new qemu-img: only the artifact
+    q = stage_keys(r, steps, archive=ARCHIVE, qemu_img="qemu-img version 8.0.0")
+    assert q.key("customize") == base.key("customize") and q.key("artifact") != base.key("artifact")
+    assert stage_keys(load_recipe("centos7"), [], archive=None, qemu_img="") is None  # VM installs: not cached
+
+
+@pytest.mark.parametrize("text, size", [("20G", 20 * 1024**3), ("500M", 500 * 1024**2), ("1024", 1024),
+                                        ("2GiB", 2 * 1024**3)])
+def test_cache_sizes(text, size):
+    assert parse_size(text) == size
+    assert key_of({"a": 1, "b": [1, 2]}) == key_of({"b": [1, 2], "a": 1})
+
+
+def test_a_miss_names_the_input_at_any_depth_of_the_chain(tmp_path):
+    r = load_recipe("debian12")
+    steps = cz.selected_steps(r)
+    base = stage_keys(r, steps, archive=ARCHIVE, qemu_img="7.2")
+    cache = StageCache(tmp_path, max_bytes=1 << 30)
+    cache.store("artifact", base.key("artifact"), inputs=base.inputs["artifact"], build_id="b1", recipe="debian12",
+                files={"artifact.qcow2": writer(b"img")})
+    r2 = dataclasses.replace(r, customize=dataclasses.replace(r.customize, disable=("random-seed",)))
+    k2 = stage_keys(r2, cz.selected_steps(r2), archive=ARCHIVE, qemu_img="7.2")
+    why = cache.explain_miss("artifact", "debian12-child", k2.inputs["artifact"])
+    assert "customize.recipe.disable changed" in why and "customize.steps changed" in why
+    assert "(nearest: recipe debian12)" in why
+    moved = _with_archive(base, {**ARCHIVE, "bookworm-security": "f" * 64})
+    assert "install.archive.bookworm-security changed" in cache.explain_miss("artifact", "debian12",
+                                                                              moved.inputs["artifact"])
+    assert moved.key("install") != base.key("install")
