@@ -26,6 +26,13 @@ def invoke_env(tmp_path_factory):
     env = dict(os.environ)
     env["IMAGEBUILD_OUTPUT"] = str(base / "output")
     env["IMAGEBUILD_WORK"] = str(base / "work")
+    # a cache of the session's own, so the stage-cache tests see exactly this session's builds; the KVM
+    # probe's answer (per host boot) is shared, not probed again
+    from imagebuild.paths import cache_root
+    env["IMAGEBUILD_CACHE"] = str(base / "cache")
+    (base / "cache").mkdir()
+    if (cache_root() / "accel.json").exists():
+        (base / "cache" / "accel.json").write_text((cache_root() / "accel.json").read_text())
     return env
 
 
