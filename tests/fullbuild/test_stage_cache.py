@@ -45,3 +45,15 @@ def test_a_customize_change_reuses_the_install_and_names_the_change(built_debian
     assert m["cache"]["install"]["reused"] and not m["cache"]["customize"]["reused"]
     assert m["inputs"]["root_fs_uuid"] == first["inputs"]["root_fs_uuid"]  # the very same installed disk
     assert "random-seed" not in m["customize_steps"]
+
+
+def test_cache_controls_fail_before_any_work(tmp_path, invoke_env):
+    env = {**invoke_env, "IMAGEBUILD_CACHE": str(tmp_path / "empty-cache"),
+           "IMAGEBUILD_WORK": str(tmp_path / "work"), "IMAGEBUILD_OUTPUT": str(tmp_path / "out")}
+    res = run_invoke(["build", "debian12", "--rebuild", "package"], env, timeout=300)
+    assert res.returncode == 3 and "unknown stage 'package' (stages: install, customize, sparsify, boot-test)" \
+        in res.stderr
+    res = run_invoke(["build", "debian12", "--require-cached", "install,boot-test"], env, timeout=300)
+    assert res.returncode == 3 and "--require-cached install: the cache holds no entry for it" in res.stderr
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())  # nothing started
+    assert "Traceback" not in res.stderr
