@@ -131,11 +131,11 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
                 with reporter.step(stage, stage=True):
                     reporter.info(sc.line(stage))
         else:
-            with reporter.step("install", stage=True):
+            # the key's lock is held from lookup to store: a second build of the same key waits, then reuses
+            with reporter.step("install", stage=True), sc.making("install"):
                 if not sc.reused_install(b):
-                    with sc.making("install"):
-                        installer.install(b)
-                        sc.store_install(b)
+                    installer.install(b)
+                    sc.store_install(b)
             with reporter.step("customize", stage=True):
                 _customize(b, installer, steps)
             with reporter.step("sparsify", stage=True):
