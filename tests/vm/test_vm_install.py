@@ -38,7 +38,10 @@ def payload(tmp_path_factory):
     debian12 recipe's system and package set, made by mmdebstrap as a tarball."""
     r = load_recipe("debian12")
     out = tmp_path_factory.mktemp("payload") / "rootfs.tar"
-    pkgs = ",".join(dict.fromkeys(r.install.bootstrap.include + r.packages.all))
+    # the stand-in partitions an MBR disk and installs grub for BIOS: the bios layout's boot packages
+    from imagebuild.install.bootstrap import BOOT_PACKAGES
+    from imagebuild.recipe import Firmware
+    pkgs = ",".join(dict.fromkeys(r.install.bootstrap.include + BOOT_PACKAGES[Firmware.BIOS] + r.packages.all))
     b = r.install.bootstrap
     subprocess.run(["unshare", "--mount", "--propagation", "private", "mmdebstrap", "--mode=root",
                     f"--variant={b.variant}", f"--include={pkgs}", b.suite, str(out),
