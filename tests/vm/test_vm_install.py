@@ -181,7 +181,8 @@ def test_scripted_install_of_the_el9_kickstart_end_to_end(scripted_env, tree, pa
     assert res.returncode == 0, res.stderr[-6000:]
     out = Path(env["IMAGEBUILD_OUTPUT"]) / name
     m = json.loads((out / "manifest.json").read_text())
-    assert m["boot_test"]["passed"] and all(c["ok"] for c in m["boot_test"]["checks"])
+    (cell,) = m["boot_test"]["cells"]
+    assert m["boot_test"]["passed"] and all(c["ok"] for c in cell["checks"])
     log = (out / "build.log").read_text(errors="replace")
     assert "Kickstart syntax: RHEL9" in log and "inst.repo=http://127.0.0.1:" in log
     assert "inst.ks=file:/ks.cfg" in log and "was removed in RHEL9" not in log
