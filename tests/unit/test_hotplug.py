@@ -11,13 +11,10 @@ from imagebuild.customize.hotplug import CPU_RULE, MEMORY_ARGS, MEMORY_RULE, _ru
 from imagebuild.errors import RecipeError
 from imagebuild.recipe import Family, load_recipe
 
+from .test_firmware import recipe_file
+
 pytestmark = pytest.mark.unit
 
-
-def recipe_file(d: Path, body: str) -> Path:
-    p = d / "hp.toml"
-    p.write_text('extends = "debian12"\n' + body)
-    return p
 
 
 @pytest.mark.parametrize("body, key, message", [
