@@ -8,6 +8,7 @@ file operations the generalization steps need, so each step reads as what it doe
 from __future__ import annotations
 
 import fnmatch
+import os
 import posixpath
 import re
 from collections.abc import Iterator
@@ -46,6 +47,17 @@ def _kill_appliance() -> None:
     kill_descendants()
 
 
+_SYSFS_MARK = "--- imagebuild: block devices ---"
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """One group of ``Guest.side_by_side``: its commands, exit status and output."""
+    argv: str
+    rc: int
+    output: str
+
+
 class Guest:
     def __init__(self, g: Any, reporter: Reporter, firmware: Firmware = Firmware.BIOS) -> None:
         self.g = g
@@ -71,6 +83,35 @@ class Guest:
             self.reporter.log(f"[guest]   {line}")
         return out
 
+    def side_by_side(self, groups: dict[str, list[list[str]]], *, purpose: str = "") -> dict[str, GroupResult]:
+        """Run each group's commands one after the other, and the groups at the same time, in one call
+        inside the image; every group's exit status and output. A group stops at its first failure."""
+        from .run import quote
+        marker = "--- imagebuild: group"
+        script = ['d=$(mktemp -d /tmp/imagebuild-group.XXXXXX) || exit 1']
+        for i, cmds in enumerate(groups.values()):
+            script.append(f'{{ ( {" && ".join(quote(c) for c in cmds) or "true"} ) >"$d/{i}" 2>&1 </dev/null; '
+                          f'echo $? >"$d/{i}.rc"; }} &')
+        script.append("wait")
+        script += [f'echo "{marker} {i} $(cat "$d/{i}.rc")"; cat "$d/{i}"' for i in range(len(groups))]
+        script.append('rm -rf "$d"')
+        for name, cmds in groups.items():
+            self.reporter.log(f"[guest] $ {' && '.join(quote(c) for c in cmds)}    # {name}, side by side"
+                              + (f": {purpose}" if purpose else ""))
+        out = self.command(["sh", "-c", "\n".join(script)])
+        results: dict[str, GroupResult] = {}
+        names = list(groups)
+        for chunk in out.split(marker)[1:]:
+            head, _, body = chunk.partition("\n")
+            index, _, rc = head.strip().partition(" ")
+            name = names[int(index)]
+            results[name] = GroupResult(" && ".join(quote(c) for c in groups[name]),
+                                        int(rc) if rc.strip().lstrip("-").isdigit() else -1, body)
+        for name in names:
+            results.setdefault(name, GroupResult(" && ".join(quote(c) for c in groups[name]), -1,
+                                                 "(no result: the group did not report)"))
+        return results
+
     def kernel_disk_of_root(self) -> tuple[str, int]:
         """The appliance kernel's name for the disk under the mounted `/` and the partition number.
 
@@ -79,10 +120,19 @@ class Guest:
         our disk after the appliance's root disk. A boot loader installed on the API name would then
         go to the wrong disk, so ask the kernel which disk holds `/`.
         """
-        majmin = root_majmin(self.command(["cat", "/proc/self/mountinfo"]))
-        sys_part = f"/sys/dev/block/{majmin}"
-        disk = self.command(["readlink", "-f", f"{sys_part}/.."]).strip().rsplit("/", 1)[-1]
-        part = self.command(["cat", f"{sys_part}/partition"]).strip()
+        # one command (each costs about a second under emulation): the mount table, then every block
+        # device's disk and partition number
+        out = self.command(["sh", "-c", "cat /proc/self/mountinfo; echo " + _SYSFS_MARK + "; "
+                            "for d in /sys/dev/block/*; do echo \"${d##*/} $(readlink -f $d/..) "
+                            "$(cat $d/partition 2>/dev/null)\"; done"])
+        mountinfo, _, sysfs = out.partition(_SYSFS_MARK)
+        majmin = root_majmin(mountinfo)
+        disk = part = ""
+        for line in sysfs.splitlines():
+            fields = line.split()
+            if fields and fields[0] == majmin:
+                disk = fields[1].rsplit("/", 1)[-1] if len(fields) > 1 else ""
+                part = fields[2] if len(fields) > 2 else ""
         if not disk or not part.isdigit():
             raise GuestError(f"cannot relate the root filesystem ({majmin}) to a disk: {disk!r} {part!r}")
         return f"/dev/{disk}", int(part)
@@ -183,12 +233,12 @@ class Guest:
     def mount_root(self) -> None:
         """Mount the image's one Linux filesystem at / (and its ESP at /boot/efi where the layout has
         one); a disk that breaks its layout (a second filesystem, swap, LVM) is refused here."""
-        problems = layout_problems(self)
+        found = classify_partitions(self)  # once: each probe costs seconds under emulation
+        problems = layout_problems(self, found)
         if problems:
             raise CustomizeFailed(f"the disk layout breaks the golden-image rule for a {self.firmware} image "
                                   "(exactly one Linux filesystem, mounted at /, no swap, no LVM, and only "
                                   "the boot partitions its firmware needs):\n  " + "\n  ".join(problems))
-        found = classify_partitions(self)
         self.root_device = found.root
         self.g.mount(self.root_device, "/")
         if found.esp:
@@ -252,10 +302,10 @@ def classify_partitions(guest: Guest) -> Partitions:
     return found
 
 
-def layout_problems(guest: Guest) -> list[str]:
+def layout_problems(guest: Guest, found: Partitions | None = None) -> list[str]:
     """Everything about the disk that breaks the layout its firmware allows (disklayout.LAYOUTS)."""
     layout = layout_for(guest.firmware)
-    found = classify_partitions(guest)
+    found = found if found is not None else classify_partitions(guest)
     problems = []
     if found.swap:
         problems.append(f"swap partition(s): {', '.join(found.swap)}")
@@ -287,12 +337,10 @@ def layout_problems(guest: Guest) -> list[str]:
     return problems
 
 
-@contextmanager
-def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_REPORTER,
-               network: bool = False, readonly: bool = False, mount: bool = True,
-               firmware: Firmware = Firmware.BIOS) -> Iterator[Guest]:
-    """Launch the appliance on ``disk`` (format named: never probed) and mount its root (and ESP); the
-    disk must have the layout of ``firmware``."""
+APPLIANCE_VCPUS = min(2, os.cpu_count() or 1)
+
+
+def _handle(disk: Path, fmt: str, *, accel: Accel, network: bool, readonly: bool) -> Any:
     require_guestfs()
     g = guestfs.GuestFS(python_return_dict=True)
     try:
@@ -300,16 +348,111 @@ def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_
         if accel is Accel.TCG:
             g.set_backend_settings(["force_tcg"])
         g.set_network(network)
+        if not readonly:
+            # two vCPUs: the boot loader's install and its configuration run side by side in it
+            g.set_smp(APPLIANCE_VCPUS)
         g.add_drive_opts(str(disk), format=fmt, readonly=readonly,
                          discard="disable" if readonly else "besteffort")
-        reporter.log(f"libguestfs: launching appliance for {disk} (format {fmt}, {accel}, "
-                     f"network {'on' if network else 'off'})")
-        guest = Guest(g, reporter, firmware)
+    except BaseException:
+        g.close()
+        raise
+    return g
+
+
+def _launch_failed(exc: RuntimeError) -> ImageBuildError:
+    return ImageBuildError(f"libguestfs could not launch its appliance: {exc} (run libguestfs-test-tool for details)")
+
+
+class ApplianceAhead:
+    """The libguestfs appliance booting in a thread on a disk the installer is still filling.
+
+    Under emulation the appliance takes 30-45 s to boot, about as long as mmdebstrap takes to build the
+    tree, and the two keep different cores busy. The disk file exists with its final partition table
+    before the launch, so the appliance's kernel finds the right partitions; the host writes the
+    filesystems into them while it boots, and nothing in the appliance mounts or writes the disk until
+    ``take``. ``take`` then drops whatever the appliance's kernel read of the still-blank partitions
+    (BLKFLSBUF on the disk and each partition: its page cache is clean, so this discards it), so every
+    later read comes from the file. The raw disk has no cache of its own in QEMU, and the host's page
+    cache is shared by both writers. The installer's ``finalize`` checks the UUID the appliance reads
+    against the one the host wrote.
+    """
+
+    def __init__(self, disk: Path, fmt: str, *, accel: Accel, reporter: Reporter, network: bool,
+                 firmware: Firmware) -> None:
+        import threading
+        import time
+        self.disk, self.reporter, self.firmware = disk, reporter, firmware
+        self.g = _handle(disk, fmt, accel=accel, network=network, readonly=False)
+        self.started = time.monotonic()
+        self.ready_after: float | None = None
+        self._error: RuntimeError | None = None
+        self._closed = False
+        reporter.log(f"libguestfs: launching the appliance ahead for {disk} (format {fmt}, {accel}, "
+                     f"network {'on' if network else 'off'}) while the install fills it")
+        self._thread = threading.Thread(target=self._launch, name="libguestfs-launch", daemon=True)
+        self._thread.start()
+
+    def _launch(self) -> None:
+        import time
         try:
-            call_interruptibly(g.launch, on_interrupt=_kill_appliance)
+            self.g.launch()
         except RuntimeError as exc:
-            raise ImageBuildError(f"libguestfs could not launch its appliance: {exc} "
-                                  "(run libguestfs-test-tool for details)") from None
+            self._error = exc
+        self.ready_after = time.monotonic() - self.started
+
+    def take(self) -> Guest:
+        """Wait for the launch to finish; the appliance, its view of the disk refreshed."""
+        import time
+        t = time.monotonic()
+        try:
+            while self._thread.is_alive():
+                self._thread.join(timeout=0.2)  # in Python, so a signal is handled at once
+        except BaseException:
+            self.close()
+            raise
+        if self._error is not None:
+            raise _launch_failed(self._error)
+        self.reporter.info(f"appliance ready {self.ready_after:.0f}s after its launch during the install "
+                           f"(waited {time.monotonic() - t:.0f}s for it here)")
+        for dev in [*self.g.list_devices(), *self.g.list_partitions()]:
+            self.g.blockdev_flushbufs(dev)
+        return Guest(self.g, self.reporter, self.firmware)
+
+    def close(self) -> None:
+        """Stop the appliance if it is still booting (a failed or interrupted install) and close the handle."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            from .procs import descendants, processes_mentioning, stop_processes
+            ours = set(descendants())
+            stop_processes([p for p in processes_mentioning(str(self.disk)) if p in ours], grace=2)
+            self._thread.join(timeout=30)
+        self.g.close()
+
+
+@contextmanager
+def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_REPORTER,
+               network: bool = False, readonly: bool = False, mount: bool = True,
+               firmware: Firmware = Firmware.BIOS, ahead: ApplianceAhead | None = None) -> Iterator[Guest]:
+    """Launch the appliance on ``disk`` (format named: never probed) and mount its root (and ESP); the
+    disk must have the layout of ``firmware``. ``ahead``: the appliance already launching on that disk."""
+    if ahead is not None:
+        g, close = ahead.g, ahead.close
+    else:
+        g = _handle(disk, fmt, accel=accel, network=network, readonly=readonly)
+        close = g.close
+    try:
+        if ahead is not None:
+            guest = ahead.take()
+        else:
+            reporter.log(f"libguestfs: launching appliance for {disk} (format {fmt}, {accel}, "
+                         f"network {'on' if network else 'off'})")
+            guest = Guest(g, reporter, firmware)
+            try:
+                call_interruptibly(g.launch, on_interrupt=_kill_appliance)
+            except RuntimeError as exc:
+                raise _launch_failed(exc) from None
         if mount:
             guest.mount_root()
         yield guest
@@ -317,4 +460,4 @@ def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_
             g.umount_all()
             g.shutdown()  # flushes and reports write errors, unlike close()
     finally:
-        g.close()
+        close()

@@ -222,7 +222,9 @@ class StageCacheUse:
         src, fmt = b.disk, b.disk_format
 
         def convert(dest: Path) -> None:
-            run(["qemu-img", "convert", "-q", "-f", fmt, "-O", "qcow2", str(src), str(dest)],
+            # -U: the libguestfs appliance may be booting on the raw disk (launched ahead; it has not
+            # touched it yet) and holds its lock
+            run(["qemu-img", "convert", "-q", "-U", "-f", fmt, "-O", "qcow2", str(src), str(dest)],
                 reporter=self.reporter, purpose="keep the installed disk in the stage cache")
         self.cache.store("install", self.keys.key("install"), inputs=self.keys.inputs["install"],
                          build_id=b.build_id, recipe=self.recipe.name, files={INSTALL_DISK: convert},

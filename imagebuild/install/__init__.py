@@ -7,6 +7,7 @@ build launches the appliance once.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from ..events import Reporter
@@ -29,6 +30,11 @@ class Installer(Protocol):
 
     def describe(self, recipe: Recipe) -> dict[str, Any]:
         """What ``install`` would do, for ``invoke show`` (no side effects)."""
+        ...
+
+    def disk_ahead(self, build: Build) -> Path | None:
+        """The disk's file, already partitioned, before ``install`` fills it, so that the libguestfs
+        appliance can boot on it meanwhile; None when the installer makes the disk whole."""
         ...
 
     def install(self, build: Build) -> None:

@@ -93,6 +93,9 @@ class VMInstaller:
             cmdline=" ".join(kernel_arguments(recipe)), guest_agent=False,
             extra_channels=((ANACONDA_LOG_PORT, log_socket),) if kickstart and log_socket else ())
 
+    def disk_ahead(self, build: Build) -> Path | None:
+        return None  # the installer VM writes the whole disk: the appliance can only start after it
+
     def install(self, build: Build) -> None:
         r, rep = build.recipe, build.reporter
         assert build.accel is not None
