@@ -25,7 +25,7 @@ OURS_MIB, DECOY_MIB = 72, 40
 
 def busybox_tree(root):
     make_tree(root, {"/etc/fstab": "LABEL=root / ext4 defaults 0 1\n"},
-              symlinks={"/bin/cat": "busybox", "/bin/readlink": "busybox"})
+              symlinks={"/bin/cat": "busybox", "/bin/readlink": "busybox", "/bin/sh": "busybox"})
     shutil.copy2("/bin/busybox", root / "bin/busybox")
     for mountpoint in ("dev", "proc", "sys"):  # libguestfs binds these only where they exist
         (root / mountpoint).mkdir()
