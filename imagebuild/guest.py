@@ -230,6 +230,28 @@ class Guest:
     def filesystems(self) -> dict[str, str]:
         return dict(self.g.list_filesystems())
 
+    def mount_layout(self) -> None:
+        """Mount a disk the host has just assembled and checked (partition starts and filesystem ids,
+        with blkid): by its layout's partition numbers, checking only each filesystem's type. The full
+        probe of the disk (``layout_problems``, seconds under emulation) still runs in the post-check
+        of the ``layout`` step, before the image can ship."""
+        layout = layout_for(self.firmware)
+        disk = self.g.list_devices()[0]
+        root = f"{disk}{layout.root.number}"
+        fstype = self.g.vfs_type(root)
+        if fstype in ("", "unknown", "swap", "vfat"):
+            raise CustomizeFailed(f"partition {layout.root.number} of the assembled disk holds {fstype or 'nothing'}, "
+                                  "not the root filesystem")
+        self.root_device = root
+        self.g.mount(root, "/")
+        if layout.esp is not None:
+            esp = f"{disk}{layout.esp.number}"
+            if self.g.vfs_type(esp) != "vfat":
+                raise CustomizeFailed(f"partition {layout.esp.number} of the assembled disk is not the vfat ESP")
+            self.esp_device = esp
+            self.g.mkdir_p(ESP_MOUNT)
+            self.g.mount(esp, ESP_MOUNT)
+
     def mount_root(self) -> None:
         """Mount the image's one Linux filesystem at / (and its ESP at /boot/efi where the layout has
         one); a disk that breaks its layout (a second filesystem, swap, LVM) is refused here."""
@@ -370,8 +392,9 @@ class ApplianceAhead:
     tree, and the two keep different cores busy. The disk file exists with its final partition table
     before the launch, so the appliance's kernel finds the right partitions; the host writes the
     filesystems into them while it boots, and nothing in the appliance mounts or writes the disk until
-    ``take``. ``take`` then drops whatever the appliance's kernel read of the still-blank partitions
-    (BLKFLSBUF on the disk and each partition: its page cache is clean, so this discards it), so every
+    ``take``. Whatever the appliance's kernel read of the still-blank partitions (udev's probe at boot)
+    is gone by then: Linux drops a block device's page cache at its last close, and ``take`` also
+    issues BLKFLSBUF on the disk and each partition for anything that still holds one open, so every
     later read comes from the file. The raw disk has no cache of its own in QEMU, and the host's page
     cache is shared by both writers. The installer's ``finalize`` checks the UUID the appliance reads
     against the one the host wrote.
@@ -453,7 +476,9 @@ def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_
                 call_interruptibly(g.launch, on_interrupt=_kill_appliance)
             except RuntimeError as exc:
                 raise _launch_failed(exc) from None
-        if mount:
+        if mount and ahead is not None:
+            guest.mount_layout()   # the install assembled and checked this disk moments ago
+        elif mount:
             guest.mount_root()
         yield guest
         if not readonly:
