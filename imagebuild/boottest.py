@@ -35,7 +35,7 @@ from .domain import (
     transient_domain,
 )
 from .errors import BootTestFailed, CommandFailed
-from .events import Reporter
+from .events import CellReporter, Reporter
 from .recipe import BootFirmware, Cell, Family, Machine, Recipe
 from .run import run
 
@@ -496,15 +496,25 @@ def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, na
     cells = cells if cells is not None else recipe.boot_test.cells(recipe.image.firmware)
     for cell in cells:
         firmware_files(cell.firmware)  # a missing OVMF file is named before the first boot, not mid-matrix
-    results = []
     buses = recipe.boot_test.disk_buses
-    for i, cell in enumerate(cells, 1):
-        bus = buses[(i - 1) % len(buses)]  # in turn, so a matrix covers virtio-blk and virtio-scsi
-        with contextlib.suppress(_CellFailed), reporter.step(f"cell {i}/{len(cells)} {cell} ({bus})"):
-            results.append(boot_cell(image, recipe, cell, accel=accel, work=work, name=f"{name}-{cell.slug}",
-                                     logs=logs, reporter=reporter, disk_bus=bus))
-            if not results[-1].passed:
+    jobs = [(f"cell {i}/{len(cells)} {cell} ({buses[(i - 1) % len(buses)]})", cell, buses[(i - 1) % len(buses)])
+            for i, cell in enumerate(cells, 1)]  # buses in turn, so a matrix covers virtio-blk and virtio-scsi
+
+    def one(title: str, cell: Cell, bus: str, rep: Reporter) -> CellResult:
+        res = None
+        with contextlib.suppress(_CellFailed), rep.step(title):
+            res = boot_cell(image, recipe, cell, accel=accel, work=work, name=f"{name}-{cell.slug}",
+                            logs=logs, reporter=rep, disk_bus=bus)
+            if not res.passed:
                 raise _CellFailed  # the step shows ✗; the next cell still runs
+        assert res is not None
+        return res
+
+    parallel = min(recipe.boot_test.parallel, len(jobs))
+    if parallel <= 1:
+        results = [one(*job, reporter) for job in jobs]
+    else:
+        results = _side_by_side(jobs, one, parallel, name, reporter)
     result = BootTestResult(all(c.passed for c in results), str(accel.accel), results)
     reporter.info("boot matrix: " + ", ".join(
         f"{c.cell} {'passed' if c.passed else 'FAILED'}"
@@ -515,6 +525,30 @@ def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, na
         raise BootTestFailed(f"boot test of {image.name} failed in {sum(not c.passed for c in results)} of "
                              f"{len(results)} cell(s): {failed}", result=result)
     return result
+
+
+def _side_by_side(jobs: list[tuple[str, Cell, str]], one: Callable[..., CellResult], parallel: int,
+                  name: str, reporter: Reporter) -> list[CellResult]:
+    """Boot ``parallel`` cells at a time, each guest its own domain, overlay, MAC and VARS copy, each
+    reporting with its cell's tag; results in matrix order. An interrupt destroys every domain of this
+    boot test (the workers' calls then fail, and each removes its overlay) before it is re-raised."""
+    import concurrent.futures as cf
+
+    from .workspace import destroy_domains
+    reporter.info(f"booting {parallel} cells at a time")
+    pool = cf.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="boot-cell")
+    futures = [pool.submit(one, title, cell, bus, CellReporter(reporter, str(cell))) for title, cell, bus in jobs]
+    try:
+        while not all(f.done() for f in futures):
+            cf.wait(futures, timeout=0.5)  # in Python, so a signal is handled at once
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        destroy_domains(name, reporter)
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=True)
+    return [f.result() for f in futures]
 
 
 def cell_spec(recipe: Recipe, cell: Cell, *, name: str, accel: Accel, overlay: Path, nvram: Path,

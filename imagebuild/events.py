@@ -87,6 +87,36 @@ class Reporter:
         self.event("step", name=name, state="done", seconds=round(elapsed, 2))
 
 
+class CellReporter(Reporter):
+    """What one of several things running at once reports through a shared ``Reporter``: every line
+    tagged ``[tag]``, its steps timed but never nesting the parent's (whose depth another thread may be
+    reading)."""
+
+    def __init__(self, parent: Reporter, tag: str) -> None:
+        super().__init__(parent.stream, verbose=parent.verbose)
+        self.parent, self.tag = parent, tag
+
+    def info(self, message: str) -> None:
+        self.parent.info(f"[{self.tag}] {message}")
+
+    def log(self, message: str) -> None:
+        self.parent.log(f"[{self.tag}] {message}")
+
+    def event(self, kind: str, **data: Any) -> None:
+        self.parent.event(kind, tag=self.tag, **data)
+
+    @contextmanager
+    def step(self, name: str, *, stage: bool = False) -> Iterator[None]:
+        self.info(f"▶ {name}")
+        start = time.monotonic()
+        try:
+            yield
+        except BaseException:
+            self.info(f"✗ {name} failed after {time.monotonic() - start:.1f}s")
+            raise
+        self.info(f"✓ {name} ({time.monotonic() - start:.1f}s)")
+
+
 class _Null:
     def write(self, _text: str) -> int:
         return 0

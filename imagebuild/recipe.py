@@ -212,6 +212,7 @@ class BootTest:
     balloon_mib: int = 256             # how far the balloon shrinks the guest, then gives it back
     disk_buses: tuple[str, ...] = ("virtio", "scsi")  # root disk bus by cell, in turn (virtio-blk, virtio-scsi)
     skip_checks: tuple[str, ...] = ()  # in-guest checks an image family cannot pass (boottest.CHECK_NAMES)
+    parallel: int = 1                  # cells booted at once (each its own guest); 1 = one after another
 
     def cells(self, firmware: Firmware) -> tuple[Cell, ...]:
         """The cells to boot, in a fixed order (validated at load time)."""
@@ -538,6 +539,7 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
     for i, bus in enumerate(bt.disk_buses):
         check(bus in DISK_BUSES, f"boot_test.disk_buses[{i}]", f"must be one of {', '.join(DISK_BUSES)}")
     check(bool(bt.disk_buses), "boot_test.disk_buses", "must name at least one bus")
+    check(1 <= bt.parallel <= 8, "boot_test.parallel", "must be between 1 and 8 (cells booted at once)")
     from .boottest import CHECK_NAMES
     for i, name in enumerate(bt.skip_checks):
         check(name in CHECK_NAMES, f"boot_test.skip_checks[{i}]",

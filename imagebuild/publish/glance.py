@@ -140,6 +140,13 @@ def _delete(images: Images, image_id: str, reporter: Reporter, why: str) -> None
     reporter.info(f"deleting Glance image {image_id} ({why})")
     reporter.event("glance-delete", image_id=image_id, reason=why)
 
+    def deleted() -> bool:
+        try:
+            img = images.get_image(image_id)
+        except os_exc.NotFoundException:
+            return True
+        return img.status in ("deleted", "pending_delete")
+
     def gone() -> bool:
         try:
             images.delete_image(image_id, ignore_missing=True)
@@ -148,12 +155,12 @@ def _delete(images: Images, image_id: str, reporter: Reporter, why: str) -> None
             # interrupted upload itself (e.g. its database row is locked): both pass, so retry.
             if exc.status_code == 409 or (exc.status_code or 0) >= 500:
                 return False
+            # 400 "status transition from deleted to deleted": a delete already went through (ours,
+            # retried, or the upload's own failure path racing it); gone is what was wanted
+            if exc.status_code == 400 and deleted():
+                return True
             raise
-        try:
-            img = images.get_image(image_id)
-        except os_exc.NotFoundException:
-            return True
-        return img.status in ("deleted", "pending_delete")
+        return deleted()
 
     wait_until(gone, timeout=120, what=f"Glance to delete image {image_id}", interval=0.5)
 

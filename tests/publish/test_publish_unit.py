@@ -239,3 +239,32 @@ def test_disk_bus_and_live_operations_come_from_the_passed_cells(make_build: Mak
     only_virtio = load_published_artifact(make_build(scsi, cells={"bios/pc": True}))
     with pytest.raises(PublishError, match="no passed boot-test cell booted from virtio-scsi"):
         glance_properties(only_virtio, scsi.publish.glance)
+
+
+class _AlreadyDeleted:
+    """A stand-in for the SDK's image proxy (named as such: the race that makes Glance answer a delete
+    with 400 "deleted to deleted" cannot be made to happen on demand with the real Glance): the image
+    was deleted a moment ago and still reads as status deleted."""
+
+    def __init__(self, status: str) -> None:
+        self.status, self.deletes = status, 0
+
+    def delete_image(self, image_id: str, ignore_missing: bool = True) -> None:
+        from openstack import exceptions as os_exc
+        self.deletes += 1
+        raise os_exc.HttpException(message="Image status transition from deleted to deleted is not allowed",
+                                   http_status=400)
+
+    def get_image(self, image_id: str):  # type: ignore[no-untyped-def]
+        return type("Img", (), {"status": self.status})()
+
+
+def test_a_delete_that_already_went_through_counts_as_gone() -> None:
+    from openstack import exceptions as os_exc
+
+    from imagebuild.publish.glance import _delete
+    images = _AlreadyDeleted("deleted")
+    _delete(images, "157bd538", Reporter(), "another publish of this artifact started first")  # type: ignore[arg-type]
+    assert images.deletes == 1
+    with pytest.raises(os_exc.HttpException):  # a 400 for an image that is not deleted stays an error
+        _delete(_AlreadyDeleted("active"), "157bd538", Reporter(), "test")  # type: ignore[arg-type]

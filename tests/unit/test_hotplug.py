@@ -24,6 +24,7 @@ pytestmark = pytest.mark.unit
     ('[boot_test]\nballoon_mib = 900\n', "boot_test.balloon_mib", "at least 256 MiB of its 1024"),
     ('[boot_test]\ndisk_buses = ["ide"]\n', "boot_test.disk_buses[0]", "one of virtio, scsi"),
     ('[boot_test]\nskip_checks = ["cpu-hotplug"]\n', "boot_test.skip_checks[0]", "unknown check 'cpu-hotplug'"),
+    ('[boot_test]\nparallel = 0\n', "boot_test.parallel", "between 1 and 8"),
 ])
 def test_live_operation_keys_are_validated(tmp_path, body, key, message):
     with pytest.raises(RecipeError) as e:
