@@ -1,26 +1,22 @@
-"""Opening disk images with libguestfs: the format always named, TCG forced when KVM is unusable,
-launch and long calls interruptible, the handle always closed.
+"""The image as libguestfs shows it: long calls interruptible, and the disk's layout rules.
 
-A ``Guest`` wraps one launched handle with the single ``/`` filesystem mounted, and offers the few
-file operations the generalization steps need, so each step reads as what it does to the image.
+A ``Guest`` wraps one launched handle (``appliance.open_guest`` launches it) with the single ``/``
+filesystem mounted, and offers the few file operations the generalization steps need, so each step
+reads as what it does to the image.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import os
 import posixpath
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .accel import Accel
 from .disklayout import ESP_MOUNT, GPT_TYPE, Role, layout_for
-from .errors import CustomizeFailed, ImageBuildError
-from .events import NULL_REPORTER, Reporter
+from .errors import CustomizeFailed
+from .events import Reporter
 from .procs import kill_descendants
 from .recipe import Firmware
 from .run import call_interruptibly
@@ -357,132 +353,3 @@ def layout_problems(guest: Guest, found: Partitions | None = None) -> list[str]:
         problems.append(f"expected {len(layout.partitions)} partition(s) for a {guest.firmware} image, "
                         f"found {len(found.partitions)}: {', '.join(found.partitions)}")
     return problems
-
-
-APPLIANCE_VCPUS = min(2, os.cpu_count() or 1)
-
-
-def _handle(disk: Path, fmt: str, *, accel: Accel, network: bool, readonly: bool) -> Any:
-    require_guestfs()
-    g = guestfs.GuestFS(python_return_dict=True)
-    try:
-        g.set_backend("direct")
-        if accel is Accel.TCG:
-            g.set_backend_settings(["force_tcg"])
-        g.set_network(network)
-        if not readonly:
-            # two vCPUs: the boot loader's install and its configuration run side by side in it
-            g.set_smp(APPLIANCE_VCPUS)
-        g.add_drive_opts(str(disk), format=fmt, readonly=readonly,
-                         discard="disable" if readonly else "besteffort")
-    except BaseException:
-        g.close()
-        raise
-    return g
-
-
-def _launch_failed(exc: RuntimeError) -> ImageBuildError:
-    return ImageBuildError(f"libguestfs could not launch its appliance: {exc} (run libguestfs-test-tool for details)")
-
-
-class ApplianceAhead:
-    """The libguestfs appliance booting in a thread on a disk the installer is still filling.
-
-    Under emulation the appliance takes 30-45 s to boot, about as long as mmdebstrap takes to build the
-    tree, and the two keep different cores busy. The disk file exists with its final partition table
-    before the launch, so the appliance's kernel finds the right partitions; the host writes the
-    filesystems into them while it boots, and nothing in the appliance mounts or writes the disk until
-    ``take``. Whatever the appliance's kernel read of the still-blank partitions (udev's probe at boot)
-    is gone by then: Linux drops a block device's page cache at its last close, and ``take`` also
-    issues BLKFLSBUF on the disk and each partition for anything that still holds one open, so every
-    later read comes from the file. The raw disk has no cache of its own in QEMU, and the host's page
-    cache is shared by both writers. The installer's ``finalize`` checks the UUID the appliance reads
-    against the one the host wrote.
-    """
-
-    def __init__(self, disk: Path, fmt: str, *, accel: Accel, reporter: Reporter, network: bool,
-                 firmware: Firmware) -> None:
-        import threading
-        import time
-        self.disk, self.reporter, self.firmware = disk, reporter, firmware
-        self.g = _handle(disk, fmt, accel=accel, network=network, readonly=False)
-        self.started = time.monotonic()
-        self.ready_after: float | None = None
-        self._error: RuntimeError | None = None
-        self._closed = False
-        reporter.log(f"libguestfs: launching the appliance ahead for {disk} (format {fmt}, {accel}, "
-                     f"network {'on' if network else 'off'}) while the install fills it")
-        self._thread = threading.Thread(target=self._launch, name="libguestfs-launch", daemon=True)
-        self._thread.start()
-
-    def _launch(self) -> None:
-        import time
-        try:
-            self.g.launch()
-        except RuntimeError as exc:
-            self._error = exc
-        self.ready_after = time.monotonic() - self.started
-
-    def take(self) -> Guest:
-        """Wait for the launch to finish; the appliance, its view of the disk refreshed."""
-        import time
-        t = time.monotonic()
-        try:
-            while self._thread.is_alive():
-                self._thread.join(timeout=0.2)  # in Python, so a signal is handled at once
-        except BaseException:
-            self.close()
-            raise
-        if self._error is not None:
-            raise _launch_failed(self._error)
-        self.reporter.info(f"appliance ready {self.ready_after:.0f}s after its launch during the install "
-                           f"(waited {time.monotonic() - t:.0f}s for it here)")
-        for dev in [*self.g.list_devices(), *self.g.list_partitions()]:
-            self.g.blockdev_flushbufs(dev)
-        return Guest(self.g, self.reporter, self.firmware)
-
-    def close(self) -> None:
-        """Stop the appliance if it is still booting (a failed or interrupted install) and close the handle."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._thread.is_alive():
-            from .procs import descendants, processes_mentioning, stop_processes
-            ours = set(descendants())
-            stop_processes([p for p in processes_mentioning(str(self.disk)) if p in ours], grace=2)
-            self._thread.join(timeout=30)
-        self.g.close()
-
-
-@contextmanager
-def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_REPORTER,
-               network: bool = False, readonly: bool = False, mount: bool = True,
-               firmware: Firmware = Firmware.BIOS, ahead: ApplianceAhead | None = None) -> Iterator[Guest]:
-    """Launch the appliance on ``disk`` (format named: never probed) and mount its root (and ESP); the
-    disk must have the layout of ``firmware``. ``ahead``: the appliance already launching on that disk."""
-    if ahead is not None:
-        g, close = ahead.g, ahead.close
-    else:
-        g = _handle(disk, fmt, accel=accel, network=network, readonly=readonly)
-        close = g.close
-    try:
-        if ahead is not None:
-            guest = ahead.take()
-        else:
-            reporter.log(f"libguestfs: launching appliance for {disk} (format {fmt}, {accel}, "
-                         f"network {'on' if network else 'off'})")
-            guest = Guest(g, reporter, firmware)
-            try:
-                call_interruptibly(g.launch, on_interrupt=_kill_appliance)
-            except RuntimeError as exc:
-                raise _launch_failed(exc) from None
-        if mount and ahead is not None:
-            guest.mount_layout()   # the install assembled and checked this disk moments ago
-        elif mount:
-            guest.mount_root()
-        yield guest
-        if not readonly:
-            g.umount_all()
-            g.shutdown()  # flushes and reports write errors, unlike close()
-    finally:
-        close()

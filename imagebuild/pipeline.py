@@ -19,13 +19,13 @@ from typing import Any
 
 from . import customize as cz
 from .accel import choose_accel
+from .appliance import ApplianceAhead, open_guest
 from .boottest import BootTestResult, boot_test
 from .digest import sha256_file
 from .disklayout import ESP_MOUNT
 from .domain import firmware_files
 from .errors import BootTestFailed, ImageBuildError, PreflightError
 from .events import NULL_REPORTER, Reporter
-from .guest import ApplianceAhead, open_guest
 from .install import installer_for
 from .manifest import write_manifest, write_sha256sums
 from .recipe import Recipe, load_recipe, to_data

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from imagebuild.appliance import open_guest
 from imagebuild.disklayout import GPT_TYPE, Role
-from imagebuild.guest import open_guest
 from imagebuild.recipe import Firmware
 
 pytestmark = pytest.mark.build

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from imagebuild.appliance import open_guest
 from imagebuild.disklayout import layout_for
-from imagebuild.guest import open_guest
 from imagebuild.recipe import Firmware
 
 from ..conftest import run_invoke

@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
+from imagebuild.appliance import ApplianceAhead, open_guest
 from imagebuild.events import Reporter
-from imagebuild.guest import ApplianceAhead, open_guest
 from imagebuild.procs import processes_mentioning
 from imagebuild.recipe import Firmware
 

@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 
+from imagebuild.appliance import open_guest
 from imagebuild.customize import StepContext, customize, post_check, selected_steps
 from imagebuild.errors import CustomizeFailed
 from imagebuild.events import Reporter
-from imagebuild.guest import open_guest
 from imagebuild.recipe import Firmware
 
 from ..phony import MAC, MARKED, NM_UUID, RECIPE, exists, listdir, make_disk, make_layout_disk, make_tree, read_file

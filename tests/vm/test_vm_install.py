@@ -159,7 +159,7 @@ def test_scripted_install_end_to_end(scripted_env, tree, payload):
     raw.unlink()
     # the installer's leftovers were generalized away, the crypted password stayed
     from imagebuild.accel import choose_accel
-    from imagebuild.guest import open_guest
+    from imagebuild.appliance import open_guest
     with open_guest(out / f"{name}.qcow2", "qcow2", accel=choose_accel().accel, readonly=True) as guest:
         for gone in ("/root/anaconda-ks.cfg", "/root/original-ks.cfg", "/imagebuild-install-complete"):
             assert not guest.lexists(gone), gone
