@@ -16,7 +16,7 @@ from typing import Any
 from .accel import Accel
 from .errors import ImageBuildError
 from .events import NULL_REPORTER, Reporter
-from .guest import Guest, _kill_appliance, require_guestfs
+from .guest import Guest, kill_appliance, require_guestfs
 from .procs import descendants, processes_mentioning, stop_processes
 from .recipe import Firmware
 from .run import call_interruptibly
@@ -51,7 +51,7 @@ def _launch_failed(exc: RuntimeError) -> ImageBuildError:
 class ApplianceAhead:
     """The libguestfs appliance booting in a thread on a disk the installer is still filling.
 
-    Under emulation the appliance takes 30-45 s to boot, about as long as mmdebstrap takes to build the
+    Under emulation the appliance takes 20-30 s to boot, well within the time mmdebstrap takes to build the
     tree, and the two keep different cores busy. The disk file exists with its final partition table
     before the launch, so the appliance's kernel finds the right partitions; the host writes the
     filesystems into them while it boots, and nothing in the appliance mounts or writes the disk until
@@ -131,7 +131,7 @@ def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_
                          f"network {'on' if network else 'off'})")
             guest = Guest(g, reporter, firmware)
             try:
-                call_interruptibly(g.launch, on_interrupt=_kill_appliance)
+                call_interruptibly(g.launch, on_interrupt=kill_appliance)
             except RuntimeError as exc:
                 raise _launch_failed(exc) from None
         if mount and ahead is not None:

@@ -38,7 +38,7 @@ class GuestError(CustomizeFailed):
     pass
 
 
-def _kill_appliance() -> None:
+def kill_appliance() -> None:
     """Break a blocked libguestfs call: the appliance (and any helper) is a descendant of ours."""
     kill_descendants()
 
@@ -66,7 +66,7 @@ class Guest:
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self.g, name)
         try:
-            return call_interruptibly(lambda: fn(*args, **kwargs), on_interrupt=_kill_appliance)
+            return call_interruptibly(lambda: fn(*args, **kwargs), on_interrupt=kill_appliance)
         except RuntimeError as exc:  # guestfs reports every failure as RuntimeError
             raise GuestError(f"libguestfs {name}{args!r} failed: {exc}") from None
 

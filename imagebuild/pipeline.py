@@ -184,7 +184,7 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
 
 
 def _launch_ahead(b: Build, installer: Any, steps: list[cz.Step]) -> ApplianceAhead | None:
-    """Boot the libguestfs appliance on the installer's disk while the install fills it (30-45 s of
+    """Boot the libguestfs appliance on the installer's disk while the install fills it (20-30 s of
     emulated boot hidden behind mmdebstrap), when the installer makes the disk first."""
     disk = installer.disk_ahead(b)
     if disk is None:
@@ -200,7 +200,7 @@ def _launch_ahead(b: Build, installer: Any, steps: list[cz.Step]) -> ApplianceAh
 
 def _customize(b: Build, installer: Any, steps: list[cz.Step], ahead: ApplianceAhead | None = None) -> None:
     """One libguestfs launch serves the installer's finishing work, every step, the post-check and the
-    discard of free space (each launch costs 30-45 s under TCG; ``ahead`` has it made during the install)."""
+    discard of free space (each launch costs 20-30 s under TCG; ``ahead`` has it made during the install)."""
     assert b.disk is not None and b.accel is not None
     from .customize.packages import installed_packages
     network = cz.needs_network(steps)
