@@ -497,8 +497,8 @@ def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, na
     for cell in cells:
         firmware_files(cell.firmware)  # a missing OVMF file is named before the first boot, not mid-matrix
     buses = recipe.boot_test.disk_buses
-    jobs = [(f"cell {i}/{len(cells)} {cell} ({buses[(i - 1) % len(buses)]})", cell, buses[(i - 1) % len(buses)])
-            for i, cell in enumerate(cells, 1)]  # buses in turn, so a matrix covers virtio-blk and virtio-scsi
+    cell_buses = [(cell, buses[i % len(buses)]) for i, cell in enumerate(cells)]  # in turn: both buses covered
+    jobs = [(f"cell {i}/{len(cells)} {cell} ({bus})", cell, bus) for i, (cell, bus) in enumerate(cell_buses, 1)]
 
     def one(title: str, cell: Cell, bus: str, rep: Reporter) -> CellResult:
         res = None

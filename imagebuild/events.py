@@ -108,13 +108,19 @@ class CellReporter(Reporter):
     @contextmanager
     def step(self, name: str, *, stage: bool = False) -> Iterator[None]:
         self.info(f"▶ {name}")
+        self.event("step", name=name, state="start")
         start = time.monotonic()
         try:
             yield
-        except BaseException:
-            self.info(f"✗ {name} failed after {time.monotonic() - start:.1f}s")
+        except BaseException as exc:
+            elapsed = time.monotonic() - start
+            self.info(f"✗ {name} failed after {elapsed:.1f}s")
+            self.event("step", name=name, state="failed", seconds=round(elapsed, 2),
+                       error=f"{type(exc).__name__}: {exc}")
             raise
-        self.info(f"✓ {name} ({time.monotonic() - start:.1f}s)")
+        elapsed = time.monotonic() - start
+        self.info(f"✓ {name} ({elapsed:.1f}s)")
+        self.event("step", name=name, state="done", seconds=round(elapsed, 2))
 
 
 class _Null:
