@@ -115,9 +115,13 @@ class ApplianceAhead:
 @contextmanager
 def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_REPORTER,
                network: bool = False, readonly: bool = False, mount: bool = True,
-               firmware: Firmware = Firmware.BIOS, ahead: ApplianceAhead | None = None) -> Iterator[Guest]:
+               firmware: Firmware = Firmware.BIOS, ahead: ApplianceAhead | None = None,
+               layout_known: bool = False) -> Iterator[Guest]:
     """Launch the appliance on ``disk`` (format named: never probed) and mount its root (and ESP); the
-    disk must have the layout of ``firmware``. ``ahead``: the appliance already launching on that disk."""
+    disk must have the layout of ``firmware``. ``ahead``: the appliance already launching on that disk.
+    ``layout_known`` (or ``ahead``): the disk is one the installer assembled and checked, so it is mounted
+    by its layout's partition numbers (``Guest.mount_layout``) instead of being probed whole (3-5 s
+    under emulation); the caller's post-check still probes it before anything ships."""
     if ahead is not None:
         g, close = ahead.g, ahead.close
     else:
@@ -134,8 +138,8 @@ def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_
                 call_interruptibly(g.launch, on_interrupt=kill_appliance)
             except RuntimeError as exc:
                 raise _launch_failed(exc) from None
-        if mount and ahead is not None:
-            guest.mount_layout()   # the install assembled and checked this disk moments ago
+        if mount and (ahead is not None or layout_known):
+            guest.mount_layout()   # the install assembled and checked this disk (moments or builds ago)
         elif mount:
             guest.mount_root()
         yield guest

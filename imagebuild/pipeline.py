@@ -208,7 +208,7 @@ def _customize(b: Build, installer: Any, steps: list[cz.Step], ahead: ApplianceA
     if ahead is None:
         rep.info(f"launching libguestfs (network {'on' if network else 'off'})")
     with open_guest(b.disk, b.disk_format, accel=b.accel.accel, reporter=rep, network=network,
-                    firmware=b.recipe.image.firmware, ahead=ahead) as guest:
+                    firmware=b.recipe.image.firmware, ahead=ahead, layout_known=b.disk_from_cache) as guest:
         with rep.step(f"finalize {installer.backend} install"):
             installer.finalize(guest, b)
         ctx = cz.StepContext(b.recipe, network)

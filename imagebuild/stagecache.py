@@ -202,7 +202,7 @@ class StageCacheUse:
             return False
         disk = b.work / INSTALL_DISK
         shutil.copyfile(entry.file(INSTALL_DISK), disk)
-        b.disk, b.disk_format = disk, "qcow2"
+        b.disk, b.disk_format, b.disk_from_cache = disk, "qcow2", True
         b.inputs = dict(entry.meta.get("build_inputs", {}))
         self._reused("install", entry, key)
         return True

@@ -53,6 +53,7 @@ class Build:
     accel: AccelChoice | None = None
     disk: Path | None = None            # the working disk the installer produced
     disk_format: str = "raw"
+    disk_from_cache: bool = False       # the disk is a stage-cache install entry (its layout was checked when made)
     inputs: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     use_cache: bool = True              # reuse verified downloads kept on this host (apt packages)
