@@ -489,10 +489,13 @@ CHECK_OF = dict(zip(CHECK_NAMES, CHECKS, strict=True))
 
 
 def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, name: str, logs: Path,
-              reporter: Reporter, cells: tuple[Cell, ...] | None = None) -> BootTestResult:
-    """Boot ``image`` (qcow2) in each cell (default: the recipe's matrix), one after another; raise
+              reporter: Reporter, cells: tuple[Cell, ...] | None = None, image_format: str = "qcow2",
+              label: str = "") -> BootTestResult:
+    """Boot ``image`` (qcow2, or ``image_format``; ``label`` names it in lines, e.g. the artifact whose
+    uncompressed disk it is) in each cell (default: the recipe's matrix), one after another; raise
     BootTestFailed naming every failed cell once all have run. Consoles (and a screenshot of a failed
     cell) are written to ``logs``."""
+    label = label or image.name
     cells = cells if cells is not None else recipe.boot_test.cells(recipe.image.firmware)
     for cell in cells:
         firmware_files(cell.firmware)  # a missing OVMF file is named before the first boot, not mid-matrix
@@ -504,6 +507,7 @@ def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, na
         res = None
         with contextlib.suppress(_CellFailed), rep.step(title):
             res = boot_cell(image, recipe, cell, accel=accel, work=work, name=f"{name}-{cell.slug}",
+                            image_format=image_format, label=label,
                             logs=logs, reporter=rep, disk_bus=bus)
             if not res.passed:
                 raise _CellFailed  # the step shows ✗; the next cell still runs
@@ -522,7 +526,7 @@ def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, na
     if not result.passed:
         failed = "; ".join(f"{c.cell}: " + ", ".join(f"{k.name}: {k.detail}" for k in c.checks if not k.ok)
                            for c in results if not c.passed)
-        raise BootTestFailed(f"boot test of {image.name} failed in {sum(not c.passed for c in results)} of "
+        raise BootTestFailed(f"boot test of {label} failed in {sum(not c.passed for c in results)} of "
                              f"{len(results)} cell(s): {failed}", result=result)
     return result
 
@@ -566,7 +570,8 @@ def cell_spec(recipe: Recipe, cell: Cell, *, name: str, accel: Accel, overlay: P
 
 
 def boot_cell(image: Path, recipe: Recipe, cell: Cell, *, accel: AccelChoice, work: Path, name: str,
-              logs: Path, reporter: Reporter, disk_bus: str = "virtio") -> CellResult:
+              logs: Path, reporter: Reporter, disk_bus: str = "virtio", image_format: str = "qcow2",
+              label: str = "") -> CellResult:
     """One cell: a fresh overlay, MAC and VARS copy, the root disk on ``disk_bus``; the checks (the live
     operations last); everything but the logs removed."""
     bt = recipe.boot_test
@@ -579,14 +584,15 @@ def boot_cell(image: Path, recipe: Recipe, cell: Cell, *, accel: AccelChoice, wo
     to_agent: float | None = None
     checks: list[Check] = []
     try:
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.resolve()), str(overlay)],
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format, "-b", str(image.resolve()), str(overlay)],
             reporter=reporter, purpose="a throwaway overlay, so the artifact is never written")
         if cell.firmware is not BootFirmware.BIOS:
             # a fresh NVRAM: no boot entries, as a new cloud guest has
             shutil.copyfile(firmware_files(cell.firmware)[1], nvram)
         spec = cell_spec(recipe, cell, name=name, accel=accel.accel, overlay=overlay, nvram=nvram,
                          console_log=console_log, mac=mac, disk_bus=disk_bus)
-        reporter.info(f"booting {image.name} [{cell}] on {accel.accel} with fresh MAC {mac} (timeout {timeout}s)")
+        reporter.info(f"booting {label or image.name} [{cell}] on {accel.accel} with fresh MAC {mac} "
+                      f"(timeout {timeout}s)")
         deadline = start + timeout
         with transient_domain(spec, reporter) as dom:
             try:

@@ -8,18 +8,27 @@ Format: qcow2 compat 1.1 (readable by every QEMU since 1.1, OpenStack and oVirt;
 matters for RHEL 6-era hosts), zlib compression (zstd needs QEMU >= 5.1 on every consumer, and
 compressed clusters are read-only-decompressed on first write anyway). Written under a temporary name,
 checked with ``qemu-img check`` and for the absence of a backing file, then renamed.
+
+When the boot test runs, the compression runs beside it (``CompressBeside``): the cells boot the
+uncompressed disk through their own overlays while ``qemu-img convert`` reads the same disk, and
+``qemu-img compare`` then proves the artifact holds the same guest data as the disk that booted. On two
+cores under TCG the two overlap by about half: a plain boot and the compression took 59 s one after the
+other and 49 s side by side.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .digest import hash_file
 from .errors import ImageBuildError
-from .events import Reporter
+from .events import NULL_REPORTER, Reporter
+from .procs import descendants, processes_mentioning, stop_processes
 from .run import run
 
 COMPRESSION = "zlib"
@@ -64,3 +73,69 @@ def compress(src: Path, src_format: str, dest: Path, *, compat: str, reporter: R
     return ArtifactInfo(file=dest.name, format="qcow2", compat=compat, compression=COMPRESSION,
                         virtual_size=int(info["virtual-size"]), file_size=dest.stat().st_size,
                         sha256=digests["sha256"], sha512=digests["sha512"])
+
+
+def same_guest_data(src: Path, src_format: str, artifact: Path, *, reporter: Reporter = NULL_REPORTER) -> None:
+    """``qemu-img compare``: the guest sees the same bytes in both (allocation may differ)."""
+    res = run(["qemu-img", "compare", "-q", "-f", src_format, "-F", "qcow2", str(src), str(artifact)],
+              reporter=reporter, check=False, purpose="prove the artifact holds the disk the boot test booted")
+    if res.returncode == 1:
+        raise ImageBuildError(f"{artifact.name} does not hold the same guest data as the disk it was "
+                              f"compressed from ({src}): {res.stdout.strip() or res.stderr.strip()}")
+    if res.returncode != 0:
+        raise ImageBuildError(f"qemu-img compare could not read {src} and {artifact.name} "
+                              f"(exit {res.returncode}): {res.stderr.strip()[-500:]}")
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+class CompressBeside:
+    """``compress`` and then ``same_guest_data`` in a thread, while the caller boots ``src`` (read-only,
+    through overlays). ``result`` waits and returns the artifact's info, raising what the thread raised,
+    or if ``src`` was written meanwhile; ``stop`` (a failed or interrupted boot test) stops its qemu-img
+    and waits: ``compress`` then removes its partial file."""
+
+    def __init__(self, src: Path, src_format: str, dest: Path, *, compat: str, reporter: Reporter) -> None:
+        self.src, self.src_format, self.dest, self.compat, self.reporter = src, src_format, dest, compat, reporter
+        self.info: ArtifactInfo | None = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self._stopping = False
+        self._stamp = _stamp(src)
+        self._thread = threading.Thread(target=self._work, name="compress", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        start = time.monotonic()
+        try:
+            with self.reporter.step("sparsify"):
+                info = compress(self.src, self.src_format, self.dest, compat=self.compat, reporter=self.reporter)
+                if self._stopping:
+                    raise ImageBuildError("stopped: the boot test failed or was interrupted")
+                same_guest_data(self.src, self.src_format, self.dest, reporter=self.reporter)
+            self.info = info
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by result()
+            self.error = exc
+        finally:
+            self.seconds = time.monotonic() - start
+
+    def result(self) -> ArtifactInfo:
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.2)  # in Python, so a signal is handled at once
+        if self.error is not None:
+            raise self.error
+        assert self.info is not None
+        if _stamp(self.src) != self._stamp:
+            raise ImageBuildError(f"{self.src} was written while it was being compressed and booted")
+        return self.info
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self._stopping = True
+        ours = set(descendants())
+        stop_processes([p for p in processes_mentioning(self.dest.name) if p in ours], grace=2)
+        self._thread.join(timeout=30)

@@ -112,6 +112,22 @@ def test_sigint_during_boot_test_destroys_the_domain(built_debian12, fresh_env):
     assert image.stat().st_mtime_ns == before
 
 
+def test_sigint_during_the_boot_test_stops_the_compression_beside_it(built_debian12, invoke_env, tmp_path):
+    """In a build, the cells boot the uncompressed disk while qemu-img compresses it: an interrupt then
+    stops both, and leaves no domain, no qemu-img, no partial artifact and no staging dir."""
+    env = dict(invoke_env, IMAGEBUILD_OUTPUT=str(tmp_path / "output"), IMAGEBUILD_WORK=str(tmp_path / "work"))
+    p = start_invoke(["build", "debian12", "--rebuild", "customize"], env)  # the session's install, reused
+    partial = ".debian12.qcow2.partial"
+    wait_for(lambda: our_domains(DOMAIN_PREFIX + "debian12") and processes_mentioning(partial), 900,
+             "a boot-test domain beside the compression")
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert processes_mentioning(partial) == []
+    assert_nothing_left(env, "debian12")
+    assert not list(Path(env["IMAGEBUILD_OUTPUT"]).rglob("*.partial"))
+
+
 def test_boot_test_task_runs_one_cell_as_a_second_clone(built_debian12, fresh_env):
     res = run_invoke(["boot-test", str(built_debian12 / "debian12.qcow2"), "--firmware", "uefi"], fresh_env,
                      timeout=900)
