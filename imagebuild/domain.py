@@ -6,6 +6,7 @@ carries the build id so ``invoke clean`` can find what a killed build left runni
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -207,6 +208,13 @@ def transient_domain(spec: DomainSpec, reporter: Reporter = NULL_REPORTER) -> It
             dom = conn.createXML(xml, 0)
         except libvirt.libvirtError as exc:
             raise DomainError(f"libvirt refused to start domain {spec.name}: {exc}") from None
+        except BaseException:
+            # an interrupt that arrived while libvirt started it (raised once createXML returns, before
+            # the domain is ours to destroy below): find it by name
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.lookupByName(spec.name).destroy()
+                reporter.log(f"libvirt: destroyed {spec.name} (interrupted while it started)")
+            raise
         try:
             yield dom
         finally:

@@ -38,6 +38,7 @@ from .workspace import (
     Build,
     clean_stale,
     create_work_dir,
+    destroy_domains,
     new_build_id,
     output_root,
     publish_output,
@@ -120,6 +121,7 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
         stack.callback(reporter.close)
         b = Build(recipe=recipe, build_id=build_id, work=work, output_dir=output_root() / recipe.name,
                   staging=staging, reporter=reporter, stack=stack, use_cache=opts.use)
+        stack.push(_domains_destroyed_on_failure(b))
         started, t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
         reporter.info(f"build {build_id}: recipe {recipe.name} ({' <- '.join(Path(s).stem for s in recipe.sources)})")
         b.accel = choose_accel(reporter)
@@ -268,6 +270,17 @@ def _customize(b: Build, installer: Any, steps: list[cz.Step], ahead: ApplianceA
             guest.call("fstrim", "/")
             if guest.esp_device:
                 guest.call("fstrim", ESP_MOUNT)
+
+
+def _domains_destroyed_on_failure(b: Build) -> Any:
+    """An exit callback: on failure or interrupt, no domain of this build outlives it (each guest is
+    destroyed where it is started; this also covers one started by libvirt as the interrupt came)."""
+    def on_exit(exc_type: Any, _exc: Any, _tb: Any) -> bool:
+        if exc_type is not None:
+            for name in destroy_domains(b.domain_prefix, b.reporter):
+                b.reporter.log(f"libvirt: destroyed {name}, left running by the failed build")
+        return False
+    return on_exit
 
 
 def _keep_logs_on_failure(staging: Path, build_id: str) -> None:
