@@ -213,6 +213,11 @@ class BootTest:
     disk_buses: tuple[str, ...] = ("virtio", "scsi")  # root disk bus by cell, in turn (virtio-blk, virtio-scsi)
     skip_checks: tuple[str, ...] = ()  # in-guest checks an image family cannot pass (boottest.CHECK_NAMES)
     parallel: int = 1                  # cells booted at once (each its own guest); 1 = one after another
+    # A guest whose serial console stays silent this long before its agent answers has stalled (under
+    # emulation a kernel now and then stops early in its boot): it is destroyed and the cell booted again
+    # on a fresh overlay and MAC, up to stall_retries times; each stall is recorded. 0 = no stall watch.
+    stall_seconds: int = 180
+    stall_retries: int = 1
 
     def cells(self, firmware: Firmware) -> tuple[Cell, ...]:
         """The cells to boot, in a fixed order (validated at load time)."""
@@ -528,6 +533,9 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
     check(1 <= bt.vcpus <= 64, "boot_test.vcpus", "must be between 1 and 64")
     check(bt.timeout_seconds >= 10, "boot_test.timeout_seconds", "must be at least 10")
     check(bt.tcg_factor >= 1, "boot_test.tcg_factor", "must be at least 1")
+    check(bt.stall_seconds == 0 or bt.stall_seconds >= 10, "boot_test.stall_seconds",
+          "must be 0 (no stall watch) or at least 10")
+    check(0 <= bt.stall_retries <= 3, "boot_test.stall_retries", "must be 0 to 3")
     check(bt.vcpus <= bt.max_vcpus <= 64, "boot_test.max_vcpus",
           f"must be between boot_test.vcpus ({bt.vcpus}) and 64")
     check(bt.max_vcpus > bt.vcpus or "vcpu-hotplug" in bt.skip_checks, "boot_test.max_vcpus",

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.unit
     ('[boot_test]\ndisk_buses = ["ide"]\n', "boot_test.disk_buses[0]", "one of virtio, scsi"),
     ('[boot_test]\nskip_checks = ["cpu-hotplug"]\n', "boot_test.skip_checks[0]", "unknown check 'cpu-hotplug'"),
     ('[boot_test]\nparallel = 0\n', "boot_test.parallel", "between 1 and 8"),
+    ('[boot_test]\nstall_seconds = 5\n', "boot_test.stall_seconds", "0 (no stall watch) or at least 10"),
+    ('[boot_test]\nstall_retries = 4\n', "boot_test.stall_retries", "must be 0 to 3"),
 ])
 def test_live_operation_keys_are_validated(tmp_path, body, key, message):
     with pytest.raises(RecipeError) as e:

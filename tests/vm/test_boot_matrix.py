@@ -52,3 +52,30 @@ def test_failed_cells_keep_console_and_screenshot_and_leave_nothing(tmp_path: Pa
         text = out.getvalue()
         assert "booting 2 cells at a time" in text
         assert "[uefi/q35] ▶ cell 1/2 uefi/q35" in text and "[bios/pc] ▶ cell 2/2 bios/pc" in text
+
+
+def test_a_silent_console_is_a_stall_booted_again_then_failed(tmp_path: Path, accel) -> None:
+    """SeaBIOS finds nothing to boot on a blank disk and writes nothing to the serial console: the stall
+    watch sees a silent console, destroys the guest, keeps its console, boots the cell once more on a
+    fresh overlay and MAC, and fails it when that stalls too, long before the boot timeout."""
+    blank = tmp_path / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(blank), "1G"], check=True)
+    base = load_recipe("debian12")
+    recipe = dataclasses.replace(base, boot_test=dataclasses.replace(
+        base.boot_test, timeout_seconds=300, tcg_factor=1, stall_seconds=10, stall_retries=1))
+    out = io.StringIO()
+    work, logs = tmp_path / "work", tmp_path / "logs"
+    work.mkdir()
+    logs.mkdir()
+    with pytest.raises(BootTestFailed) as e:
+        boot_test(blank, recipe, accel=accel, work=work, name="imagebuild-stalltest", logs=logs,
+                  reporter=Reporter(out), cells=(Cell(BootFirmware.BIOS, Machine.PC),))
+    (cell,) = e.value.result.cells
+    assert not cell.passed and cell.seconds < 120  # not the 300 s timeout: two 10 s stalls and two boots
+    assert "the console was silent for 10s before the guest agent answered" in cell.checks[-1].detail
+    assert len(cell.stalled) == 1 and "console kept as boot-console-bios-pc-stalled-1.log" in cell.stalled[0]
+    assert cell.mac not in cell.stalled[0]  # the retry booted with a fresh MAC
+    assert (logs / "boot-console-bios-pc-stalled-1.log").exists() and (logs / "boot-console-bios-pc.log").exists()
+    assert "booting the cell again on a fresh overlay and MAC (retry 1 of 1)" in out.getvalue()
+    assert our_domains("imagebuild-stalltest") == []
+    assert list(work.iterdir()) == []
