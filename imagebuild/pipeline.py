@@ -32,7 +32,7 @@ from .install import installer_for
 from .manifest import write_manifest, write_sha256sums
 from .recipe import Recipe, load_recipe, to_data
 from .run import require_tools, signals_raise
-from .sparsify import CompressBeside, compress
+from .sparsify import ArtifactInfo, CompressBeside, compress
 from .stagecache import CacheOptions, StageCacheUse
 from .workspace import (
     Build,
@@ -183,7 +183,7 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
         return b.output_dir
 
 
-def _compressed(b: Build, artifact: Path, info: Any) -> Any:
+def _compressed(b: Build, artifact: Path, info: ArtifactInfo) -> ArtifactInfo:
     assert b.disk is not None
     b.disk.unlink()
     b.reporter.info(f"{artifact.name}: {info.file_size / 2**20:.0f} MiB (virtual {info.virtual_size / 2**30:.0f} GiB)")
@@ -205,7 +205,7 @@ def _boot_test(b: Build, image: Path, fmt: str, label: str) -> dict[str, Any]:
 
 
 def _compress_beside_boot_test(b: Build, sc: StageCacheUse, artifact: Path,
-                               steps: list[cz.Step]) -> tuple[Any, dict[str, Any]]:
+                               steps: list[cz.Step]) -> tuple[ArtifactInfo, dict[str, Any]]:
     """The boot test boots the finished, uncompressed disk (through each cell's overlay) while
     ``qemu-img convert`` compresses the same disk beside it; ``qemu-img compare`` then proves the
     artifact holds what booted. A fresh artifact has no boot-test result in the cache, so nothing is

@@ -24,6 +24,9 @@ _CHEETAH_DIRECTIVE_RE = re.compile(r"^\s*#(if\s.*\$|elif\s.*\$|else\s*$|end\s+(i
 # A $variable in a kickstart command (not a script): Cobbler's $tree, $hostname... Anaconda itself
 # expands only these in url/repo/mirrorlist values.
 _DOLLAR_VAR_RE = re.compile(r"(?:^|(?<=[\s=\"':/@-]))\$(?:\{([A-Za-z_]\w*)\}|([A-Za-z_]\w*)(?![\w{$]))")
+# A crypt(3) hash ($6$salt$hash, $y$params$salt$hash, $6$rounds=N$salt$hash): its salt may end in "/"
+# or "-"-free alphabet characters and its hash start with a letter, which would read as "/$Name".
+_CRYPT_RE = re.compile(r"\$[0-9a-z]{1,4}\$[^\s$]*(?:\$[^\s$]*)+")
 ANACONDA_VARIABLES = frozenset({"releasever", "basearch", "arch", "infra", "contentdir", "stream"})
 
 
@@ -49,7 +52,7 @@ def find_leftovers(line: str, number: int, *, in_commands: bool) -> Leftover | N
     if m := _OZ_RE.search(line):
         return Leftover(number, "Oz-style %NAME%", m.group())
     if in_commands:
-        for m in _DOLLAR_VAR_RE.finditer(line):
+        for m in _DOLLAR_VAR_RE.finditer(_CRYPT_RE.sub("CRYPT-HASH", line)):
             if (m.group(1) or m.group(2)) not in ANACONDA_VARIABLES:  # not partman's $primary{ }
                 return Leftover(number, "Cheetah (Cobbler) $variable", m.group())
     return None
