@@ -223,14 +223,16 @@ class Guest:
         self.g.ln_sf(target, link)
 
     # -- layout ------------------------------------------------------------------------------------
-    def block_ids(self) -> dict[str, dict[str, str]]:
+    def block_ids(self, devices: list[str] | None = None) -> dict[str, dict[str, str]]:
         """Device → what ``blkid -p`` reads there (TYPE, PTTYPE, PART_ENTRY_TYPE...; empty where it finds
         nothing) for each disk, partition and md device: one call each (~0.25 s under emulation), where
         ``list_filesystems`` (2.5-3.5 s: it also scans for LVM, LDM and btrfs subvolumes) and parted's
-        table type (0.9 s) cost seconds. LVM is found by its physical volumes' signature."""
+        table type (0.9 s) cost seconds. LVM is found by its physical volumes' signature. ``devices``:
+        the disks, where the caller has already listed them."""
         g = self.g
         found: dict[str, dict[str, str]] = {}
-        for dev in [*g.list_devices(), *g.list_partitions(), *g.list_md_devices()]:
+        disks = devices if devices is not None else list(g.list_devices())
+        for dev in [*disks, *g.list_partitions(), *g.list_md_devices()]:
             try:
                 found[dev] = dict(g.blkid(dev))
             except RuntimeError:  # blkid found no signature (exit 2): a blank or BIOS boot partition
@@ -306,15 +308,15 @@ class Partitions:
 def classify_partitions(guest: Guest) -> Partitions:
     g = guest.g
     found = Partitions()
-    devices = g.list_devices()
-    ids = guest.block_ids()
+    devices = list(g.list_devices())
+    ids = guest.block_ids(devices)
     found.partitions = [d for d in ids if d not in devices and not d.startswith("/dev/md")]
     if devices:
         pttype = ids.get(devices[0], {}).get("PTTYPE", "")
         found.table = {"dos": "msdos"}.get(pttype, pttype)
     for dev, blk in ids.items():
         fstype = blk.get("TYPE", "")
-        if dev in devices and found.partitions and any(p.startswith(dev) for p in found.partitions):
+        if dev in devices and any(p.startswith(dev) for p in found.partitions):
             continue  # a partitioned disk: its partitions are what counts
         if fstype == "swap":
             found.swap.append(dev)
