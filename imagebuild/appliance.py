@@ -94,7 +94,7 @@ class ApplianceAhead:
             raise
         if self._error is not None:
             raise _launch_failed(self._error)
-        self.reporter.info(f"appliance ready {self.ready_after:.0f}s after its launch during the install "
+        self.reporter.info(f"appliance ready {self.ready_after:.0f}s after its launch ahead "
                            f"(waited {time.monotonic() - t:.0f}s for it here)")
         for dev in [*self.g.list_devices(), *self.g.list_partitions()]:
             self.g.blockdev_flushbufs(dev)

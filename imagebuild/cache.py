@@ -115,22 +115,61 @@ class StageCache:
     def _dir(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def lookup(self, stage: str, key: str) -> Entry | None:
-        """The verified entry for ``key``, or None (a damaged one is removed, with a warning)."""
+    def lookup(self, stage: str, key: str, *, verify: bool = True) -> Entry | None:
+        """The verified entry for ``key``, or None (a damaged one is removed, with a warning).
+        ``verify=False``: the caller runs ``verify`` itself before it trusts a byte (beside other work)."""
         path = self._dir(stage, key)
         meta = _read_meta(path)
         if meta is None:
             return None
-        for name, info in meta.get("files", {}).items():
-            f = path / name
-            if not f.is_file() or f.stat().st_size != info["size"] or sha256_file(f) != info["sha256"]:
-                self.reporter.info(f"⚠ cache: {stage} entry {key[:12]} is damaged ({name} does not match its "
-                                   "sha256): discarded, rebuilding")
-                self._remove(path)
-                return None
+        entry = Entry(stage, key, path, meta)
+        if verify and not self.verify(entry):
+            return None
         meta["last_used"] = time.time()
         _write_meta(path, meta)
-        return Entry(stage, key, path, meta)
+        return entry
+
+    def verify(self, entry: Entry) -> bool:
+        """Every file of ``entry`` against its size and sha256; a damaged entry is removed, with a warning."""
+        for name, info in entry.meta.get("files", {}).items():
+            f = entry.path / name
+            if not f.is_file() or f.stat().st_size != info["size"] or sha256_file(f) != info["sha256"]:
+                self.reporter.info(f"⚠ cache: {entry.stage} entry {entry.key[:12]} is damaged ({name} does not "
+                                   "match its sha256): discarded, rebuilding")
+                self._remove(entry.path)
+                return False
+        return True
+
+    @contextlib.contextmanager
+    def in_use(self, entry: Entry) -> Iterator[None]:
+        """Held while a build reads ``entry`` in place (a qcow2 overlay over its disk): eviction and
+        ``--prune`` pass it by."""
+        with open(self._use_lock(entry.stage, entry.key), "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            try:
+                if _read_meta(entry.path) is None:  # evicted between the lookup and the lock
+                    raise FileNotFoundError(f"cache entry {entry.stage} {entry.key[:12]} was evicted")
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _use_lock(self, stage: str, key: str) -> Path:
+        return self.root / stage / f".{key}.in-use"
+
+    def _remove_unless_in_use(self, e: Entry) -> bool:
+        """Remove ``e`` unless a build holds it (``in_use``); the exclusive lock is held while removing."""
+        lock = self._use_lock(e.stage, e.key)
+        if not lock.exists():
+            self._remove(e.path)
+            return True
+        with open(lock, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self._remove(e.path)
+            lock.unlink(missing_ok=True)
+        return True
 
     def entries(self, stage: str | None = None) -> list[Entry]:
         out = []
@@ -196,7 +235,10 @@ class StageCache:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
                 self._remove(tmp)  # another build stored the same key first: same inputs, same output
-            entry = self.lookup(stage, key)
+                won = False
+            else:
+                won = True
+            entry = self.lookup(stage, key, verify=not won)  # our own files were hashed just now
         except OSError as exc:
             self._remove(tmp)
             why = "no space left" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
@@ -231,9 +273,8 @@ class StageCache:
         for e in entries:
             if total <= self.max_bytes:
                 break
-            if e.key in keep:
+            if e.key in keep or not self._remove_unless_in_use(e):
                 continue
-            self._remove(e.path)
             total -= e.size
             removed.append(e)
             self.reporter.info(f"cache: evicted {e.stage} {e.key[:12]} ({e.size / 2**20:.0f} MiB, "

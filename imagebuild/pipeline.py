@@ -1,6 +1,6 @@
 """The build, as one readable list of stages:
 
-    validate → install → customize (generalize + post-check + trim) → sparsify → boot-test → manifest
+    validate → install → customize (generalize + boot loader + post-check + trim) → sparsify → boot-test → manifest
 
 (sparsify runs beside the boot test, which boots the uncompressed disk: ``_compress_beside_boot_test``)
 
@@ -120,7 +120,7 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
         reporter.attach(staging / "build.log", staging / "events.jsonl")
         stack.callback(reporter.close)
         b = Build(recipe=recipe, build_id=build_id, work=work, output_dir=output_root() / recipe.name,
-                  staging=staging, reporter=reporter, stack=stack, use_cache=opts.use)
+                  staging=staging, reporter=reporter, stack=stack, use_cache=opts.use, stage_cache=sc)
         stack.push(_domains_destroyed_on_failure(b))
         started, t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
         reporter.info(f"build {build_id}: recipe {recipe.name} ({' <- '.join(Path(s).stem for s in recipe.sources)})")
@@ -129,6 +129,7 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
         artifact = staging / b.artifact_name
 
         boot: dict[str, Any] | None = None
+        artifact_ready: float | None = None    # time.monotonic() when the artifact was complete
         beside_boot_test = False
         hit = sc.reused_artifact(artifact)
         if hit is not None:  # nothing that shapes the image changed: install, customize, sparsify reused
@@ -140,8 +141,15 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
             # the key's lock is held from lookup to store: a second build of the same key waits, then reuses
             ahead: ApplianceAhead | None = None
             with reporter.step("install", stage=True), sc.making("install"):
-                if not sc.reused_install(b):
-                    ahead = _launch_ahead(b, installer, steps)
+                pending = sc.reusable_install(b)
+                if pending is not None and b.disk is not None:  # the appliance boots while the digest is checked
+                    ahead = _launch_ahead(b, b.disk, b.disk_format, steps)
+                    if not pending.confirm():
+                        ahead.close()
+                        ahead = None
+                if not b.disk_from_cache:
+                    disk = installer.disk_ahead(b)
+                    ahead = _launch_ahead(b, disk, "raw", steps) if disk is not None else None
                     installer.install(b)
                     sc.store_install(b)
             with reporter.step("customize", stage=True):
@@ -149,12 +157,13 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
             assert b.disk is not None
             beside_boot_test = recipe.boot_test.enabled and run_boot_test
             if beside_boot_test:
-                info, boot = _compress_beside_boot_test(b, sc, artifact, steps)
+                info, boot, artifact_ready = _compress_beside_boot_test(b, sc, artifact, steps)
             else:
                 with reporter.step("sparsify", stage=True):
                     info = _compressed(b, artifact, compress(b.disk, b.disk_format, artifact,
                                                              compat=recipe.image.compat, reporter=reporter))
                     sc.store_artifact(b, artifact, info, steps)
+                artifact_ready = time.monotonic()
         if recipe.boot_test.enabled and run_boot_test and boot is None:  # the artifact came from the cache
             with reporter.step("boot-test", stage=True):
                 boot = sc.reused_boot_test(info, str(b.accel.accel), staging)
@@ -170,14 +179,18 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
             "accelerator": str(b.accel.accel), "accelerator_reason": b.accel.reason,
             "stages": dict(reporter.stage_seconds), "cache": sc.record,
             "stages_beside": {"sparsify": "boot-test"} if beside_boot_test else {},
+            # seconds from the build's start: its end, and when the artifact was complete (the
+            # benchmark's "build without its boot test")
+            "timeline": {"artifact_ready": round(artifact_ready - t0, 1) if artifact_ready else None,
+                         "end": round(time.monotonic() - t0, 1)},
             "inputs": b.inputs, "tools": tool_versions(),
             "customize_steps": [s.name for s in steps],
         }
         write_manifest(staging, manifest)
         write_sha256sums(staging, {b.artifact_name: info.sha256, "manifest.json": None})
         reporter.info("stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in reporter.stage_seconds.items())
-                      + f" ({time.monotonic() - t0:.0f}s in all" + ("; sparsify beside the boot test)"
-                                                                   if manifest["stages_beside"] else ")"))
+                      + f" ({time.monotonic() - t0:.0f}s in all"
+                      + ("; sparsify beside the boot test)" if manifest["stages_beside"] else ")"))
         reporter.close()
         publish_output(staging, b.output_dir, build_id)
         return b.output_dir
@@ -205,11 +218,12 @@ def _boot_test(b: Build, image: Path, fmt: str, label: str) -> dict[str, Any]:
 
 
 def _compress_beside_boot_test(b: Build, sc: StageCacheUse, artifact: Path,
-                               steps: list[cz.Step]) -> tuple[ArtifactInfo, dict[str, Any]]:
+                               steps: list[cz.Step]) -> tuple[ArtifactInfo, dict[str, Any], float | None]:
     """The boot test boots the finished, uncompressed disk (through each cell's overlay) while
     ``qemu-img convert`` compresses the same disk beside it; ``qemu-img compare`` then proves the
     artifact holds what booted. A fresh artifact has no boot-test result in the cache, so nothing is
-    looked up first. A failed or interrupted boot test stops the compression."""
+    looked up first. A failed or interrupted boot test stops the compression. Also returns when the
+    artifact was ready (``time.monotonic()``)."""
     assert b.disk is not None and b.accel is not None
     rep = b.reporter
     rep.stage_seconds["sparsify"] = 0.0  # the stages keep their order in the manifest
@@ -227,19 +241,16 @@ def _compress_beside_boot_test(b: Build, sc: StageCacheUse, artifact: Path,
     sc.store_artifact(b, artifact, info, steps)
     sc.reused_boot_test(info, str(b.accel.accel), b.staging)  # a fresh artifact: records why the test ran
     sc.store_boot_test(boot, b.staging)
-    return info, boot
+    return info, boot, beside.finished_at
 
 
-def _launch_ahead(b: Build, installer: Any, steps: list[cz.Step]) -> ApplianceAhead | None:
-    """Boot the libguestfs appliance on the installer's disk while the install fills it (20-30 s of
-    emulated boot hidden behind mmdebstrap), when the installer makes the disk first."""
-    disk = installer.disk_ahead(b)
-    if disk is None:
-        return None
+def _launch_ahead(b: Build, disk: Path, fmt: str, steps: list[cz.Step]) -> ApplianceAhead:
+    """Boot the libguestfs appliance on ``disk`` while other work goes on: the install filling it
+    (20-30 s of emulated boot hidden behind mmdebstrap), or the check of a cached install's digest."""
     assert b.accel is not None
     network = cz.needs_network(steps)
-    b.reporter.info(f"launching libguestfs ahead (network {'on' if network else 'off'}), while the install runs")
-    ahead = ApplianceAhead(disk, "raw", accel=b.accel.accel, reporter=b.reporter, network=network,
+    b.reporter.info(f"launching libguestfs ahead (network {'on' if network else 'off'})")
+    ahead = ApplianceAhead(disk, fmt, accel=b.accel.accel, reporter=b.reporter, network=network,
                            firmware=b.recipe.image.firmware)
     b.stack.callback(ahead.close)  # a failed or interrupted install stops it; a no-op once customize took it
     return ahead
@@ -247,7 +258,8 @@ def _launch_ahead(b: Build, installer: Any, steps: list[cz.Step]) -> ApplianceAh
 
 def _customize(b: Build, installer: Any, steps: list[cz.Step], ahead: ApplianceAhead | None = None) -> None:
     """One libguestfs launch serves the installer's finishing work, every step, the post-check and the
-    discard of free space (each launch costs 20-30 s under TCG; ``ahead`` has it made during the install)."""
+    discard of free space (each launch costs 20-30 s under TCG; ``ahead`` has it made during the install,
+    or while a cached install's digest is checked)."""
     assert b.disk is not None and b.accel is not None
     from .customize.packages import installed_packages
     network = cz.needs_network(steps)

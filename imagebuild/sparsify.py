@@ -103,6 +103,7 @@ class CompressBeside:
         self.info: ArtifactInfo | None = None
         self.error: BaseException | None = None
         self.seconds = 0.0
+        self.finished_at: float | None = None   # time.monotonic() when the artifact was ready
         self._stopping = False
         self._stamp = _stamp(src)
         self._thread = threading.Thread(target=self._work, name="compress", daemon=True)
@@ -120,7 +121,8 @@ class CompressBeside:
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by result()
             self.error = exc
         finally:
-            self.seconds = time.monotonic() - start
+            self.finished_at = time.monotonic()
+            self.seconds = self.finished_at - start
 
     def result(self) -> ArtifactInfo:
         while self._thread.is_alive():

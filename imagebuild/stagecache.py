@@ -1,7 +1,9 @@
 """How one build uses the stage cache: which stages it may reuse, what it stores, and the lines it says.
 
 Stored (``cache.py``): the installed disk before customization (``install``, a qcow2 converted from the
-raw disk: customize-only changes skip the ~60-90 s install), and the compressed artifact with what the
+raw disk: customize-only changes skip the ~60-90 s install; a rebuild uses it in place through a qcow2
+overlay, its digest checked while the appliance boots), the boot loader's output (``boot-loader``:
+``install/grubcache.py``), and the compressed artifact with what the
 build learnt about it (``artifact``, keyed by install + customize + compression: a rebuild with nothing
 changed copies it in seconds) together with its boot-test result under the boot test's own key
 (artifact sha256 + boot-test settings + the checks' code), so an unchanged image is not booted again.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -189,23 +192,30 @@ class StageCacheUse:
                    "customize_steps": [s.name for s in steps]})
 
     # -- install -----------------------------------------------------------------------------------------
-    def reused_install(self, b: Build) -> bool:
+    def reusable_install(self, b: Build) -> PendingInstall | None:
+        """The cached install as the build's disk, through a qcow2 overlay (no copy: the entry is held
+        against eviction while the build runs), its digest checked in a thread (``PendingInstall``);
+        None when the install must run (the line says why)."""
         why = self._why_not("install")
         if why is not None:
             self._built("install", self.keys.key("install") if self.keys else None, why)
-            return False
+            return None
         assert self.cache is not None and self.keys is not None
         key = self.keys.key("install")
-        entry = self.cache.lookup("install", key)
+        entry = self.cache.lookup("install", key, verify=False)
+        if entry is not None:
+            try:
+                b.stack.enter_context(self.cache.in_use(entry))
+            except FileNotFoundError:
+                entry = None
         if entry is None:
             self._built("install", key, self._miss("install"))
-            return False
+            return None
         disk = b.work / INSTALL_DISK
-        shutil.copyfile(entry.file(INSTALL_DISK), disk)
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(entry.file(INSTALL_DISK)),
+             str(disk)], reporter=self.reporter, purpose="the cached install, through an overlay")
         b.disk, b.disk_format, b.disk_from_cache = disk, "qcow2", True
-        b.inputs = dict(entry.meta.get("build_inputs", {}))
-        self._reused("install", entry, key)
-        return True
+        return PendingInstall(self, b, entry, key)
 
     @contextlib.contextmanager
     def making(self, stage: str) -> Iterator[None]:
@@ -229,6 +239,33 @@ class StageCacheUse:
         self.cache.store("install", self.keys.key("install"), inputs=self.keys.inputs["install"],
                          build_id=b.build_id, recipe=self.recipe.name, files={INSTALL_DISK: convert},
                          extra={"build_inputs": b.inputs})
+
+    # -- the boot loader (a part of customize: install/grubcache.py) ------------------------------------
+    def boot_loader_key_base(self) -> str | None:
+        """The install key the boot loader's entry is keyed under, or None (recorded) when the build has
+        no cache for it (--no-cache, an uncached backend)."""
+        if self.cache is None or self.keys is None:
+            self.record["boot-loader"] = {"reused": False, "key": None,
+                                          "why": self.record.get("install", {}).get("why", "not cached")}
+            return None
+        return self.keys.key("install")
+
+    def reused_boot_loader(self, inputs: dict[str, Any]) -> Entry | None:
+        """The entry for ``inputs``, unless --rebuild says customize is built (it is stored all the same)."""
+        assert self.cache is not None
+        key = key_of(inputs)
+        why = self._why_not("customize")
+        entry = self.cache.lookup("boot-loader", key) if why is None else None
+        if entry is None:
+            self._built("boot-loader", key, why or self.cache.explain_miss("boot-loader", self.recipe.name, inputs))
+            return None
+        self._reused("boot-loader", entry, key)
+        return entry
+
+    def store_boot_loader(self, inputs: dict[str, Any], files: dict[str, Any], extra: dict[str, Any]) -> None:
+        assert self.cache is not None
+        self.cache.store("boot-loader", key_of(inputs), inputs=inputs, build_id=self.build_id,
+                         recipe=self.recipe.name, files=files, extra=extra)
 
     # -- boot test -----------------------------------------------------------------------------------------
     def reused_boot_test(self, info: ArtifactInfo, accel: str, staging: Path) -> dict[str, Any] | None:
@@ -263,6 +300,39 @@ class StageCacheUse:
         self.cache.update(entry, boot={"key": key_of(self.boot_inputs), "inputs": self.boot_inputs,
                                        "result": result, "logs": logs, "build_id": self.build_id,
                                        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+
+class PendingInstall:
+    """A cached install in use before its digest is checked: the check (3-4 s for an 800 MB disk) runs
+    in a thread while the appliance boots on the overlay, which reads nothing of the disk before
+    ``confirm``."""
+
+    def __init__(self, use: StageCacheUse, b: Build, entry: Entry, key: str) -> None:
+        assert use.cache is not None
+        self.use, self.b, self.entry, self.key = use, b, entry, key
+        self._ok: bool | None = None
+        self._thread = threading.Thread(target=self._verify, name="cache-verify", daemon=True)
+        self._thread.start()
+
+    def _verify(self) -> None:
+        assert self.use.cache is not None
+        self._ok = self.use.cache.verify(self.entry)
+
+    def confirm(self) -> bool:
+        """True: the entry is intact and the build's disk. False: it was damaged and is discarded (with a
+        warning), the overlay removed: the install runs."""
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.2)  # in Python, so a signal is handled at once
+        b = self.b
+        if not self._ok:
+            assert b.disk is not None
+            b.disk.unlink(missing_ok=True)
+            b.disk, b.disk_format, b.disk_from_cache = None, "raw", False
+            self.use._built("install", self.key, "the cached entry was damaged (discarded)")
+            return False
+        b.inputs = dict(self.entry.meta.get("build_inputs", {}))
+        self.use._reused("install", self.entry, self.key)
+        return True
 
 
 def _with_archive(keys: StageKeys, archive: dict[str, str]) -> StageKeys:

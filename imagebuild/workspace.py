@@ -57,6 +57,7 @@ class Build:
     inputs: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     use_cache: bool = True              # reuse verified downloads kept on this host (apt packages)
+    stage_cache: Any = None             # the build's StageCacheUse (the boot loader's entry is made in customize)
 
     @property
     def domain_prefix(self) -> str:

@@ -1,5 +1,6 @@
 """The stage cache with real builds: the session's debian12 build again reuses every stage; a
-customize-only change reuses the install and says why the rest was rebuilt."""
+customize-only change reuses the install and the boot loader's output, says why the rest was
+rebuilt, and the image it makes boots through BIOS and UEFI."""
 
 from __future__ import annotations
 
@@ -45,6 +46,17 @@ def test_a_customize_change_reuses_the_install_and_names_the_change(built_debian
     assert m["cache"]["install"]["reused"] and not m["cache"]["customize"]["reused"]
     assert m["inputs"]["root_fs_uuid"] == first["inputs"]["root_fs_uuid"]  # the very same installed disk
     assert "random-seed" not in m["customize_steps"]
+    # grub read nothing the change touched: its output (boot code, /boot/grub, the ESP) was put back from
+    # the session build's entry instead of running grub-install and update-grub again ...
+    assert "boot-loader: reused (key " in res.stderr, res.stderr[-3000:]
+    assert m["cache"]["boot-loader"]["reused"] and m["cache"]["boot-loader"]["from_build"] == first["build_id"]
+    # ... and the image boots through both of the hybrid layout's boot paths: the BIOS one from the
+    # restored MBR code and BIOS boot partition, the UEFI one from the restored ESP
+    image = Path(invoke_env["IMAGEBUILD_OUTPUT"]) / "debian12-noseed" / "debian12-noseed.qcow2"
+    for firmware, machine in (("bios", "pc"), ("uefi", "q35")):
+        boot = run_invoke(["boot-test", str(image), "--firmware", firmware, "--machine", machine], env, timeout=1800)
+        assert boot.returncode == 0, (firmware, boot.stdout[-3000:], boot.stderr[-3000:])
+        assert json.loads(boot.stdout)["passed"], boot.stdout[-3000:]
 
 
 def test_cache_controls_fail_before_any_work(tmp_path, invoke_env):
