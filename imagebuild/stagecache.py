@@ -26,7 +26,7 @@ from typing import Any
 
 from . import customize as cz
 from .cache import Entry, StageCache, describe_changes, key_of, link_or_copy
-from .errors import PreflightError
+from .errors import CommandFailed, PreflightError
 from .events import Reporter
 from .paths import cache_root
 from .plan import CACHED_STAGES, StageKeys, archive_digests, boot_test_inputs, stage_keys
@@ -212,8 +212,14 @@ class StageCacheUse:
             self._built("install", key, self._miss("install"))
             return None
         disk = b.work / INSTALL_DISK
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(entry.file(INSTALL_DISK)),
-             str(disk)], reporter=self.reporter, purpose="the cached install, through an overlay")
+        try:
+            run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(entry.file(INSTALL_DISK)),
+                 str(disk)], reporter=self.reporter, purpose="the cached install, through an overlay")
+        except CommandFailed:
+            if self.cache.verify(entry):  # intact: the failure is not the entry's
+                raise
+            self._built("install", key, "the cached entry was damaged (discarded)")
+            return None
         b.disk, b.disk_format, b.disk_from_cache = disk, "qcow2", True
         return PendingInstall(self, b, entry, key)
 

@@ -160,3 +160,80 @@ def test_a_miss_names_the_input_at_any_depth_of_the_chain(tmp_path):
     assert "install.archive.bookworm-security changed" in cache.explain_miss("artifact", "debian12",
                                                                               moved.inputs["artifact"])
     assert moved.key("install") != base.key("install")
+
+
+def _cached_install(tmp_path: Path):
+    """A stage cache holding one install entry (a real, small qcow2) and a build about to reuse it."""
+    import io
+    import subprocess
+    from contextlib import ExitStack
+
+    from imagebuild.events import Reporter
+    from imagebuild.stagecache import INSTALL_DISK, CacheOptions, StageCacheUse
+    from imagebuild.workspace import Build
+
+    r = load_recipe("debian12")
+    keys = stage_keys(r, cz.selected_steps(r), archive=ARCHIVE, qemu_img="7.2")
+    out = io.StringIO()
+    rep = Reporter(out)
+    cache = StageCache(tmp_path / "stages", max_bytes=1 << 30, reporter=rep)
+
+    def disk(dest: Path) -> None:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(dest), "64M"], check=True)
+    cache.store("install", keys.key("install"), inputs=keys.inputs["install"], build_id="b-1", recipe="debian12",
+                files={INSTALL_DISK: disk}, extra={"build_inputs": {"root_fs_uuid": "u"}})
+    use = StageCacheUse(r, CacheOptions(), rep, cache=cache, keys=keys)
+    (tmp_path / "work").mkdir()
+    stack = ExitStack()
+    b = Build(recipe=r, build_id="b-2", work=tmp_path / "work", output_dir=tmp_path / "out",
+              staging=tmp_path / "staging", reporter=rep, stack=stack)
+    return cache, use, b, out, keys
+
+
+def test_a_reused_install_is_an_overlay_held_against_eviction(tmp_path):
+    import json as _json
+    import subprocess
+    cache, use, b, out, keys = _cached_install(tmp_path)
+    with b.stack:
+        pending = use.reusable_install(b)
+        assert pending is not None and b.disk is not None and b.disk_format == "qcow2"
+        assert pending.confirm() and b.inputs == {"root_fs_uuid": "u"}
+        info = _json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(b.disk)], check=True,
+                                          capture_output=True, text=True).stdout)
+        entry = cache.lookup("install", keys.key("install"))
+        assert entry is not None and info["backing-filename"] == str(entry.file("disk.qcow2"))  # no copy
+        assert "install: reused (key " in out.getvalue()
+        cache.max_bytes = 0  # over the cap: eviction passes the entry a build is using
+        assert cache.evict() == [] and cache.lookup("install", keys.key("install")) is not None
+    assert [e.key for e in cache.evict()] == [keys.key("install")]  # the build is over: now it goes
+
+
+def test_a_damaged_install_found_beside_the_launch_is_discarded_and_the_install_runs(tmp_path):
+    cache, use, b, out, keys = _cached_install(tmp_path)
+    entry = cache.lookup("install", keys.key("install"))
+    assert entry is not None
+    with open(entry.file("disk.qcow2"), "r+b") as f:  # one byte changed past the header, same size
+        f.seek(-1, 2)
+        f.write(b"\xff")
+    with b.stack:
+        pending = use.reusable_install(b)  # not verified yet: the appliance would be booting on it now
+        assert pending is not None
+        overlay = b.disk
+        assert overlay is not None and overlay.exists()
+        assert not pending.confirm()
+        assert b.disk is None and not b.disk_from_cache and not overlay.exists()
+    assert "is damaged" in out.getvalue() and "install: built (miss: the cached entry was damaged" in out.getvalue()
+    assert cache.lookup("install", keys.key("install")) is None
+
+
+def test_an_install_entry_too_damaged_for_an_overlay_is_discarded_at_once(tmp_path):
+    cache, use, b, out, keys = _cached_install(tmp_path)
+    entry = cache.lookup("install", keys.key("install"))
+    assert entry is not None
+    with open(entry.file("disk.qcow2"), "r+b") as f:  # the qcow2 header itself
+        f.seek(100)
+        f.write(b"\xff")
+    with b.stack:
+        assert use.reusable_install(b) is None and b.disk is None
+    assert "install: built (miss: the cached entry was damaged" in out.getvalue()
+    assert cache.lookup("install", keys.key("install")) is None
