@@ -143,13 +143,13 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
             with reporter.step("install", stage=True), sc.making("install"):
                 pending = sc.reusable_install(b)
                 if pending is not None and b.disk is not None:  # the appliance boots while the digest is checked
-                    ahead = _launch_ahead(b, b.disk, b.disk_format, steps)
+                    ahead = _launch_ahead(b, installer, b.disk, b.disk_format, steps)
                     if not pending.confirm():
                         ahead.close()
                         ahead = None
                 if not b.disk_from_cache:
                     disk = installer.disk_ahead(b)
-                    ahead = _launch_ahead(b, disk, "raw", steps) if disk is not None else None
+                    ahead = _launch_ahead(b, installer, disk, "raw", steps) if disk is not None else None
                     installer.install(b)
                     sc.store_install(b)
             with reporter.step("customize", stage=True):
@@ -244,11 +244,11 @@ def _compress_beside_boot_test(b: Build, sc: StageCacheUse, artifact: Path,
     return info, boot, beside.finished_at
 
 
-def _launch_ahead(b: Build, disk: Path, fmt: str, steps: list[cz.Step]) -> ApplianceAhead:
+def _launch_ahead(b: Build, installer: Any, disk: Path, fmt: str, steps: list[cz.Step]) -> ApplianceAhead:
     """Boot the libguestfs appliance on ``disk`` while other work goes on: the install filling it
     (20-30 s of emulated boot hidden behind mmdebstrap), or the check of a cached install's digest."""
     assert b.accel is not None
-    network = cz.needs_network(steps)
+    network = cz.needs_network(steps, packages_in_place=installer.installs_packages)
     b.reporter.info(f"launching libguestfs ahead (network {'on' if network else 'off'})")
     ahead = ApplianceAhead(disk, fmt, accel=b.accel.accel, reporter=b.reporter, network=network,
                            firmware=b.recipe.image.firmware)
@@ -262,7 +262,7 @@ def _customize(b: Build, installer: Any, steps: list[cz.Step], ahead: ApplianceA
     or while a cached install's digest is checked)."""
     assert b.disk is not None and b.accel is not None
     from .customize.packages import installed_packages
-    network = cz.needs_network(steps)
+    network = cz.needs_network(steps, packages_in_place=installer.installs_packages)
     rep = b.reporter
     if ahead is None:
         rep.info(f"launching libguestfs (network {'on' if network else 'off'})")

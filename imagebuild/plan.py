@@ -24,7 +24,8 @@ def make_plan(recipe: Recipe) -> dict[str, Any]:
         "stages": [
             {"stage": "validate", "what": "tools, recipe, answer file and policy; no download, no VM"},
             {"stage": "install", **installer.describe(recipe)},
-            {"stage": "customize", "libguestfs_launches": 1, "network": cz.needs_network(steps),
+            {"stage": "customize", "libguestfs_launches": 1,
+             "network": cz.needs_network(steps, packages_in_place=installer.installs_packages),
              "steps": [{"name": s.name, "summary": s.summary} for s in steps],
              "then": ["post-check of every step", "fstrim / (discard free space)"]},
             {"stage": "sparsify", "output": f"{recipe.name}.qcow2", "format": "qcow2",

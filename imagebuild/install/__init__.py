@@ -18,6 +18,7 @@ from ..workspace import Build
 
 class Installer(Protocol):
     backend: ClassVar[Backend]
+    installs_packages: ClassVar[bool]   # the install puts the recipe's whole package set in
 
     def tools(self, recipe: Recipe) -> dict[str, str]:
         """Host programs needed, each with what it is needed for."""

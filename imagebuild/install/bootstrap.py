@@ -149,6 +149,7 @@ class _Disk:
 
 class BootstrapInstaller:
     backend: ClassVar[Backend] = Backend.BOOTSTRAP
+    installs_packages: ClassVar[bool] = True    # mmdebstrap --include: the whole set, before customize
 
     def tools(self, recipe: Recipe) -> dict[str, str]:
         tools = {"mmdebstrap": "build the Debian root tree", "unshare": "isolate mmdebstrap's mounts",

@@ -42,6 +42,7 @@ def install_limits(recipe: Recipe, accel: Accel) -> Limits:
 
 class VMInstaller:
     backend: ClassVar[Backend] = Backend.VM
+    installs_packages: ClassVar[bool] = False   # the answer file's own set: the packages step adds ours
 
     def tools(self, recipe: Recipe) -> dict[str, str]:
         vm = recipe.install.vm
