@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..disklayout import ESP_MOUNT, MIB, SECTOR, DiskLayout, Role
+from ..errors import InstallFailed
 from ..guest import Guest
 from ..recipe import Firmware
 
@@ -135,7 +136,7 @@ def restore(guest: Guest, layout: DiskLayout, entry_file: Callable[[str], Path],
     """Put an entry's output back: what grub-install and update-grub would have written."""
     regions = [tuple(r) for r in meta.get("boot_code_regions", [])]
     if regions != boot_code_regions(layout):
-        raise ValueError(f"the entry's boot code regions {regions} are not this layout's")
+        raise InstallFailed(f"the boot loader's cache entry has boot code regions {regions}, not this layout's")
     guest.call("rm_rf", "/boot/grub")
     guest.call("mkdir_p", "/boot/grub")
     guest.call("tar_in", str(entry_file(GRUB_TAR)), "/boot/grub")
@@ -147,7 +148,8 @@ def restore(guest: Guest, layout: DiskLayout, entry_file: Callable[[str], Path],
         disk = guest.g.list_devices()[0]
         data = entry_file(BOOT_CODE).read_bytes()
         if len(data) != sum(length for _, length in regions):
-            raise ValueError(f"{BOOT_CODE} holds {len(data)} bytes, its regions {regions}")
+            raise InstallFailed(f"the boot loader's cache entry: {BOOT_CODE} holds {len(data)} bytes, "
+                                f"its regions {regions}")
         with tempfile.TemporaryDirectory(prefix="imagebuild-bootcode-") as tmp:
             part, pos = Path(tmp) / "region", 0
             for offset, length in regions:
