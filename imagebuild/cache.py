@@ -235,10 +235,10 @@ class StageCache:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
                 self._remove(tmp)  # another build stored the same key first: same inputs, same output
-                won = False
+                lost = True
             else:
-                won = True
-            entry = self.lookup(stage, key, verify=not won)  # our own files were hashed just now
+                lost = False
+            entry = self.lookup(stage, key, verify=lost)  # our own files were hashed just now
         except OSError as exc:
             self._remove(tmp)
             why = "no space left" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)

@@ -28,6 +28,7 @@ from . import customize as cz
 from .cache import Entry, StageCache, describe_changes, key_of, link_or_copy
 from .errors import CommandFailed, PreflightError
 from .events import Reporter
+from .install.grubcache import STAGE as BOOT_LOADER
 from .paths import cache_root
 from .plan import CACHED_STAGES, StageKeys, archive_digests, boot_test_inputs, stage_keys
 from .recipe import Recipe, to_data
@@ -251,7 +252,7 @@ class StageCacheUse:
         """The install key the boot loader's entry is keyed under, or None (recorded) when the build has
         no cache for it (--no-cache, an uncached backend)."""
         if self.cache is None or self.keys is None:
-            self.record["boot-loader"] = {"reused": False, "key": None,
+            self.record[BOOT_LOADER] = {"reused": False, "key": None,
                                           "why": self.record.get("install", {}).get("why", "not cached")}
             return None
         return self.keys.key("install")
@@ -261,16 +262,16 @@ class StageCacheUse:
         assert self.cache is not None
         key = key_of(inputs)
         why = self._why_not("customize")
-        entry = self.cache.lookup("boot-loader", key) if why is None else None
+        entry = self.cache.lookup(BOOT_LOADER, key) if why is None else None
         if entry is None:
-            self._built("boot-loader", key, why or self.cache.explain_miss("boot-loader", self.recipe.name, inputs))
+            self._built(BOOT_LOADER, key, why or self.cache.explain_miss(BOOT_LOADER, self.recipe.name, inputs))
             return None
-        self._reused("boot-loader", entry, key)
+        self._reused(BOOT_LOADER, entry, key)
         return entry
 
     def store_boot_loader(self, inputs: dict[str, Any], files: dict[str, Any], extra: dict[str, Any]) -> None:
         assert self.cache is not None
-        self.cache.store("boot-loader", key_of(inputs), inputs=inputs, build_id=self.build_id,
+        self.cache.store(BOOT_LOADER, key_of(inputs), inputs=inputs, build_id=self.build_id,
                          recipe=self.recipe.name, files=files, extra=extra)
 
     # -- boot test -----------------------------------------------------------------------------------------
