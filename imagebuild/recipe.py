@@ -145,6 +145,9 @@ class Bootstrap:
     variant: str = "minbase"
     components: tuple[str, ...] = ("main",)
     include: tuple[str, ...] = ()      # system packages: kernel, bootloader, ssh, networking
+    # what the initramfs holds (install/initramfs.py): "disk" (a root on any local disk: every storage
+    # and filesystem driver, the clouds' paravirtual NICs) or "most" (Debian's default, every NIC too)
+    initramfs_modules: str = "disk"
 
 
 @dataclass(frozen=True)
@@ -584,6 +587,8 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
               "name the release (e.g. 'bookworm'), not a moving alias: the image must be reproducible")
         check(b.variant in ("minbase", "important", "required", "standard", "apt", "essential"),
               "install.bootstrap.variant", f"unknown mmdebstrap variant '{b.variant}'")
+        check(b.initramfs_modules in INITRAMFS_MODULES, "install.bootstrap.initramfs_modules",
+              f"must be one of {', '.join(INITRAMFS_MODULES)}, not '{b.initramfs_modules}'")
     else:
         _validate_vm(recipe, check)
         check(recipe.image.firmware is Firmware.BIOS, "image.firmware",
@@ -592,6 +597,8 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
     raise_all(problems)
 
 
+# The initramfs policies of a bootstrap build (install/initramfs.py says what each holds).
+INITRAMFS_MODULES = ("disk", "most")
 # Root disk buses the boot test attaches (virtio-blk, or virtio-scsi with discard as clouds use for TRIM).
 DISK_BUSES = ("virtio", "scsi")
 # The smallest root filesystem a golden image is given beside its boot partitions.

@@ -1,5 +1,5 @@
 """Hotplug readiness: vCPUs and memory that an operator hot-adds to a running guest come online by
-themselves, and the virtio drivers a cloud's disk and network need are in the initramfs.
+themselves, and the drivers a cloud's disk and virtio network need are in the initramfs.
 
 Linux leaves hot-added CPUs and memory blocks offline unless something onlines them; Debian ships no
 rule for it (SUSE and RHEL ship udev rules). What the image carries, per family:
@@ -15,8 +15,10 @@ rule for it (SUSE and RHEL ship udev rules). What the image carries, per family:
   memory when a small guest gets a large DIMM.
 - memory, EL: a udev rule onlining blocks as ``online_movable`` (what RHEL's own rule does in VMs);
   the EL7 kernel predates the auto-movable policy.
-- initramfs: Debian's (``MODULES=most``) already holds virtio_blk, virtio_scsi and virtio_net, which the
-  check verifies; the EL templates add them with dracut (``kickstart/el7-base.ks.j2``). virtio_balloon
+- initramfs: Debian's (a bootstrap build's policy, ``install/initramfs.py``, or debian-installer's
+  ``MODULES=most``) holds virtio_blk, virtio_scsi and virtio_net and the other clouds' disk drivers
+  (``CLOUD_DISK_DRIVERS``), which the check verifies; the EL templates add the virtio ones with dracut
+  (``kickstart/el7-base.ks.j2``). virtio_balloon
   is not needed before the root filesystem is mounted; udev loads it from there, and the boot test sees
   it bound.
 """
@@ -41,6 +43,12 @@ HEADER = "# Installed by imagebuild: hot-added vCPUs (and, where the kernel does
 GRUB_SNIPPET = "/etc/default/grub.d/60-imagebuild-hotplug.cfg"
 MEMORY_ARGS = "memhp_default_state=online memory_hotplug.online_policy=auto-movable"
 INITRAMFS_DRIVERS = ("virtio_blk", "virtio_scsi", "virtio_net")
+# Debian's initramfs (either bootstrap policy, install/initramfs.py, or debian-installer's MODULES=most)
+# also holds the drivers of the disks other clouds and hypervisors give a guest: NVMe (AWS Nitro, GCP),
+# AHCI and PIIX (SATA/IDE), Xen (AWS's older types), Hyper-V (Azure), VMware's PVSCSI and LSI Logic
+# SPI, and ext4 for the root itself.
+CLOUD_DISK_DRIVERS = ("nvme", "ahci", "ata_piix", "sd_mod", "xen-blkfront", "hv_storvsc", "vmw_pvscsi",
+                      "mptspi", "ext4")
 
 
 def _rules(family: Family) -> str:
@@ -79,16 +87,17 @@ def _check(guest: Guest, ctx: StepContext) -> list[str]:
     listings = _initramfs_listing(guest, family)
     if not listings:
         problems.append("no initramfs in /boot")
+    drivers = INITRAMFS_DRIVERS + (CLOUD_DISK_DRIVERS if family is Family.DEBIAN else ())
     for img, files in listings.items():
-        missing = [d for d in INITRAMFS_DRIVERS if not re.search(rf"/{d}\.ko(\.[xg]z|\.zst)?$", files, re.M)]
+        missing = [d for d in drivers if not re.search(rf"/{d}\.ko(\.[xg]z|\.zst)?$", files, re.M)]
         if missing:
-            problems.append(f"{img} lacks {', '.join(missing)}: a cloud's virtio disk or NIC may not be found "
+            problems.append(f"{img} lacks {', '.join(missing)}: a cloud's disk or virtio NIC may not be found "
                             "at boot")
     return problems
 
 
 @register("hotplug", "Hot-added vCPUs and memory come online by themselves (udev; kernel onlining on "
-          "Debian); virtio drivers in the initramfs", order=300, check=_check)
+          "Debian); clouds' disk drivers in the initramfs", order=300, check=_check)
 def hotplug(guest: Guest, ctx: StepContext) -> None:
     family = ctx.recipe.image.family
     guest.write(RULES, _rules(family), mode=0o644)

@@ -29,7 +29,7 @@ from ..preflight import preflight
 from ..recipe import Backend, Firmware, Recipe
 from ..run import run
 from ..workspace import Build, remove_tree
-from . import grubcache
+from . import grubcache, initramfs
 
 # The boot loader packages each layout needs. Hybrid images get Debian's cloud meta-package, which
 # debian-cloud-images uses: it pulls grub for i386-pc and x86_64-efi, the signed grub and shim, and its
@@ -46,18 +46,26 @@ BOOT_PACKAGES = {
 UEFI_DEBCONF = ("grub-efi-amd64 grub2/update_nvram boolean false\n"
                 "grub-efi-amd64 grub2/force_efi_extra_removable boolean true\n")
 SERIAL_CMDLINE = "console=tty0 console=ttyS0,115200n8"
-# The initramfs is made once, when every package is in (MODULES=most: ~20 s). Left alone, Debian makes
-# it twice: when the kernel is configured, and again in initramfs-tools' trigger once udev, kmod and
-# e2fsprogs are in, which doubles the install's longest step. So update-initramfs is diverted to a
-# no-op before the packages go in (after the essential ones), and restored before it runs once.
+# The initramfs is made once, when every package is in (15-20 s; install/initramfs.py says what it
+# holds). Left alone, Debian makes it twice: when the kernel is configured, and again in
+# initramfs-tools' trigger once udev, kmod and e2fsprogs are in, which doubles the install's longest
+# step. So update-initramfs is diverted to a no-op before the packages go in (after the essential
+# ones), and restored before it runs once, with the recipe's initramfs policy put in first.
 INITRAMFS_HOLD = ('--essential-hook=chroot "$1" dpkg-divert --quiet --local --rename '
                   '--divert /usr/sbin/update-initramfs.imagebuild --add /usr/sbin/update-initramfs && '
                   'printf "#!/bin/sh\\n# imagebuild: made once at the end of the install\\nexit 0\\n" '
                   '> "$1/usr/sbin/update-initramfs" && chmod 755 "$1/usr/sbin/update-initramfs"')
-INITRAMFS_ONCE = ('--customize-hook=rm -f "$1/usr/sbin/update-initramfs" && '
-                  'chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && '
-                  'if [ -x "$1/usr/sbin/update-initramfs" ] && ls "$1"/boot/vmlinuz-* >/dev/null 2>&1; '
-                  'then chroot "$1" update-initramfs -c -k all; fi')
+INITRAMFS_RESTORE = ('rm -f "$1/usr/sbin/update-initramfs" && '
+                     'chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && ')
+INITRAMFS_IF = 'if [ -x "$1/usr/sbin/update-initramfs" ] && ls "$1"/boot/vmlinuz-* >/dev/null 2>&1; then '
+INITRAMFS_MAKE = 'chroot "$1" update-initramfs -c -k all; fi'
+
+
+def initramfs_once(recipe: Recipe, staging: Path) -> str:
+    """The customize-hook that restores update-initramfs, puts the recipe's initramfs policy in
+    (install/initramfs.py; its files staged under ``staging``) and makes the initramfs once."""
+    return ("--customize-hook=" + INITRAMFS_RESTORE + INITRAMFS_IF
+            + initramfs.copy_in(recipe.install.bootstrap.initramfs_modules, staging) + INITRAMFS_MAKE)
 
 GRUB_DEFAULTS = f"""\
 # Written by imagebuild: serial console for headless clouds and the boot test, short menu.
@@ -92,6 +100,11 @@ def apt_cache_dir(recipe: Recipe) -> Path:
     return cache_root() / "apt" / f"debian-{recipe.install.bootstrap.suite}-amd64"
 
 
+def initramfs_staging(target: Path) -> Path:
+    """Where the install stages the initramfs policy's files for mmdebstrap's hook: beside the tree."""
+    return target.parent / "initramfs-policy"
+
+
 def mmdebstrap_argv(recipe: Recipe, target: Path, apt_cache: Path | None = None) -> list[str]:
     b = recipe.install.bootstrap
     packages = list(dict.fromkeys(b.include + BOOT_PACKAGES[recipe.image.firmware] + recipe.packages.all))
@@ -110,7 +123,8 @@ def mmdebstrap_argv(recipe: Recipe, target: Path, apt_cache: Path | None = None)
     return ["unshare", "--mount", "--propagation", "private",
             "mmdebstrap", "--mode=root", f"--variant={b.variant}",
             f"--components={','.join(b.components)}", f"--include={','.join(packages)}",
-            "--aptopt=Acquire::Retries \"3\"", "--dpkgopt=force-unsafe-io", INITRAMFS_HOLD, INITRAMFS_ONCE, *cache,
+            "--aptopt=Acquire::Retries \"3\"", "--dpkgopt=force-unsafe-io", INITRAMFS_HOLD,
+            initramfs_once(recipe, initramfs_staging(target)), *cache,
             b.suite, str(target), *sources_list(recipe)]
 
 
@@ -171,6 +185,7 @@ class BootstrapInstaller:
         return {"backend": "bootstrap", "command": command,
                 "disk": {**layout_for(fw).describe(), "size_gib": recipe.image.disk_gib},
                 "kernel_cmdline": SERIAL_CMDLINE,
+                "initramfs_modules": recipe.install.bootstrap.initramfs_modules,
                 "bootloader": f"{' '.join(BOOT_PACKAGES[fw])}: grub-install {targets}, run from the image"}
 
     def disk_ahead(self, build: Build) -> Path:
@@ -212,6 +227,7 @@ class BootstrapInstaller:
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
             cached_before = {p.name for p in cache.glob("*.deb")}
+        initramfs.stage(r.install.bootstrap.initramfs_modules, initramfs_staging(rootfs))
         with rep.step("mmdebstrap"):
             run(mmdebstrap_argv(r, rootfs, cache), reporter=rep, purpose="build the root tree")
         if cache is not None:
@@ -282,6 +298,11 @@ class BootstrapInstaller:
                 diversions.exists() and "update-initramfs.imagebuild" in diversions.read_text()):
             raise InstallFailed("update-initramfs is still diverted in the tree "
                                 "(the install's hook did not restore it)")
+        policy = build.recipe.install.bootstrap.initramfs_modules
+        absent = [p for p in initramfs.files(policy) if not (root / p.lstrip("/")).is_file()]
+        if absent and (root / "usr/sbin/update-initramfs").exists():
+            raise InstallFailed(f"the tree lacks {', '.join(absent)} (install.bootstrap.initramfs_modules = "
+                                f"'{policy}'): the install's hook did not put the initramfs policy in")
         no_initrd = [k for k in kernels if not (root / f"boot/initrd.img-{k}").exists()]
         if no_initrd and (root / "usr/sbin/update-initramfs").exists():
             raise InstallFailed(f"the tree has no initramfs for kernel {', '.join(no_initrd)}")

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from imagebuild.appliance import open_guest
+from imagebuild.customize.hotplug import CLOUD_DISK_DRIVERS
 from imagebuild.disklayout import GPT_TYPE, Role
+from imagebuild.install import initramfs
 from imagebuild.recipe import Firmware
 
 pytestmark = pytest.mark.build
@@ -103,7 +105,7 @@ def test_console_logs_show_a_login_prompt_in_every_cell(built_debian12):
         assert ("BdsDxe: loading Boot" in log) == (not cell.startswith("bios")), cell
 
 
-def test_finished_image_is_generalized(built_debian12, accel):
+def test_finished_image_is_generalized(built_debian12, accel, tmp_path):
     """Read the artifact itself (read-only), not the pipeline's word for it."""
     with open_guest(built_debian12 / "debian12.qcow2", "qcow2", accel=accel.accel, readonly=True,
                     firmware=Firmware.HYBRID) as guest:
@@ -127,11 +129,20 @@ def test_finished_image_is_generalized(built_debian12, accel):
         assert guest.read("/etc/hostname").strip() == "localhost"
         assert g.is_symlink("/etc/resolv.conf")
         assert "console=ttyS0" in guest.read("/boot/grub/grub.cfg")
+        # the initramfs policy (install/initramfs.py): any local disk's drivers, only paravirtual NICs
+        assert guest.read(initramfs.CONF).rstrip().endswith("MODULES=list") and g.is_file(initramfs.HOOK)
+        (initrd,) = [f"/boot/{n}" for n in g.ls("/boot") if n.startswith("initrd.img-")]
+        g.download(initrd, str(tmp_path / "initrd.img"))
         logs = [f for f in guest.find_files("/var/log") if g.filesize(f) > 0]
         assert logs == []
         assert not g.exists("/root/.bash_history")
         assert g.ls("/tmp") == [] and g.ls("/var/lib/apt/lists") in ([], ["auxfiles", "lock", "partial"],
                                                                       ["lock", "partial"])
+    listed = subprocess.run(["lsinitramfs", str(tmp_path / "initrd.img")], check=True, capture_output=True,
+                            text=True).stdout
+    modules = {ln.rsplit("/", 1)[1].removesuffix(".ko") for ln in listed.splitlines() if ln.endswith(".ko")}
+    assert {*CLOUD_DISK_DRIVERS, *initramfs.CLOUD_NICS, "virtio_blk", "virtio_scsi"} <= modules
+    assert not {"e1000e", "igb", "r8169", "tg3", "mlx5_core"} & modules  # physical NICs: Debian's "most" only
 
 
 def test_nothing_left_behind(built_debian12, invoke_env):

@@ -1,5 +1,6 @@
 """The bootstrap installer's checks of the tree mmdebstrap left, before it goes into the disk: the
-initramfs was made once at the end (update-initramfs restored from its diversion), for every kernel."""
+initramfs was made once at the end (update-initramfs restored from its diversion), for every kernel, with
+the recipe's initramfs policy in place."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import pytest
 
 from imagebuild.errors import InstallFailed
 from imagebuild.events import NULL_REPORTER
-from imagebuild.install.bootstrap import INITRAMFS_HOLD, INITRAMFS_ONCE, BootstrapInstaller, mmdebstrap_argv
+from imagebuild.install import initramfs
+from imagebuild.install.bootstrap import INITRAMFS_HOLD, BootstrapInstaller, initramfs_staging, mmdebstrap_argv
 from imagebuild.recipe import load_recipe
+
+from .test_firmware import recipe_file
 
 pytestmark = pytest.mark.unit
 
 
-def tree(tmp_path: Path, *, initrd: bool = True, diverted: bool = False) -> Path:
+def tree(tmp_path: Path, *, initrd: bool = True, diverted: bool = False, policy: bool = True) -> Path:
     root = tmp_path / "rootfs"
     (root / "boot").mkdir(parents=True)
     (root / "usr/sbin").mkdir(parents=True)
@@ -25,6 +29,8 @@ def tree(tmp_path: Path, *, initrd: bool = True, diverted: bool = False) -> Path
     if initrd:
         (root / "boot/initrd.img-6.1.0-57-amd64").write_bytes(b"i")
     (root / "usr/sbin/update-initramfs").write_text("#!/bin/sh\n")
+    if policy:
+        initramfs.stage("disk", root)  # what the install's hook copies in
     if diverted:
         (root / "var/lib/dpkg/diversions").write_text(
             "/usr/sbin/update-initramfs\n/usr/sbin/update-initramfs.imagebuild\n:\n")
@@ -46,10 +52,62 @@ def test_a_kernel_without_its_initramfs_is_refused(tmp_path):
         configure(tree(tmp_path, initrd=False))
 
 
+def test_a_tree_without_its_initramfs_policy_is_refused(tmp_path):
+    with pytest.raises(InstallFailed, match="lacks /etc/initramfs-tools/conf.d/imagebuild-modules, "
+                                            "/etc/initramfs-tools/hooks/imagebuild-modules"):
+        configure(tree(tmp_path, policy=False))
+
+
 def test_the_initramfs_is_held_until_every_package_is_in():
     argv = mmdebstrap_argv(load_recipe("debian12"), Path("/w/rootfs"))
-    hold, once = argv.index(INITRAMFS_HOLD), argv.index(INITRAMFS_ONCE)
+    hold = argv.index(INITRAMFS_HOLD)
+    once = next(i for i, a in enumerate(argv) if "update-initramfs -c -k all" in a)
     assert INITRAMFS_HOLD.startswith("--essential-hook=")    # after the essential set, before the rest
-    assert INITRAMFS_ONCE.startswith("--customize-hook=")    # after every package
+    assert argv[once].startswith("--customize-hook=")        # after every package
     assert hold < once < argv.index("bookworm")
-    assert "update-initramfs -c -k all" in INITRAMFS_ONCE and "--remove" in INITRAMFS_ONCE
+    hook = argv[once]
+    assert "--remove /usr/sbin/update-initramfs" in hook
+    # the policy's files go in before the one update-initramfs, copied from beside the tree
+    staged = initramfs_staging(Path("/w/rootfs"))
+    assert staged == Path("/w/initramfs-policy")
+    for path in (initramfs.CONF, initramfs.HOOK):
+        assert hook.index(f'cp -p {staged}{path} "$1{path}"') < hook.index("update-initramfs -c")
+
+
+def test_debian_s_default_policy_copies_nothing_in(tmp_path):
+    most = load_recipe(str(recipe_file(tmp_path, '[install.bootstrap]\ninitramfs_modules = "most"\n')))
+    hook = next(a for a in mmdebstrap_argv(most, Path("/w/rootfs")) if "update-initramfs -c" in a)
+    assert "initramfs-policy" not in hook and initramfs.files("most") == {}
+    # and a tree without the policy's files is not refused for them (the next check speaks instead)
+    build = SimpleNamespace(recipe=most, reporter=NULL_REPORTER)
+    with pytest.raises(InstallFailed, match="no initramfs for kernel"):
+        BootstrapInstaller()._configure(tree(tmp_path, initrd=False, policy=False), "2fbfe591-aa4a-49e8-bf63-"
+                                        "be55ae634774", "", build)  # type: ignore[arg-type]
+
+
+def test_the_policy_files_as_initramfs_tools_reads_them(tmp_path):
+    initramfs.stage("disk", tmp_path)
+    conf = (tmp_path / initramfs.CONF.lstrip("/")).read_text()
+    hook = tmp_path / initramfs.HOOK.lstrip("/")
+    assert "\nMODULES=list\n" in conf
+    assert hook.stat().st_mode & 0o777 == 0o755 and hook.read_text().startswith("#!/bin/sh\n")
+    text = hook.read_text()
+    # initramfs-tools' own categories of MODULES=most, all but "net"; the clouds' paravirtual NICs
+    categories = next(ln for ln in text.splitlines() if ln.startswith("auto_add_modules ")).split()[1:]
+    assert categories == ["base", "ide", "scsi", "block", "ata", "dasd", "firewire", "mmc", "usb_storage", "fb"]
+    assert "manual_add_modules virtio_net xen-netfront hv_netvsc vmxnet3 ena gve\n" in text
+    assert text.index("auto_add_modules base") < text.index("hidden_dep_add_modules\n")
+    # a valid sh script, and it answers initramfs-tools' prereqs query with nothing
+    import subprocess
+    subprocess.run(["sh", "-n", str(hook)], check=True)
+    out = subprocess.run(["sh", str(hook), "prereqs"], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == ""
+
+
+def test_an_unknown_initramfs_policy_names_the_key(tmp_path):
+    from imagebuild.errors import RecipeError
+    path = recipe_file(tmp_path, '[install.bootstrap]\ninitramfs_modules = "dep"\n')
+    with pytest.raises(RecipeError) as e:
+        load_recipe(str(path))
+    assert (e.value.file, e.value.key) == (str(path), "install.bootstrap.initramfs_modules")
+    assert "must be one of disk, most, not 'dep'" in str(e.value)

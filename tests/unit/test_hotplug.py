@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imagebuild.boottest import CHECK_NAMES, _cpu_list
-from imagebuild.customize.hotplug import CPU_RULE, MEMORY_ARGS, MEMORY_RULE, _rules
+from imagebuild.customize.hotplug import CLOUD_DISK_DRIVERS, CPU_RULE, MEMORY_ARGS, MEMORY_RULE, _rules
 from imagebuild.errors import RecipeError
 from imagebuild.recipe import Family, load_recipe
 
@@ -86,6 +86,11 @@ def test_hotplug_step_and_its_check_on_a_tree(tmp_path: Path) -> None:
     assert MEMORY_ARGS in (root / "etc/default/grub.d/60-imagebuild-hotplug.cfg").read_text()
     # what update-grub makes of it (boot_config runs it after the steps), and a complete initramfs
     (root / "boot/grub/grub.cfg").write_text(grub.replace("console=ttyS0", f"console=ttyS0 {MEMORY_ARGS}"))
-    _initrd(root / "boot/initrd.img-6.1.0-1-amd64", ("virtio_blk", "virtio_scsi", "virtio_net"))
+    _initrd(root / "boot/initrd.img-6.1.0-1-amd64", ("virtio_blk", "virtio_scsi", "virtio_net", "nvme"))
+    problems = step.check(guest, ctx)
+    # a Debian initramfs must also find the other clouds' disks (SATA, Xen, Hyper-V, VMware) and ext4
+    assert problems == ["/boot/initrd.img-6.1.0-1-amd64 lacks ahci, ata_piix, sd_mod, xen-blkfront, hv_storvsc, "
+                        "vmw_pvscsi, mptspi, ext4: a cloud's disk or virtio NIC may not be found at boot"], problems
+    _initrd(root / "boot/initrd.img-6.1.0-1-amd64", ("virtio_blk", "virtio_scsi", "virtio_net", *CLOUD_DISK_DRIVERS))
     assert step.check(guest, ctx) == []
     assert (root / "etc/udev/rules.d/80-imagebuild-hotplug.rules").read_text() == _rules(Family.DEBIAN)
