@@ -18,8 +18,8 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize("body, key, message", [
-    ('[boot_test]\nmax_vcpus = 2\n', "boot_test.max_vcpus", "must be above boot_test.vcpus (2) to hot-add"),
-    ('[boot_test]\nmax_vcpus = 1\n', "boot_test.max_vcpus", "between boot_test.vcpus (2) and 64"),
+    ('[boot_test]\nmax_vcpus = 1\n', "boot_test.max_vcpus", "must be above boot_test.vcpus (1) to hot-add"),
+    ('[boot_test]\nmax_vcpus = 0\n', "boot_test.max_vcpus", "between boot_test.vcpus (1) and 64"),
     ('[boot_test]\nhotplug_memory_mib = 300\n', "boot_test.hotplug_memory_mib", "multiple of 128"),
     ('[boot_test]\nballoon_mib = 900\n', "boot_test.balloon_mib", "at least 256 MiB of its 1024"),
     ('[boot_test]\ndisk_buses = ["ide"]\n', "boot_test.disk_buses[0]", "one of virtio, scsi"),
@@ -35,7 +35,7 @@ def test_live_operation_keys_are_validated(tmp_path, body, key, message):
 
 
 def test_a_family_that_cannot_hotplug_skips_the_check(tmp_path):
-    r = load_recipe(str(recipe_file(tmp_path, '[boot_test]\nmax_vcpus = 2\nskip_checks = ["vcpu-hotplug"]\n')))
+    r = load_recipe(str(recipe_file(tmp_path, '[boot_test]\nmax_vcpus = 1\nskip_checks = ["vcpu-hotplug"]\n')))
     assert r.boot_test.skip_checks == ("vcpu-hotplug",)
     assert {"vcpu-hotplug", "balloon", "memory-hotplug", "virtio"} <= set(CHECK_NAMES)
 
