@@ -93,6 +93,9 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+NICE_BESIDE = 19
+
+
 class CompressBeside:
     """``compress`` and then ``same_guest_data`` in a thread, while the caller boots ``src`` (read-only,
     through overlays). ``result`` waits and returns the artifact's info, raising what the thread raised,
@@ -112,6 +115,11 @@ class CompressBeside:
 
     def _work(self) -> None:
         start = time.monotonic()
+        # The boot test is the critical path and the compression is not (it has the boot's length to
+        # finish in): this thread, and the qemu-img it starts, yield the cores to the guests (boot test
+        # 59-60 s against 62-68 s, docs/speed.md). On Linux a nice value is a thread's, and a child
+        # inherits its thread's.
+        os.setpriority(os.PRIO_PROCESS, 0, NICE_BESIDE)
         try:
             with self.reporter.step("sparsify"):
                 info = compress(self.src, self.src_format, self.dest, compat=self.compat, reporter=self.reporter)

@@ -13,7 +13,7 @@ import pytest
 
 from imagebuild.errors import ImageBuildError
 from imagebuild.procs import descendants, processes_mentioning
-from imagebuild.sparsify import CompressBeside, same_guest_data
+from imagebuild.sparsify import NICE_BESIDE, CompressBeside, same_guest_data
 
 pytestmark = pytest.mark.unit
 
@@ -77,6 +77,11 @@ def test_stop_leaves_no_partial_file_and_no_qemu_img(tmp_path):
     while not [p for p in processes_mentioning(dest.name) if p in descendants()]:
         assert time.monotonic() < deadline, "qemu-img convert never started"
         time.sleep(0.02)
+    # it yields the cores to the boot test's guests; the build's own threads keep their priority
+    (pid,) = [p for p in processes_mentioning(dest.name) if p in descendants()]
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    assert int(stat.rsplit(")", 1)[1].split()[16]) == NICE_BESIDE  # field 19 of proc(5): nice
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0
     beside.stop()
     assert not [p for p in processes_mentioning(dest.name) if p in descendants()]
     assert not dest.exists() and not list(tmp_path.glob(".*.partial"))
