@@ -116,8 +116,8 @@ class CompressBeside:
     def _work(self) -> None:
         start = time.monotonic()
         # The boot test is the critical path and the compression is not (it has the boot's length to
-        # finish in): this thread, and the qemu-img it starts, yield the cores to the guests (boot test
-        # 59-60 s against 62-68 s, docs/speed.md). On Linux a nice value is a thread's, and a child
+        # finish in): this thread, and the qemu-img it starts, yield the cores to the guests (a gain
+        # within this machine's noise, docs/speed.md). On Linux a nice value is a thread's, and a child
         # inherits its thread's.
         os.setpriority(os.PRIO_PROCESS, 0, NICE_BESIDE)
         try:
