@@ -123,8 +123,10 @@ def remove_tree(path: Path, reporter: Reporter) -> None:
 
 
 def destroy_domains(prefix: str, reporter: Reporter) -> list[str]:
-    """Destroy (and undefine) every libvirt domain whose name starts with ``prefix``."""
-    from .domain import connect
+    """Destroy (and undefine) every libvirt domain whose name starts with ``prefix``. A domain that goes
+    away meanwhile is fine: a transient domain is gone once destroyed, and a boot test's cells destroy
+    their own while this runs for all of them (an interrupt of cells side by side)."""
+    from .domain import DomainError, connect, dom_exists, libvirt
     names: list[str] = []
     try:
         conn = connect()
@@ -133,12 +135,19 @@ def destroy_domains(prefix: str, reporter: Reporter) -> list[str]:
         return names
     try:
         for dom in conn.listAllDomains():
-            if dom.name().startswith(prefix):
-                names.append(dom.name())
+            name = dom.name()
+            if not name.startswith(prefix):
+                continue
+            names.append(name)
+            try:
+                persistent = dom.isPersistent()
                 if dom.isActive():
                     dom.destroy()
-                if dom.isPersistent():
+                if persistent:
                     dom.undefine()
+            except libvirt.libvirtError as exc:
+                if dom_exists(conn, name):
+                    raise DomainError(f"could not destroy domain {name}: {exc}") from None
     finally:
         conn.close()
     return names
