@@ -57,15 +57,15 @@ INITRAMFS_HOLD = ('--essential-hook=chroot "$1" dpkg-divert --quiet --local --re
                   '> "$1/usr/sbin/update-initramfs" && chmod 755 "$1/usr/sbin/update-initramfs"')
 INITRAMFS_RESTORE = ('rm -f "$1/usr/sbin/update-initramfs" && '
                      'chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && ')
-INITRAMFS_IF = 'if [ -x "$1/usr/sbin/update-initramfs" ] && ls "$1"/boot/vmlinuz-* >/dev/null 2>&1; then '
-INITRAMFS_MAKE = 'chroot "$1" update-initramfs -c -k all; fi'
+INITRAMFS_WHEN = '[ -x "$1/usr/sbin/update-initramfs" ] && ls "$1"/boot/vmlinuz-* >/dev/null 2>&1'
 
 
 def initramfs_once(recipe: Recipe, staging: Path) -> str:
     """The customize-hook that restores update-initramfs, puts the recipe's initramfs policy in
     (install/initramfs.py; its files staged under ``staging``) and makes the initramfs once."""
-    return ("--customize-hook=" + INITRAMFS_RESTORE + INITRAMFS_IF
-            + initramfs.copy_in(recipe.install.bootstrap.initramfs_modules, staging) + INITRAMFS_MAKE)
+    policy = initramfs.copy_in(recipe.install.bootstrap.initramfs_modules, staging)
+    return (f"--customize-hook={INITRAMFS_RESTORE}if {INITRAMFS_WHEN}; then "
+            f'{policy}chroot "$1" update-initramfs -c -k all; fi')
 
 GRUB_DEFAULTS = f"""\
 # Written by imagebuild: serial console for headless clouds and the boot test, short menu.
