@@ -96,9 +96,9 @@ class ApplianceAhead:
             raise _launch_failed(self._error)
         self.reporter.info(f"appliance ready {self.ready_after:.0f}s after its launch ahead "
                            f"(waited {time.monotonic() - t:.0f}s for it here)")
-        for dev in [*self.g.list_devices(), *self.g.list_partitions()]:
-            self.g.blockdev_flushbufs(dev)
-        return Guest(self.g, self.reporter, self.firmware)
+        guest = Guest(self.g, self.reporter, self.firmware)
+        guest.drop_cached_reads()
+        return guest
 
     def close(self) -> None:
         """Stop the appliance if it is still booting (a failed or interrupted install) and close the handle."""

@@ -133,6 +133,24 @@ class Guest:
             raise GuestError(f"cannot relate the root filesystem ({majmin}) to a disk: {disk!r} {part!r}")
         return f"/dev/{disk}", int(part)
 
+    # -- the disk shared with the host --------------------------------------------------------------
+    def release_disk(self) -> None:
+        """Unmount every filesystem and flush the appliance's writes into the disk file, so that the host
+        may write the disk (``remount`` takes it back)."""
+        self.call("umount_all")
+        self.call("sync")
+
+    def drop_cached_reads(self) -> None:
+        """Forget what the appliance's kernel read of the disk, which the host wrote meanwhile: Linux drops
+        a block device's page cache at its last close, and BLKFLSBUF covers anything still open."""
+        for dev in [*self.g.list_devices(), *self.g.list_partitions()]:
+            self.g.blockdev_flushbufs(dev)
+
+    def remount(self) -> None:
+        """Mount the disk again by its layout after the host wrote it (``release_disk``)."""
+        self.drop_cached_reads()
+        self.mount_layout()
+
     # -- files -------------------------------------------------------------------------------------
     def exists(self, path: str) -> bool:
         return bool(self.g.exists(path))

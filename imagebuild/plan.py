@@ -48,7 +48,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The code whose behaviour shapes each stage's output: a change to it is a new key.
 STAGE_CODE = {
     "install": ("install/bootstrap.py", "disklayout.py"),
-    "customize": ("customize", "guest.py", "install/bootstrap.py"),
+    "customize": ("customize", "guest.py", "install/bootstrap.py", "install/hostgrub.py"),
     "artifact": ("sparsify.py",),
     "boot-test": ("boottest.py", "domain.py"),
 }

@@ -159,6 +159,10 @@ def clean_stale(reporter: Reporter) -> list[str]:
     root = work_root()
     dead: list[str] = []
     if root.is_dir():
+        # a loop device a killed build left attached to its disk (grub on the host: install/hostgrub.py)
+        from .install.hostgrub import detach_stale
+        live = {w.resolve() for w in root.iterdir() if w.is_dir() and owner_alive(w)}
+        removed += [f"loop device {d}" for d in detach_stale(root.resolve(), live, reporter)]
         for work in sorted(root.iterdir()):
             if work.is_dir() and not owner_alive(work):
                 dead.append(work.name)

@@ -40,7 +40,7 @@ from ..recipe import Firmware
 
 STAGE = "boot-loader"
 GRUB_TAR, ESP_TAR, BOOT_CODE = "grub.tar", "esp.tar", "bootcode.bin"
-CODE = ("install/bootstrap.py", "install/grubcache.py", "disklayout.py")
+CODE = ("install/bootstrap.py", "install/grubcache.py", "install/hostgrub.py", "disklayout.py")
 MBR_BOOT_CODE = 440  # bytes of boot code before the disk signature and the partition table
 
 # One command: each fork costs tens of milliseconds under emulation, so no loop forks per file.

@@ -41,11 +41,20 @@ def our_domains(prefix: str) -> list[str]:
     return [d for d in out if d.startswith(prefix)]
 
 
+def loops_below(work: Path) -> list[str]:
+    """Loop devices whose backing file lies under ``work`` (grub on the host attaches the disk)."""
+    out = subprocess.run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"], check=True,
+                         capture_output=True, text=True).stdout
+    return [d["name"] for d in json.loads(out or "{}").get("loopdevices", [])
+            if (d.get("back-file") or "").startswith(str(work.resolve()))]
+
+
 def assert_nothing_left(env: dict[str, str], recipe: str) -> None:
     work, out = Path(env["IMAGEBUILD_WORK"]), Path(env["IMAGEBUILD_OUTPUT"])
     assert our_domains(DOMAIN_PREFIX + recipe) == []
     assert processes_mentioning(str(work)) == []
     assert mounts_below(work) == [] if work.exists() else True
+    assert loops_below(work) == []
     assert not work.exists() or list(work.iterdir()) == [], list(work.iterdir())
     assert not list(out.glob(".tmp-*")) if out.exists() else True
     assert not (out / recipe / f"{recipe}.qcow2").exists()
