@@ -1,10 +1,11 @@
 """The boot loader's output kept in the stage cache: what ``grub-install`` and ``update-grub`` wrote,
 captured after a build ran them and put back, instead of running them, when nothing they read changed.
 
-Under emulation the two take 14-26 s of the customize stage (``update-grub`` alone is ~400 forks of
-``sed`` and ``grub-probe``). A rebuild whose install came from the stage cache and whose steps left
-grub's inputs as they were (a customize-only change such as ``customize.disable``) would write the
-same bytes again.
+A fresh install's raw disk has them run on the host (``hostgrub``, ~1.5 s). A rebuild whose install
+came from the stage cache reads it through a qcow2 overlay, which no loop device takes, so there they
+would run in the appliance: 14-26 s of the customize stage under emulation (``update-grub`` alone is
+~400 forks of ``sed`` and ``grub-probe``). When its steps left grub's inputs as they were (a
+customize-only change such as ``customize.disable``), they would write the same bytes again.
 
 The key (sha256 of canonical JSON, like every stage's):
 

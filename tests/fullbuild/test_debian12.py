@@ -128,7 +128,12 @@ def test_finished_image_is_generalized(built_debian12, accel, tmp_path):
                          [f"UUID={g.vfs_uuid('/dev/sda15')}", "/boot/efi", "vfat", "umask=0077,nofail", "0", "2"]]
         assert guest.read("/etc/hostname").strip() == "localhost"
         assert g.is_symlink("/etc/resolv.conf")
-        assert "console=ttyS0" in guest.read("/boot/grub/grub.cfg")
+        # grub ran on the host through a loop device (install/hostgrub.py): what it wrote names the
+        # filesystem by UUID, never a device of the build host
+        cfg, root_uuid = guest.read("/boot/grub/grub.cfg"), g.vfs_uuid("/dev/sda1")
+        assert "console=ttyS0" in cfg and f"root=UUID={root_uuid} " in cfg
+        assert "loop" not in cfg and "root=/dev/" not in cfg
+        assert guest.read("/boot/efi/EFI/debian/grub.cfg").startswith(f"search.fs_uuid {root_uuid} root ")
         # the initramfs policy (install/initramfs.py): any local disk's drivers, only paravirtual NICs
         assert guest.read(initramfs.CONF).rstrip().endswith("MODULES=list") and g.is_file(initramfs.HOOK)
         (initrd,) = [f"/boot/{n}" for n in g.ls("/boot") if n.startswith("initrd.img-")]
@@ -152,3 +157,6 @@ def test_nothing_left_behind(built_debian12, invoke_env):
     assert not [d for d in doms if d.startswith(DOMAIN_PREFIX + "debian12")]
     work = Path(invoke_env["IMAGEBUILD_WORK"])
     assert not work.exists() or list(work.iterdir()) == []
+    loops = subprocess.run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"], check=True,
+                           capture_output=True, text=True).stdout
+    assert str(work) not in loops  # grub on the host detached its loop device
