@@ -128,7 +128,10 @@ def script(layout: DiskLayout, disk: Path, loop: LoopDisk, mountpoint: Path) -> 
     commands in a chroot, the ESP's files copied into the FAT."""
     q = shlex.quote
     mnt = q(str(mountpoint))
-    dev = lambda n: f"{GUEST_DISK}{n}"  # noqa: E731 - one name rule, used below and in the links
+
+    def dev(number: int) -> str:
+        return f"{GUEST_DISK}{number}"
+
     lines = ["set -eu",
              "mount -t tmpfs -o mode=0755,size=1m imagebuild-dev /dev",
              "mknod -m 0600 {} b {} {}".format(GUEST_DISK, *loop.majmin)]
@@ -147,8 +150,8 @@ def script(layout: DiskLayout, disk: Path, loop: LoopDisk, mountpoint: Path) -> 
     lines += [f"chroot {mnt} {shlex.join(argv)}" for argv in grub_installs(layout, GUEST_DISK)]
     lines.append(f"chroot {mnt} update-grub")
     if esp is not None:
-        # the FAT at its offset in the disk file (the same page cache as the loop device): mtools asks a
-        # block device for its geometry, which a loop partition does not have
+        # into the disk file itself, at the ESP's offset (mtools asks a block device for a geometry a
+        # loop partition does not have); the appliance reads the file next
         lines.append(f"MTOOLS_SKIP_CHECK=1 mcopy -s -o -i {q(str(disk))}@@{esp.start_mib * MIB} "
                      f"{mnt}{ESP_MOUNT}/* ::/")
         lines.append(f"umount {mnt}{ESP_MOUNT}")
