@@ -496,8 +496,11 @@ def check_memory_hotplug(agent: Agent, ctx: CheckContext) -> Check:
 
 def check_virtio(agent: Agent, ctx: CheckContext) -> Check:
     """The guest bound virtio drivers to the disk (the cell's bus), NIC, balloon, console and RNG."""
-    _, out, _ = agent.exec(["sh", "-c", "cd /sys/bus/virtio/drivers && for d in *; do "
-                                        "echo $d $(ls $d | grep -c '^virtio'); done"])
+    # shell builtins only: a fork costs ~0.1 s of the guest's one vCPU under emulation, and `ls | grep`
+    # per driver took 2.4 s of a cell
+    _, out, _ = agent.exec(["sh", "-c", "cd /sys/bus/virtio/drivers && for d in *; do n=0; "
+                                        'for x in "$d"/virtio*; do [ -e "$x" ] && n=$((n+1)); done; '
+                                        'echo "$d $n"; done'])
     bound = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines() if len(ln.split()) == 2}
     disk_driver = {"virtio": "virtio_blk", "scsi": "virtio_scsi"}[ctx.disk_bus]
     want = (disk_driver, "virtio_net", "virtio_balloon", "virtio_console")

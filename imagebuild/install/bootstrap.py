@@ -28,7 +28,7 @@ from ..paths import cache_root
 from ..preflight import preflight
 from ..recipe import Backend, Firmware, Recipe
 from ..run import run
-from ..workspace import Build, remove_tree
+from ..workspace import Build, remove_tree, remove_tree_beside
 from . import grubcache, hostgrub, initramfs
 
 # The boot loader packages each layout needs. Hybrid images get Debian's cloud meta-package, which
@@ -246,7 +246,7 @@ class BootstrapInstaller:
                  "-E", f"offset={start * SECTOR},root_owner=0:0", str(disk.path), f"{size * SECTOR // 1024}k"],
                 reporter=rep, purpose="write the root tree into the partition")
             self._check_disk(disk.path, disk.root_uuid, disk.esp_id, disk.parts, build)
-        remove_tree(rootfs, rep)
+        remove_tree_beside(rootfs, build)  # nothing reads it once mkfs.ext4 wrote it into the disk
         build.disk, build.disk_format = disk.path, "raw"
 
     def _read_table(self, disk: Path, build: Build) -> dict[int, tuple[int, int]]:

@@ -103,3 +103,4 @@ def test_detach_stale_takes_only_dead_builds_devices(tmp_path):
     finally:
         for dev in devices.values():
             subprocess.run(["losetup", "--detach", dev], capture_output=True)
+
