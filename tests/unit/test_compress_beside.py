@@ -81,6 +81,10 @@ def test_stop_leaves_no_partial_file_and_no_qemu_img(tmp_path):
     (pid,) = [p for p in processes_mentioning(dest.name) if p in descendants()]
     stat = Path(f"/proc/{pid}/stat").read_text()
     assert int(stat.rsplit(")", 1)[1].split()[16]) == NICE_BESIDE  # field 19 of proc(5): nice
+    # and so does its session's scheduling group, which is what a guest outside it competes with
+    autogroup = Path(f"/proc/{pid}/autogroup")
+    if autogroup.exists():
+        assert autogroup.read_text().split()[-1] == str(NICE_BESIDE)
     assert os.getpriority(os.PRIO_PROCESS, 0) == 0
     beside.stop()
     assert not [p for p in processes_mentioning(dest.name) if p in descendants()]

@@ -107,3 +107,25 @@ def _running(pid: int) -> bool:
 def test_build_interrupted_exit_codes():
     assert BuildInterrupted(signal.SIGINT).exit_code == 130
     assert BuildInterrupted(signal.SIGTERM).exit_code == 143
+
+
+def test_a_command_from_a_niced_thread_runs_niced_in_its_own_scheduling_group():
+    """Each command leads a session of its own, and an autogroup kernel schedules a session as a group
+    weighed by the group's nice: the group must take the thread's nice, or nice means nothing against
+    the guests (run._nice_session)."""
+    import os
+    import threading
+    if not Path("/proc/self/autogroup").exists():
+        pytest.skip("no autogroup scheduling in this kernel")
+    seen: list[str] = []
+
+    def niced() -> None:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+        seen.append(run(["sh", "-c", "cat /proc/self/autogroup; cut -d' ' -f19 /proc/self/stat"]).stdout)
+
+    t = threading.Thread(target=niced)
+    t.start()
+    t.join()
+    group, nice = seen[0].splitlines()
+    assert group.endswith(" nice 19") and nice == "19"
+    assert run(["cat", "/proc/self/autogroup"]).stdout.strip().endswith(" nice 0")  # unniced: untouched
