@@ -169,10 +169,9 @@ class BootstrapInstaller:
         tools = {"mmdebstrap": "build the Debian root tree", "unshare": "isolate mmdebstrap's mounts",
                  "sfdisk": "write the partition table", "mkfs.ext4": "write the root tree into the disk",
                  "systemctl": "enable units in the tree offline (systemctl --root)"}
-        tools.update({k: v for k, v in hostgrub.TOOLS.items() if k != "mcopy"})
+        tools.update(hostgrub.tools(layout_for(recipe.image.firmware)))
         if layout_for(recipe.image.firmware).esp is not None:
             tools["mkfs.fat"] = "make the EFI system partition (Debian package dosfstools)"
-            tools["mcopy"] = hostgrub.TOOLS["mcopy"]
         return tools
 
     def validate(self, recipe: Recipe, reporter: Reporter, *, for_build: bool) -> None:

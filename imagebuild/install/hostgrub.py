@@ -42,9 +42,15 @@ from ..run import run
 GUEST_DISK = "/dev/sda"
 # character devices a chroot's programs expect (name, major, minor), as devtmpfs makes them
 CHAR_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9))
-TOOLS = {"losetup": "attach the disk to run grub on the host (util-linux)",
-         "partx": "register the disk's partitions on the loop device (util-linux)",
-         "mcopy": "copy grub's EFI files into the ESP (Debian package mtools)"}
+
+
+def tools(layout: DiskLayout) -> dict[str, str]:
+    """The host tools grub on the host needs for ``layout`` (checked before a build starts)."""
+    need = {"losetup": "attach the disk to run grub on the host (util-linux)",
+            "partx": "register the disk's partitions on the loop device (util-linux)"}
+    if layout.esp is not None:
+        need["mcopy"] = "copy grub's EFI files into the ESP (Debian package mtools)"
+    return need
 
 
 @dataclass(frozen=True)

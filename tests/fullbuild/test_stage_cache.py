@@ -1,6 +1,7 @@
 """The stage cache with real builds: the session's debian12 build again reuses every stage; a
 customize-only change reuses the install and the boot loader's output, says why the rest was
-rebuilt, and the image it makes boots through BIOS and UEFI."""
+rebuilt, and the image it makes boots through BIOS and UEFI; a change grub reads has grub run again,
+in the appliance (the cached install is a qcow2 overlay, which no loop device takes)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,31 @@ def test_a_customize_change_reuses_the_install_and_names_the_change(built_debian
         boot = run_invoke(["boot-test", str(image), "--firmware", firmware, "--machine", machine], env, timeout=1800)
         assert boot.returncode == 0, (firmware, boot.stdout[-3000:], boot.stderr[-3000:])
         assert json.loads(boot.stdout)["passed"], boot.stdout[-3000:]
+
+
+def test_a_change_grub_reads_runs_grub_in_the_appliance_on_the_cached_install(built_debian12, invoke_env,
+                                                                              tmp_path):
+    """The hotplug step off: its kernel arguments leave /etc/default/grub.d, so the boot loader's entry
+    misses and grub runs again, on the cached install read through a qcow2 overlay. grub on the host
+    takes only a raw disk (install/hostgrub.py), so this is the appliance's grub-install beside
+    update-grub; the build's own boot test then boots the image through BIOS and UEFI."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "debian12-nohotplug.toml").write_text(
+        'extends = "debian12"\n[customize]\ndisable = ["hotplug"]\n[boot_test]\nmatrix = ["bios/pc", "uefi/q35"]\n'
+        'skip_checks = ["memory-hotplug", "vcpu-hotplug"]\n')
+    env = {**invoke_env, "IMAGEBUILD_RECIPE_PATH": str(recipes)}
+    res = run_invoke(["build", "debian12-nohotplug"], env, timeout=1800)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "install: reused (key " in res.stderr
+    assert "boot-loader: built (miss: " in res.stderr and "60-imagebuild-hotplug.cfg" in res.stderr, \
+        res.stderr[-3000:]
+    out = Path(invoke_env["IMAGEBUILD_OUTPUT"]) / "debian12-nohotplug"
+    log = (out / "build.log").read_text()
+    assert "grub target: /dev/sd" in log and "losetup" not in log  # in the appliance, not on the host
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["boot_test"]["passed"]
+    assert sorted(c["cell"] for c in m["boot_test"]["cells"]) == ["bios/pc", "uefi/q35"]
 
 
 def test_cache_controls_fail_before_any_work(tmp_path, invoke_env):
