@@ -182,15 +182,24 @@ class StageCache:
                     out.append(Entry(sdir.name, path.name, path, meta))
         return out
 
-    def nearest(self, stage: str, recipe: str) -> Entry | None:
-        """The newest entry of ``stage``, of ``recipe`` if it has one: what a miss is explained against."""
+    def nearest(self, stage: str, recipe: str, inputs: dict[str, Any] | None = None) -> Entry | None:
+        """What a miss is explained against: of ``recipe``'s own entries of ``stage`` the newest (what
+        changed since its last build); when it has none, the entry of any recipe whose inputs differ from
+        ``inputs`` in the fewest places, the newest on a tie. The newest of all would often be another
+        recipe's on another install, and the one change that matters would drown in the rest."""
         entries = self.entries(stage)
         own = [e for e in entries if e.meta.get("recipe") == recipe]
-        pool = own or entries
-        return max(pool, key=lambda e: e.meta.get("created_ts", 0), default=None)
+        if own or inputs is None:
+            return max(own or entries, key=lambda e: e.meta.get("created_ts", 0), default=None)
+        new = flatten(inputs)
+
+        def distance(e: Entry) -> tuple[int, float]:
+            old = flatten(e.meta.get("inputs", {}))
+            return (sum(old.get(k) != new.get(k) for k in set(old) | set(new)), -e.meta.get("created_ts", 0))
+        return min(entries, key=distance, default=None)
 
     def explain_miss(self, stage: str, recipe: str, inputs: dict[str, Any]) -> str:
-        near = self.nearest(stage, recipe)
+        near = self.nearest(stage, recipe, inputs)
         if near is None:
             return "no earlier entry for this stage"
         what = describe_changes(near.meta.get("inputs", {}), inputs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,22 @@ def test_a_miss_names_what_changed(tmp_path):
     assert cache.explain_miss("artifact", "debian12", new) == "no earlier entry for this stage"
     assert describe_changes({"a": 1}, {"a": 1, "b": 2}) == "b added"
 
+
+
+def test_a_new_recipe_s_miss_is_explained_against_the_closest_entry_not_the_newest(tmp_path):
+    """A recipe with no entry of its own: the newest entry may be another recipe's on another install,
+    whose five differences would push the one that matters past the list's end."""
+    cache = StageCache(tmp_path, max_bytes=1 << 30)
+    parent = {"install": "i1", "uuids": {"root": "u1"}, "files": {"a.cfg": "1", "hotplug.cfg": "1"}}
+    make(cache, "k1", recipe="debian12", inputs=parent)
+    time.sleep(0.01)
+    make(cache, "k2", recipe="debian12-bios", inputs={"install": "i2", "uuids": {"root": "u2", "esp": "e2"},
+                                                      "files": {"a.cfg": "2", "b.cfg": "1"}, "code": "x"})
+    child = {"install": "i1", "uuids": {"root": "u1"}, "files": {"a.cfg": "1"}}
+    assert cache.explain_miss("install", "debian12-nohotplug", child) == \
+        "files.hotplug.cfg removed (nearest: recipe debian12)"
+    # a recipe that has entries of its own is told what changed since its newest one
+    assert cache.explain_miss("install", "debian12-bios", child).startswith("code removed, files.a.cfg 2 → 1")
 
 def test_stage_keys_follow_their_inputs():
     r = load_recipe("debian12")
