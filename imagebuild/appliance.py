@@ -13,7 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import settings
 from .accel import Accel
+from .appliance_kernel import fixed_appliance
 from .errors import ImageBuildError
 from .events import NULL_REPORTER, Reporter
 from .guest import Guest, kill_appliance, require_guestfs
@@ -24,12 +26,17 @@ from .run import call_interruptibly
 APPLIANCE_VCPUS = min(2, os.cpu_count() or 1)
 
 
-def _handle(disk: Path, fmt: str, *, accel: Accel, network: bool, readonly: bool) -> Any:
+def _handle(disk: Path, fmt: str, *, accel: Accel, network: bool, readonly: bool, reporter: Reporter) -> Any:
     require_guestfs()
     import guestfs
     g = guestfs.GuestFS(python_return_dict=True)
     try:
         g.set_backend("direct")
+        conf = settings.current()
+        fixed = fixed_appliance(g, cache=conf.cache, choice=conf.appliance_kernel, reporter=reporter)
+        if fixed is not None:
+            g.set_path(str(fixed))
+            reporter.log(f"libguestfs: appliance {fixed} (its kernel unpacked: booted through PVH)")
         if accel is Accel.TCG:
             g.set_backend_settings(["force_tcg"])
         g.set_network(network)
@@ -66,7 +73,7 @@ class ApplianceAhead:
     def __init__(self, disk: Path, fmt: str, *, accel: Accel, reporter: Reporter, network: bool,
                  firmware: Firmware) -> None:
         self.disk, self.reporter, self.firmware = disk, reporter, firmware
-        self.g = _handle(disk, fmt, accel=accel, network=network, readonly=False)
+        self.g = _handle(disk, fmt, accel=accel, network=network, readonly=False, reporter=reporter)
         self.started = time.monotonic()
         self.ready_after: float | None = None
         self._error: RuntimeError | None = None
@@ -125,7 +132,7 @@ def open_guest(disk: Path, fmt: str, *, accel: Accel, reporter: Reporter = NULL_
     if ahead is not None:
         g, close = ahead.g, ahead.close
     else:
-        g = _handle(disk, fmt, accel=accel, network=network, readonly=readonly)
+        g = _handle(disk, fmt, accel=accel, network=network, readonly=readonly, reporter=reporter)
         close = g.close
     try:
         if ahead is not None:
