@@ -161,7 +161,8 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
             else:
                 with reporter.step("sparsify", stage=True):
                     info = _compressed(b, artifact, compress(b.disk, b.disk_format, artifact,
-                                                             compat=recipe.image.compat, reporter=reporter))
+                                                             compat=recipe.image.compat, reporter=reporter,
+                                                             reuse=sc.earlier_artifact(b)))
                     sc.store_artifact(b, artifact, info, steps)
                 artifact_ready = time.monotonic()
         if recipe.boot_test.enabled and run_boot_test and boot is None:  # the artifact came from the cache

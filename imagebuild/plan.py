@@ -49,7 +49,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 STAGE_CODE = {
     "install": ("install/bootstrap.py", "disklayout.py"),
     "customize": ("customize", "guest.py", "install/bootstrap.py", "install/hostgrub.py"),
-    "artifact": ("sparsify.py",),
+    "artifact": ("sparsify.py", "recompress.py"),
     "boot-test": ("boottest.py", "domain.py"),
 }
 CACHED_STAGES = ("install", "customize", "sparsify", "boot-test")  # --rebuild / --require-cached names

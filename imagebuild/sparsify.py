@@ -9,6 +9,11 @@ matters for RHEL 6-era hosts), zlib compression (zstd needs QEMU >= 5.1 on every
 compressed clusters are read-only-decompressed on first write anyway). Written under a temporary name,
 checked with ``qemu-img check`` and for the absence of a backing file, then renamed.
 
+A build on a cached install (a customize-only rebuild) takes the compressed clusters of the artifact
+built earlier on the same installed disk wherever the guest data is the same, each compared first, and
+compresses only the rest (``recompress``: 17 s → 6-7 s here); the rest of the disk goes to qemu-img
+when that artifact cannot be used.
+
 When the boot test runs, the compression runs beside it (``CompressBeside``): the cells boot the
 uncompressed disk through their own overlays while ``qemu-img convert`` reads the same disk, and
 ``qemu-img compare`` then proves the artifact holds the same guest data as the disk that booted. On two
@@ -20,11 +25,14 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import recompress
 from .digest import hash_file
 from .errors import ImageBuildError
 from .events import NULL_REPORTER, Reporter
@@ -52,15 +60,20 @@ def image_info(path: Path, fmt: str, reporter: Reporter) -> dict:
     return json.loads(res.stdout)
 
 
-def compress(src: Path, src_format: str, dest: Path, *, compat: str, reporter: Reporter) -> ArtifactInfo:
+def compress(src: Path, src_format: str, dest: Path, *, compat: str, reporter: Reporter,
+             reuse: Path | None = None) -> ArtifactInfo:
+    """``reuse``: an earlier artifact of the same installed disk and compression settings, whose
+    clusters are taken where the guest data is the same (``recompress``); else, or where it cannot be,
+    ``qemu-img convert -c``."""
     tmp = dest.with_name(f".{dest.name}.partial")
     tmp.unlink(missing_ok=True)
     try:
-        # -W with coroutines: both cores compress at once (~40% faster here than the default; 8 of them
-        # keep both busy: 14.6 s against 16.0 s with 4 for the same disk).
-        run(["qemu-img", "convert", "-f", src_format, "-O", "qcow2", "-c",
-             "-o", f"compat={compat},compression_type={COMPRESSION}", "-m", "8", "-W", str(src), str(tmp)],
-            reporter=reporter, purpose="write the compressed qcow2")
+        if reuse is None or not _recompressed(src, src_format, tmp, reuse, reporter):
+            # -W with coroutines: both cores compress at once (~40% faster here than the default; 8 of
+            # them keep both busy: 14.6 s against 16.0 s with 4 for the same disk).
+            run(["qemu-img", "convert", "-f", src_format, "-O", "qcow2", "-c",
+                 "-o", f"compat={compat},compression_type={COMPRESSION}", "-m", "8", "-W", str(src), str(tmp)],
+                reporter=reporter, purpose="write the compressed qcow2")
         run(["qemu-img", "check", "-q", "-f", "qcow2", str(tmp)], reporter=reporter,
             purpose="verify the qcow2 metadata")
         info = image_info(tmp, "qcow2", reporter)
@@ -74,6 +87,29 @@ def compress(src: Path, src_format: str, dest: Path, *, compat: str, reporter: R
     return ArtifactInfo(file=dest.name, format="qcow2", compat=compat, compression=COMPRESSION,
                         virtual_size=int(info["virtual-size"]), file_size=dest.stat().st_size,
                         sha256=digests["sha256"], sha512=digests["sha512"])
+
+
+def _recompressed(src: Path, src_format: str, tmp: Path, reuse: Path, reporter: Reporter) -> bool:
+    """``tmp`` written by ``recompress`` from ``reuse``; False (logged) where that cannot be done."""
+    raw = src if src_format == "raw" else src.with_name(f".{src.name}.raw")
+    start = time.monotonic()
+    try:
+        earlier = recompress.read_earlier(reuse)
+        if raw != src:
+            run(["qemu-img", "convert", "-f", src_format, "-O", "raw", str(src), str(raw)], reporter=reporter,
+                purpose="the disk's guest data as a sparse raw file, to compare with the earlier artifact's")
+        counts = recompress.recompress(raw, earlier, tmp)
+    except (recompress.CannotReuse, OSError, struct.error, zlib.error) as exc:
+        tmp.unlink(missing_ok=True)
+        reporter.log(f"sparsify: compressing the whole disk, not reusing {reuse}: {exc}")
+        return False
+    finally:
+        if raw != src:
+            raw.unlink(missing_ok=True)
+    reporter.info(f"sparsify: {counts.reused + counts.kept} cluster(s) taken from the artifact built on the same "
+                  f"install, {counts.compressed + counts.stored} compressed anew, {counts.zero} now zero "
+                  f"({time.monotonic() - start:.1f}s)")
+    return True
 
 
 def same_guest_data(src: Path, src_format: str, artifact: Path, *, reporter: Reporter = NULL_REPORTER) -> None:

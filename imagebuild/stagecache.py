@@ -181,6 +181,31 @@ class StageCacheUse:
             self._record_reuse(stage, entry, key)
         return ArtifactInfo(**{**entry.meta["artifact"], "file": dest.name}), dict(entry.meta.get("build_inputs", {}))
 
+    def earlier_artifact(self, b: Build) -> Path | None:
+        """An artifact built on this very installed disk (the cached install this build customized: the
+        same install key and root filesystem UUID) with the same compression settings, linked into the
+        build's work dir (held against eviction), for the compression to take unchanged clusters from
+        (``recompress``: every cluster it takes is compared with the new disk's first). None if none."""
+        if self.cache is None or self.keys is None or not b.disk_from_cache or not b.inputs.get("root_fs_uuid"):
+            return None
+        want = self.keys.inputs["artifact"]
+        same = [e for e in self.cache.entries("artifact")
+                if e.meta.get("inputs", {}).get("install") == want["install"]
+                and e.meta.get("inputs", {}).get("artifact") == want["artifact"]
+                and e.meta.get("build_inputs", {}).get("root_fs_uuid") == b.inputs["root_fs_uuid"]]
+        if not same:
+            return None
+        entry = max(same, key=lambda e: e.meta.get("created_ts", 0))
+        dest = b.work / "earlier-artifact.qcow2"
+        try:
+            dest.unlink(missing_ok=True)
+            link_or_copy(entry.file(ARTIFACT))(dest)
+        except OSError:
+            return None
+        self.reporter.log(f"sparsify: the artifact of build {entry.meta.get('build_id')} was made on the same "
+                          "installed disk: its unchanged clusters are taken, not compressed again")
+        return dest
+
     def store_artifact(self, b: Build, artifact: Path, info: ArtifactInfo, steps: list[cz.Step]) -> None:
         for stage in ("customize", "sparsify"):
             self._built(stage, self.keys.key("artifact") if self.keys else None, self.artifact_miss)

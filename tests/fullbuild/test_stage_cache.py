@@ -1,7 +1,8 @@
 """The stage cache with real builds: the session's debian12 build again reuses every stage; a
-customize-only change reuses the install and the boot loader's output, says why the rest was
-rebuilt, and the image it makes boots through BIOS and UEFI; a change grub reads has grub run again,
-in the appliance (the cached install is a qcow2 overlay, which no loop device takes)."""
+customize-only change reuses the install, the boot loader's output and the unchanged compressed
+clusters, says why the rest was rebuilt, and the image it makes boots through BIOS and UEFI; a change
+grub reads has grub run again, in the appliance (the cached install is a qcow2 overlay, which no loop
+device takes)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ def test_a_customize_change_reuses_the_install_and_names_the_change(built_debian
     assert m["cache"]["install"]["reused"] and not m["cache"]["customize"]["reused"]
     assert m["inputs"]["root_fs_uuid"] == first["inputs"]["root_fs_uuid"]  # the very same installed disk
     assert "random-seed" not in m["customize_steps"]
+    # the compression took the session build's compressed clusters wherever the guest data is the same
+    # (recompress.py: each compared with the new disk's first), and compressed only the rest
+    assert "cluster(s) taken from the artifact built on the same install" in res.stderr, res.stderr[-3000:]
     # grub read nothing the change touched: its output (boot code, /boot/grub, the ESP) was put back from
     # the session build's entry instead of running grub-install and update-grub again ...
     assert "boot-loader: reused (key " in res.stderr, res.stderr[-3000:]
