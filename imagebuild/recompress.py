@@ -152,67 +152,111 @@ def _decide(old_fd: int, entries: list[int | None], news: list[bytes]) -> list[t
     return out
 
 
-def _data_clusters(fd: int, size: int) -> Iterator[int]:
-    """Cluster indexes of a raw file that hold data (holes skipped with SEEK_DATA/SEEK_HOLE)."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        first, last = start // CLUSTER, (end - 1) // CLUSTER
-        yield from range(first, last + 1)
-        pos = (last + 1) * CLUSTER
+@dataclass(frozen=True)
+class Source:
+    """The new disk's guest data: where each guest cluster holding data is read (a file and a byte offset
+    in it); a cluster not named reads as zeros."""
+
+    size: int
+    where: dict[int, tuple[Path, int]]
 
 
-def recompress(raw: Path, earlier: Earlier, dest: Path, *, workers: int = 2) -> Counts:
-    """Write ``dest`` (a compressed qcow2 of the raw disk image ``raw``), reusing ``earlier``'s clusters
+def raw_source(path: Path) -> Source:
+    """A raw disk image: its clusters with data found with SEEK_DATA/SEEK_HOLE (holes read as zeros)."""
+    size = path.stat().st_size
+    where: dict[int, tuple[Path, int]] = {}
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            first, last = start // CLUSTER, (end - 1) // CLUSTER
+            where.update((c, (path, c * CLUSTER)) for c in range(first, last + 1))
+            pos = (last + 1) * CLUSTER
+    finally:
+        os.close(fd)
+    return Source(size, where)
+
+
+def mapped_source(chain: list[Path], extents: list[dict], size: int) -> Source:
+    """A disk read through its backing chain (``chain[depth]``: a rebuild's overlay, then the cached
+    install), from ``qemu-img map --output=json``: each extent with data is at ``offset`` in the file
+    of its ``depth``, read there directly instead of through a raw copy of the whole disk. An extent
+    with no plain place (compressed, or not cluster-aligned) raises ``CannotReuse``."""
+    where: dict[int, tuple[Path, int]] = {}
+    for e in extents:
+        if not e.get("data") or e.get("zero"):
+            continue
+        start, length, offset = e["start"], e["length"], e.get("offset")
+        if e["depth"] >= len(chain):
+            raise CannotReuse(f"qemu-img map names depth {e['depth']} of a chain of {len(chain)} file(s)")
+        if offset is None or start % CLUSTER or offset % CLUSTER or (length % CLUSTER and start + length != size):
+            raise CannotReuse(f"the disk's data at guest offset {start} has no plain, cluster-aligned place "
+                              f"in {chain[e['depth']].name} (map: {e})")
+        where.update((start // CLUSTER + k, (chain[e["depth"]], offset + k * CLUSTER))
+                     for k in range(-(-length // CLUSTER)))
+    return Source(size, where)
+
+
+def recompress(source: Source, earlier: Earlier, dest: Path, *, workers: int = 2) -> Counts:
+    """Write ``dest`` (a compressed qcow2 of the disk ``source`` reads), reusing ``earlier``'s clusters
     where they hold the same data."""
-    size = raw.stat().st_size
+    size = source.size
     if size != earlier.size:
         raise CannotReuse(f"{earlier.path.name} is {earlier.size} bytes of guest disk, the new disk {size}")
     counts = Counts()
     l2: dict[int, int] = {}
     refs: dict[int, int] = {0: 1}  # host cluster → refcount; cluster 0: the header
-    with open(raw, "rb") as src, open(earlier.path, "rb") as old, open(dest, "wb") as out, \
-            ThreadPoolExecutor(max_workers=workers) as pool:
-        # as QEMU allocates: compressed clusters packed one after another into clusters of their own,
-        # uncompressed ones each in a fresh cluster, neither leaving the other a gap
-        fresh = 1                  # the next cluster nothing uses (cluster 0: the header)
-        cpos = cend = CLUSTER      # where the next compressed bytes go; the end of the clusters they own
-        fd = out.fileno()
-        clusters = list(_data_clusters(src.fileno(), size))
-        batches = [clusters[i:i + BATCH] for i in range(0, len(clusters), BATCH)]
+    files = {p: os.open(p, os.O_RDONLY) for p in {p for p, _ in source.where.values()}}
+    try:
+        with open(earlier.path, "rb") as old, open(dest, "wb") as out, \
+                ThreadPoolExecutor(max_workers=workers) as pool:
+            # as QEMU allocates: compressed clusters packed one after another into clusters of their own,
+            # uncompressed ones each in a fresh cluster, neither leaving the other a gap
+            fresh = 1                  # the next cluster nothing uses (cluster 0: the header)
+            cpos = cend = CLUSTER      # where the next compressed bytes go; the end of the clusters they own
+            fd = out.fileno()
+            clusters = sorted(source.where)
+            batches = [clusters[i:i + BATCH] for i in range(0, len(clusters), BATCH)]
 
-        def work(batch: list[int]) -> list[tuple[str, bytes]]:
-            news = [os.pread(src.fileno(), CLUSTER, c * CLUSTER).ljust(CLUSTER, b"\0") for c in batch]
-            return _decide(old.fileno(), [earlier.l2.get(c) for c in batch], news)
+            def read(c: int) -> bytes:
+                path, offset = source.where[c]
+                return os.pread(files[path], CLUSTER, offset).ljust(CLUSTER, b"\0")
 
-        for batch, decided in zip(batches, _ahead(pool, work, batches, 2 * workers), strict=True):
-            for c, (kind, data) in zip(batch, decided, strict=True):
-                setattr(counts, kind, getattr(counts, kind) + 1)
-                if kind == "zero":
-                    continue
-                if kind in ("stored", "kept"):
-                    os.pwrite(fd, data, fresh * CLUSTER)
-                    l2[c] = fresh * CLUSTER | COPIED
-                    refs[fresh] = 1
-                    fresh += 1
-                    continue
-                while cpos + len(data) > cend:
-                    if cend // CLUSTER == fresh:   # the next cluster is free: the bytes run on into it
+            def work(batch: list[int]) -> list[tuple[str, bytes]]:
+                return _decide(old.fileno(), [earlier.l2.get(c) for c in batch], [read(c) for c in batch])
+
+            for batch, decided in zip(batches, _ahead(pool, work, batches, 2 * workers), strict=True):
+                for c, (kind, data) in zip(batch, decided, strict=True):
+                    setattr(counts, kind, getattr(counts, kind) + 1)
+                    if kind == "zero":
+                        continue
+                    if kind in ("stored", "kept"):
+                        os.pwrite(fd, data, fresh * CLUSTER)
+                        l2[c] = fresh * CLUSTER | COPIED
+                        refs[fresh] = 1
                         fresh += 1
-                        cend += CLUSTER
-                    else:                          # it went to an uncompressed cluster: start afresh
-                        cpos = cend = fresh * CLUSTER
-                nsect = (cpos + len(data) - 1) // SECTOR - cpos // SECTOR + 1
-                os.pwrite(fd, data, cpos)
-                l2[c] = COMPRESSED | ((nsect - 1) << CSIZE_SHIFT) | cpos
-                for h in range(cpos // CLUSTER, (cpos + len(data) - 1) // CLUSTER + 1):
-                    refs[h] = refs.get(h, 0) + 1
-                cpos += len(data)
-        _write_tables(out, earlier, size, l2, refs, fresh)
+                        continue
+                    while cpos + len(data) > cend:
+                        if cend // CLUSTER == fresh:   # the next cluster is free: the bytes run on into it
+                            fresh += 1
+                            cend += CLUSTER
+                        else:                          # it went to an uncompressed cluster: start afresh
+                            cpos = cend = fresh * CLUSTER
+                    nsect = (cpos + len(data) - 1) // SECTOR - cpos // SECTOR + 1
+                    os.pwrite(fd, data, cpos)
+                    l2[c] = COMPRESSED | ((nsect - 1) << CSIZE_SHIFT) | cpos
+                    for h in range(cpos // CLUSTER, (cpos + len(data) - 1) // CLUSTER + 1):
+                        refs[h] = refs.get(h, 0) + 1
+                    cpos += len(data)
+            _write_tables(out, earlier, size, l2, refs, fresh)
+    finally:
+        for f in files.values():
+            os.close(f)
     return counts
 
 

@@ -90,26 +90,40 @@ def compress(src: Path, src_format: str, dest: Path, *, compat: str, reporter: R
 
 
 def _recompressed(src: Path, src_format: str, tmp: Path, reuse: Path, reporter: Reporter) -> bool:
-    """``tmp`` written by ``recompress`` from ``reuse``; False (logged) where that cannot be done."""
-    raw = src if src_format == "raw" else src.with_name(f".{src.name}.raw")
+    """``tmp`` written by ``recompress`` from ``reuse``; False (logged) where that cannot be done. A
+    qcow2 disk (a rebuild's overlay over the cached install) is read where ``qemu-img map`` places its
+    clusters; one it cannot place is read from a sparse raw copy."""
+    raw = src.with_name(f".{src.name}.raw")
     start = time.monotonic()
     try:
         earlier = recompress.read_earlier(reuse)
-        if raw != src:
+        try:
+            source = recompress.raw_source(src) if src_format == "raw" else _mapped(src, src_format, reporter)
+        except recompress.CannotReuse as exc:
+            reporter.log(f"sparsify: reading the disk through a raw copy: {exc}")
             run(["qemu-img", "convert", "-f", src_format, "-O", "raw", str(src), str(raw)], reporter=reporter,
                 purpose="the disk's guest data as a sparse raw file, to compare with the earlier artifact's")
-        counts = recompress.recompress(raw, earlier, tmp)
-    except (recompress.CannotReuse, OSError, struct.error, zlib.error) as exc:
+            source = recompress.raw_source(raw)
+        counts = recompress.recompress(source, earlier, tmp)
+    except (recompress.CannotReuse, OSError, struct.error, zlib.error, KeyError, ValueError) as exc:
         tmp.unlink(missing_ok=True)
         reporter.log(f"sparsify: compressing the whole disk, not reusing {reuse}: {exc}")
         return False
     finally:
-        if raw != src:
-            raw.unlink(missing_ok=True)
+        raw.unlink(missing_ok=True)
     reporter.info(f"sparsify: {counts.reused + counts.kept} cluster(s) taken from the artifact built on the same "
                   f"install, {counts.compressed + counts.stored} compressed anew, {counts.zero} now zero "
                   f"({time.monotonic() - start:.1f}s)")
     return True
+
+
+def _mapped(src: Path, src_format: str, reporter: Reporter) -> recompress.Source:
+    chain = json.loads(run(["qemu-img", "info", "--backing-chain", "--output=json", "-f", src_format, str(src)],
+                           reporter=reporter, log_output=False, purpose="the disk's backing chain").stdout)
+    extents = json.loads(run(["qemu-img", "map", "--output=json", "-f", src_format, str(src)], reporter=reporter,
+                             log_output=False, purpose="where the disk's clusters are, layer by layer").stdout)
+    files = [src.parent / layer["filename"] for layer in chain]  # absolute names stay as they are
+    return recompress.mapped_source(files, extents, int(chain[0]["virtual-size"]))
 
 
 def same_guest_data(src: Path, src_format: str, artifact: Path, *, reporter: Reporter = NULL_REPORTER) -> None:

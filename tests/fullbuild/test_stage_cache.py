@@ -51,6 +51,8 @@ def test_a_customize_change_reuses_the_install_and_names_the_change(built_debian
     # the compression took the session build's compressed clusters wherever the guest data is the same
     # (recompress.py: each compared with the new disk's first), and compressed only the rest
     assert "cluster(s) taken from the artifact built on the same install" in res.stderr, res.stderr[-3000:]
+    log = (Path(invoke_env["IMAGEBUILD_OUTPUT"]) / "debian12-noseed" / "build.log").read_text()
+    assert "through a raw copy" not in log  # read in place, where qemu-img map puts each cluster
     # grub read nothing the change touched: its output (boot code, /boot/grub, the ESP) was put back from
     # the session build's entry instead of running grub-install and update-grub again ...
     assert "boot-loader: reused (key " in res.stderr, res.stderr[-3000:]

@@ -4,6 +4,7 @@ exactly the new disk's data; what cannot be reused is refused before anything is
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -48,7 +49,7 @@ def test_a_changed_disk_reuses_the_unchanged_clusters_and_holds_exactly_the_new_
             f.seek(c * C)
             f.write(data)
     new = tmp_path / "new.qcow2"
-    counts = rc.recompress(raw, rc.read_earlier(old), new)
+    counts = rc.recompress(rc.raw_source(raw), rc.read_earlier(old), new)
     assert (counts.compressed, counts.stored, counts.zero) == (2, 1, 1) and counts.reused > 80, counts
     assert counts.kept == 45  # the random clusters, stored uncompressed by qemu-img as here
     assert qemu_img("check", "-f", "qcow2", str(new)).returncode == 0
@@ -66,7 +67,7 @@ def test_an_unchanged_disk_is_all_reused_and_a_wholly_new_one_all_compressed(tmp
     raw, old = tmp_path / "disk.raw", tmp_path / "old.qcow2"
     make_disk(raw, 200)
     compressed(raw, old)
-    counts = rc.recompress(raw, rc.read_earlier(old), tmp_path / "same.qcow2")
+    counts = rc.recompress(rc.raw_source(raw), rc.read_earlier(old), tmp_path / "same.qcow2")
     assert counts.compressed == 0 and counts.stored == 0 and counts.reused > 40 and counts.kept == 23
     other = tmp_path / "other.raw"
     make_disk(other, 200, seed=2)
@@ -74,7 +75,7 @@ def test_an_unchanged_disk_is_all_reused_and_a_wholly_new_one_all_compressed(tmp
         for c in range(1, 200, 3):
             f.seek(c * C)
             f.write(f"other {c}".encode() * 1000)
-    counts = rc.recompress(other, rc.read_earlier(old), tmp_path / "other.qcow2")
+    counts = rc.recompress(rc.raw_source(other), rc.read_earlier(old), tmp_path / "other.qcow2")
     assert counts.reused < 60 < counts.compressed
     assert qemu_img("compare", "-f", "raw", "-F", "qcow2", str(other), str(tmp_path / "other.qcow2")).returncode == 0
 
@@ -90,7 +91,7 @@ def test_what_cannot_be_reused_is_refused(tmp_path):
     with open(raw, "ab") as f:
         f.truncate(40 * C)
     with pytest.raises(rc.CannotReuse, match="bytes of guest disk"):
-        rc.recompress(raw, rc.read_earlier(old), tmp_path / "x.qcow2")
+        rc.recompress(rc.raw_source(raw), rc.read_earlier(old), tmp_path / "x.qcow2")
     (tmp_path / "not.qcow2").write_bytes(b"\0" * 512)
     with pytest.raises(rc.CannotReuse, match="not a qcow2 file"):
         rc.read_earlier(tmp_path / "not.qcow2")
@@ -123,3 +124,38 @@ def test_compress_takes_an_earlier_artifact_s_clusters_and_falls_back_to_qemu_im
              reuse=tmp_path / "bad.qcow2")
     assert "compressed anew" not in out.getvalue()
     assert qemu_img("compare", "-f", "qcow2", "-F", "qcow2", str(disk), str(tmp_path / "b.qcow2")).returncode == 0
+
+
+def test_an_overlay_is_read_through_its_chain_where_qemu_img_map_places_it(tmp_path):
+    """A rebuild's disk is an overlay over the cached install: read in place, layer by layer, with no
+    raw copy; the result holds exactly the overlay's view."""
+    import io
+
+    from imagebuild.events import Reporter
+    from imagebuild.sparsify import compress
+
+    raw, old = tmp_path / "disk.raw", tmp_path / "old.qcow2"
+    make_disk(raw, 300)
+    compressed(raw, old)
+    base = tmp_path / "base.qcow2"
+    assert qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(base)).returncode == 0
+    top = tmp_path / "top.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(top)).returncode == 0
+    io_res = subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 7 {5 * C} {2 * C}",
+                             "-c", f"write -z {9 * C} {C}", str(top)], capture_output=True, text=True)
+    assert io_res.returncode == 0, io_res.stderr
+    out = io.StringIO()
+    compress(top, "qcow2", tmp_path / "a.qcow2", compat="1.1", reporter=Reporter(out, verbose=True), reuse=old)
+    assert "compressed anew" in out.getvalue() and "raw copy" not in out.getvalue(), out.getvalue()
+    assert qemu_img("compare", "-f", "qcow2", "-F", "qcow2", str(top), str(tmp_path / "a.qcow2")).returncode == 0
+    # a compressed layer has no plain place to read: refused, and compress reads a raw copy instead
+    ctop = tmp_path / "ctop.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(old), str(ctop)).returncode == 0
+    with pytest.raises(rc.CannotReuse, match="no plain, cluster-aligned place"):
+        extents = json.loads(qemu_img("map", "--output=json", str(ctop)).stdout)
+        rc.mapped_source([ctop, old], extents, 300 * C)
+    out = io.StringIO()
+    compress(ctop, "qcow2", tmp_path / "b.qcow2", compat="1.1", reporter=Reporter(out, verbose=True), reuse=old)
+    assert "raw copy" in out.getvalue() and "compressed anew" in out.getvalue(), out.getvalue()
+    assert qemu_img("compare", "-f", "qcow2", "-F", "qcow2", str(ctop), str(tmp_path / "b.qcow2")).returncode == 0
+    assert not list(tmp_path.glob(".*.raw"))
