@@ -11,7 +11,7 @@ checked with ``qemu-img check`` and for the absence of a backing file, then rena
 
 A build on a cached install (a customize-only rebuild) takes the compressed clusters of the artifact
 built earlier on the same installed disk wherever the guest data is the same, each compared first, and
-compresses only the rest (``recompress``: 17 s → 6-7 s here); the rest of the disk goes to qemu-img
+compresses only the rest (``recompress``: 17 s → 3-4 s here); the rest of the disk goes to qemu-img
 when that artifact cannot be used.
 
 When the boot test runs, the compression runs beside it (``CompressBeside``): the cells boot the
