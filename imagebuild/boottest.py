@@ -514,12 +514,15 @@ def check_virtio(agent: Agent, ctx: CheckContext) -> Check:
 # The order: first what the booted image shows whatever systemd is still starting, then the live
 # operations (vCPU hotplug last: a guest that hangs on one hides little else), then what the first
 # boot's units must have finished: the system running (its wait starts before all of these, so the
-# first boot's host-key generation, seconds under emulation, overlaps them), machine-id, host keys.
-CHECKS: tuple[CheckFn, ...] = (check_firmware, check_machine, check_fresh_mac, check_dhcp, check_single_root,
-                               check_no_swap, check_packages, check_virtio, check_balloon, check_memory_hotplug,
-                               check_vcpu_hotplug, check_system_running, check_machine_id, check_ssh_hostkeys)
-CHECK_NAMES = ("firmware", "machine", "fresh-mac", "dhcp", "single-root", "no-swap", "packages", "virtio",
-               "balloon", "memory-hotplug", "vcpu-hotplug", "multi-user", "machine-id", "ssh-hostkeys")
+# first boot's host-key generation, seconds under emulation, overlaps them), then the mounts and swap
+# (systemd mounts /boot/efi and would activate a swap unit late in the boot: read earlier, CI once saw
+# a hybrid image with only / mounted, and a swap activated late would pass unseen), machine-id, host keys.
+CHECKS: tuple[CheckFn, ...] = (check_firmware, check_machine, check_fresh_mac, check_dhcp, check_packages,
+                               check_virtio, check_balloon, check_memory_hotplug, check_vcpu_hotplug,
+                               check_system_running, check_single_root, check_no_swap, check_machine_id,
+                               check_ssh_hostkeys)
+CHECK_NAMES = ("firmware", "machine", "fresh-mac", "dhcp", "packages", "virtio", "balloon", "memory-hotplug",
+               "vcpu-hotplug", "multi-user", "single-root", "no-swap", "machine-id", "ssh-hostkeys")
 
 
 def platform_skip(check: str, cell: Cell, accel: Accel) -> str:
