@@ -71,8 +71,9 @@ class ApplianceAhead:
     """
 
     def __init__(self, disk: Path, fmt: str, *, accel: Accel, reporter: Reporter, network: bool,
-                 firmware: Firmware) -> None:
+                 firmware: Firmware, host_writes: bool = True) -> None:
         self.disk, self.reporter, self.firmware = disk, reporter, firmware
+        self.host_writes = host_writes  # False: a cached install's overlay, which nothing writes meanwhile
         self.g = _handle(disk, fmt, accel=accel, network=network, readonly=False, reporter=reporter)
         self.started = time.monotonic()
         self.ready_after: float | None = None
@@ -104,7 +105,8 @@ class ApplianceAhead:
         self.reporter.info(f"appliance ready {self.ready_after:.0f}s after its launch ahead "
                            f"(waited {time.monotonic() - t:.0f}s for it here)")
         guest = Guest(self.g, self.reporter, self.firmware)
-        guest.drop_cached_reads()
+        if self.host_writes:
+            guest.drop_cached_reads()
         return guest
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import mmap
 import os
 import shutil
 import struct
@@ -46,6 +47,7 @@ from .run import run
 KERNEL_CHOICES = ("pvh", "packaged")
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 PT_NOTE = 4
+CHUNK = 1 << 20  # bytes read, and bytes unpacked, at a time
 FORMAT = 1  # the layout of a fixed appliance directory this module writes; part of its key
 
 _lock = threading.Lock()
@@ -56,44 +58,68 @@ class KernelNotUnpackable(ImageBuildError):
     """The host kernel cannot be booted through PVH (its payload's compression, or no PVH entry)."""
 
 
-def unpack_bzimage(data: bytes) -> bytes:
-    """The ELF vmlinux inside a bzImage: the payload's place from its setup header (boot protocol
-    2.08+: ``setup_sects`` at 0x1f1, ``payload_offset``/``payload_length`` at 0x248/0x24c)."""
-    if len(data) < 0x250 or data[0x202:0x206] != b"HdrS":
-        raise KernelNotUnpackable("not a bzImage (no HdrS setup header)")
-    version = struct.unpack_from("<H", data, 0x206)[0]
-    if version < 0x208:
-        raise KernelNotUnpackable(f"boot protocol {version >> 8}.{version & 0xff} names no payload (2.08+ does)")
-    setup_sects = data[0x1f1] or 4
-    offset, length = struct.unpack_from("<II", data, 0x248)
-    start = (setup_sects + 1) * 512 + offset
-    payload = data[start:start + length]
-    try:
+def unpack_bzimage(src: Path, dest: Path) -> None:
+    """Write to ``dest`` the ELF vmlinux inside the bzImage ``src``: the payload's place from its setup
+    header (boot protocol 2.08+: ``setup_sects`` at 0x1f1, ``payload_offset``/``payload_length`` at
+    0x248/0x24c), unpacked a chunk at a time (a 60 MiB vmlinux never sits in the orchestrator's memory)."""
+    with open(src, "rb") as f, open(dest, "wb") as out:
+        head = f.read(0x250)
+        if len(head) < 0x250 or head[0x202:0x206] != b"HdrS":
+            raise KernelNotUnpackable("not a bzImage (no HdrS setup header)")
+        version = struct.unpack_from("<H", head, 0x206)[0]
+        if version < 0x208:
+            raise KernelNotUnpackable(f"boot protocol {version >> 8}.{version & 0xff} names no payload (2.08+ does)")
+        setup_sects = head[0x1f1] or 4
+        offset, length = struct.unpack_from("<II", head, 0x248)
+        f.seek((setup_sects + 1) * 512 + offset)
+        first = f.read(min(length, CHUNK))
         dec: lzma.LZMADecompressor | zlib._Decompress
-        if payload.startswith(b"\xfd7zXZ\x00"):
+        if first.startswith(b"\xfd7zXZ\x00"):
             dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-        elif payload.startswith(b"\x1f\x8b"):
+        elif first.startswith(b"\x1f\x8b"):
             dec = zlib.decompressobj(wbits=31)  # gzip framing
         else:
             raise KernelNotUnpackable(f"its payload is compressed with something Python cannot unpack "
-                                      f"(magic {payload[:4].hex()}; xz and gzip can be)")
-        elf = dec.decompress(payload)
+                                      f"(magic {first[:4].hex()}; xz and gzip can be)")
+        left = length - len(first)
+
+        def more() -> bytes:
+            nonlocal left, first
+            if first:
+                chunk, first = first, b""
+            else:
+                chunk = f.read(min(left, CHUNK))
+                left -= len(chunk)
+            return chunk
+
+        try:
+            while not dec.eof:  # at most CHUNK bytes out per call (zeros unpack a thousandfold)
+                if isinstance(dec, lzma.LZMADecompressor):
+                    chunk = more() if dec.needs_input else b""
+                    if not chunk and dec.needs_input:
+                        break
+                else:
+                    chunk = dec.unconsumed_tail or more()
+                    if not chunk:
+                        break
+                out.write(dec.decompress(chunk, CHUNK))
+        except (lzma.LZMAError, zlib.error) as exc:
+            raise KernelNotUnpackable(f"its payload does not unpack: {exc}") from None
         if not dec.eof:
             raise KernelNotUnpackable("its payload does not unpack: it ends before its compressed stream")
-    except (lzma.LZMAError, zlib.error) as exc:
-        raise KernelNotUnpackable(f"its payload does not unpack: {exc}") from None
-    if not elf.startswith(b"\x7fELF\x02\x01"):
-        raise KernelNotUnpackable("its payload is not a 64-bit little-endian ELF")
-    try:
-        pvh = has_pvh_entry(elf)
-    except struct.error:
-        raise KernelNotUnpackable("its ELF program headers run past its end") from None
+    with open(dest, "rb") as f:
+        if f.read(6) != b"\x7fELF\x02\x01":
+            raise KernelNotUnpackable("its payload is not a 64-bit little-endian ELF")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as elf:  # only its headers and notes are read
+            try:
+                pvh = has_pvh_entry(elf)
+            except (struct.error, ValueError):
+                raise KernelNotUnpackable("its ELF program headers run past its end") from None
     if not pvh:
         raise KernelNotUnpackable("it has no PVH entry point (XEN_ELFNOTE_PHYS32_ENTRY: CONFIG_PVH is off)")
-    return elf
 
 
-def has_pvh_entry(elf: bytes) -> bool:
+def has_pvh_entry(elf: bytes | mmap.mmap) -> bool:
     """Whether a 64-bit ELF's PT_NOTE segments hold a Xen note of type PHYS32_ENTRY (what QEMU's
     ``-kernel`` looks for to boot it through PVH)."""
     phoff, = struct.unpack_from("<Q", elf, 0x20)
@@ -159,7 +185,7 @@ def _prepare(g: Any, cache: Path, reporter: Reporter) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        (tmp / "kernel").write_bytes(unpack_bzimage((out / "kernel").read_bytes()))
+        unpack_bzimage(out / "kernel", tmp / "kernel")
         for name in ("initrd", "root"):
             try:
                 os.link(out / name, tmp / name)

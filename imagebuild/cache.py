@@ -223,9 +223,11 @@ class StageCache:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def store(self, stage: str, key: str, *, inputs: dict[str, Any], build_id: str, recipe: str,
-              files: dict[str, Callable[[Path], None]], extra: dict[str, Any] | None = None) -> Entry | None:
+              files: dict[str, Callable[[Path], None]], extra: dict[str, Any] | None = None,
+              known: dict[str, str] | None = None) -> Entry | None:
         """Make an entry: each ``files[name](dest)`` writes one file; then meta, then one rename. None if
-        the entry could not be stored (no space: the build goes on uncached, and says so)."""
+        the entry could not be stored (no space: the build goes on uncached, and says so). ``known``: the
+        sha256 of a file the caller hashed as it made it (the artifact), not read again."""
         sdir = self.root / stage
         tmp = sdir / f".tmp-{build_id}-{secrets.token_hex(3)}"
         try:
@@ -235,7 +237,8 @@ class StageCache:
             meta = {"schema": SCHEMA, "stage": stage, "key": key, "recipe": recipe, "build_id": build_id,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "created_ts": time.time(),
                     "last_used": time.time(), "inputs": inputs, **(extra or {}),
-                    "files": {n: {"sha256": sha256_file(tmp / n), "size": (tmp / n).stat().st_size} for n in files}}
+                    "files": {n: {"sha256": (known or {}).get(n) or sha256_file(tmp / n),
+                              "size": (tmp / n).stat().st_size} for n in files}}
             _write_meta(tmp, meta)
             final = self._dir(stage, key)
             try:

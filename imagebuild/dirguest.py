@@ -75,7 +75,16 @@ class DirGuest:
         return self._host(path, follow=False).is_symlink()
 
     def read(self, path: str) -> str:
-        return self._host(path).read_bytes().decode("utf-8", "replace")
+        return self.read_bytes(path).decode("utf-8", "replace")
+
+    def read_bytes(self, path: str) -> bytes:
+        return self._host(path).read_bytes()
+
+    def stat_mode(self, path: str) -> int | None:
+        try:
+            return self._host(path).stat().st_mode
+        except (OSError, GuestError):
+            return None
 
     def write(self, path: str, text: str, mode: int | None = None) -> None:
         p = self._host(path)

@@ -44,6 +44,7 @@ def kill_appliance() -> None:
 
 
 _SYSFS_MARK = "--- imagebuild: block devices ---"
+READ_CHUNK = 1 << 20  # bytes per pread: the protocol refuses 4 MiB; 1 MiB pieces copy fastest
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,19 @@ class Guest:
         self.firmware = firmware            # the disk layout the image must have
         self.root_device = ""
         self.esp_device = ""                # mounted at /boot/efi when the layout has an ESP
+        self._devices: list[str] | None = None
+        self._partitions: list[str] | None = None
+
+    # -- the appliance's disks: listed once (0.2 s a call under emulation); nothing here repartitions
+    def devices(self) -> list[str]:
+        if self._devices is None:
+            self._devices = list(self.g.list_devices())
+        return list(self._devices)
+
+    def partitions(self) -> list[str]:
+        if self._partitions is None:
+            self._partitions = list(self.g.list_partitions())
+        return list(self._partitions)
 
     # -- calls that may block for long run in a worker thread, so signals stay prompt -------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -143,7 +157,7 @@ class Guest:
     def drop_cached_reads(self) -> None:
         """Forget what the appliance's kernel read of the disk, which the host wrote meanwhile: Linux drops
         a block device's page cache at its last close, and BLKFLSBUF covers anything still open."""
-        for dev in [*self.g.list_devices(), *self.g.list_partitions()]:
+        for dev in [*self.devices(), *self.partitions()]:
             self.g.blockdev_flushbufs(dev)
 
     def remount(self) -> None:
@@ -165,13 +179,29 @@ class Guest:
         return self.lexists(path) and bool(self.g.is_symlink(path))
 
     def read(self, path: str) -> str:
-        return bytes(self.g.read_file(path)).decode("utf-8", "replace")
+        return self.read_bytes(path).decode("utf-8", "replace")
+
+    def read_bytes(self, path: str) -> bytes:
+        """A file's bytes through ``pread`` (a few ms a call; ``read_file`` goes through libguestfs'
+        file transfer, ~170 ms even for a small file under emulation), in pieces the protocol allows."""
+        parts, offset = [], 0
+        while chunk := bytes(self.g.pread(path, READ_CHUNK, offset)):
+            parts.append(chunk)
+            offset += len(chunk)
+        return b"".join(parts)
 
     def write(self, path: str, text: str, mode: int | None = None) -> None:
         self.g.mkdir_p(posixpath.dirname(path) or "/")
         self.g.write(path, text.encode())
         if mode is not None:
             self.g.chmod(mode, path)
+
+    def stat_mode(self, path: str) -> int | None:
+        """``st_mode`` of what ``path`` names, symlinks followed (None: nothing there)."""
+        try:
+            return int(self.g.statns(path)["st_mode"])
+        except RuntimeError:
+            return None
 
     def lexists(self, path: str) -> bool:
         try:
@@ -221,8 +251,13 @@ class Guest:
         self.g.mkdir_p(path)
 
     def download(self, path: str, dest: Path) -> None:
-        """Copy a file out of the image to the host."""
-        self.call("download", path, str(dest))
+        """Copy a file out of the image to the host, a ``pread`` at a time (a 21 MB initramfs in 0.2 s;
+        libguestfs' ``download`` takes 0.5 s under emulation)."""
+        offset = 0
+        with open(dest, "wb") as out:
+            while chunk := self.g.pread(path, READ_CHUNK, offset):
+                out.write(chunk)
+                offset += len(chunk)
 
     def partition_problems(self) -> list[str]:
         """What the disk's partitions break of the layout rules (``layout_problems``)."""
@@ -249,8 +284,8 @@ class Guest:
         the disks, where the caller has already listed them."""
         g = self.g
         found: dict[str, dict[str, str]] = {}
-        disks = devices if devices is not None else list(g.list_devices())
-        for dev in [*disks, *g.list_partitions(), *g.list_md_devices()]:
+        disks = devices if devices is not None else self.devices()
+        for dev in [*disks, *self.partitions(), *g.list_md_devices()]:
             try:
                 found[dev] = dict(g.blkid(dev))
             except RuntimeError:  # blkid found no signature (exit 2): a blank or BIOS boot partition
@@ -263,7 +298,7 @@ class Guest:
         probe of the disk (``layout_problems``, seconds under emulation) still runs in the post-check
         of the ``layout`` step, before the image can ship."""
         layout = layout_for(self.firmware)
-        disk = self.g.list_devices()[0]
+        disk = self.devices()[0]
         root = f"{disk}{layout.root.number}"
         fstype = self.g.vfs_type(root)
         if fstype in ("", "unknown", "swap", "vfat"):
@@ -324,9 +359,8 @@ class Partitions:
 
 
 def classify_partitions(guest: Guest) -> Partitions:
-    g = guest.g
     found = Partitions()
-    devices = list(g.list_devices())
+    devices = guest.devices()
     ids = guest.block_ids(devices)
     found.partitions = [d for d in ids if d not in devices and not d.startswith("/dev/md")]
     if devices:
@@ -350,7 +384,7 @@ def classify_partitions(guest: Guest) -> Partitions:
             gpt_type = blk.get("PART_ENTRY_TYPE", "").upper()
             if not gpt_type:  # blkid gives the entry's type even without a filesystem; parted as a fallback
                 num = int(re.sub(r"^.*?(\d+)$", r"\1", dev))
-                gpt_type = g.part_get_gpt_type(re.sub(r"\d+$", "", dev), num).upper()
+                gpt_type = guest.g.part_get_gpt_type(re.sub(r"\d+$", "", dev), num).upper()
         if gpt_type == GPT_TYPE[Role.BIOS_BOOT]:
             found.bios_boot = dev
         elif fstype == "vfat" and gpt_type == GPT_TYPE[Role.ESP]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import customize as cz
+from . import recompress
 from .accel import choose_accel
 from .appliance import ApplianceAhead, open_guest
 from .boottest import BootTestResult, boot_test
@@ -74,10 +75,10 @@ def check_free_space(path: Path, gib: int, what: str) -> None:
 
 
 def tool_versions() -> dict[str, str]:
-    from .run import tool_version
-    out = {"qemu-img": tool_version(["qemu-img", "--version"]),
-           "qemu-system-x86_64": tool_version(["qemu-system-x86_64", "--version"]),
-           "mmdebstrap": tool_version(["mmdebstrap", "--version"])}
+    from .run import tool_versions_of
+    out = tool_versions_of({"qemu-img": ["qemu-img", "--version"],
+                            "qemu-system-x86_64": ["qemu-system-x86_64", "--version"],
+                            "mmdebstrap": ["mmdebstrap", "--version"]})
     try:
         import guestfs
         v = guestfs.GuestFS().version()
@@ -140,13 +141,18 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
         else:
             # the key's lock is held from lookup to store: a second build of the same key waits, then reuses
             ahead: ApplianceAhead | None = None
+            reuse: recompress.EarlierIndex | None = None
+            beside_boot_test = recipe.boot_test.enabled and run_boot_test
             with reporter.step("install", stage=True), sc.making("install"):
                 pending = sc.reusable_install(b)
                 if pending is not None and b.disk is not None:  # the appliance boots while the digest is checked
-                    ahead = _launch_ahead(b, installer, b.disk, b.disk_format, steps)
+                    ahead = _launch_ahead(b, installer, b.disk, b.disk_format, steps, host_writes=False)
                     if not pending.confirm():
                         ahead.close()
                         ahead = None
+                    elif not beside_boot_test and (earlier := sc.earlier_artifact(b)) is not None:
+                        # its clusters decompressed and hashed while the appliance boots (a core is free)
+                        reuse = recompress.EarlierIndex(earlier)
                 if not b.disk_from_cache:
                     disk = installer.disk_ahead(b)
                     ahead = _launch_ahead(b, installer, disk, "raw", steps) if disk is not None else None
@@ -155,14 +161,13 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
             with reporter.step("customize", stage=True):
                 _customize(b, installer, steps, ahead)
             assert b.disk is not None
-            beside_boot_test = recipe.boot_test.enabled and run_boot_test
             if beside_boot_test:
                 info, boot, artifact_ready = _compress_beside_boot_test(b, sc, artifact, steps)
             else:
                 with reporter.step("sparsify", stage=True):
                     info = _compressed(b, artifact, compress(b.disk, b.disk_format, artifact,
                                                              compat=recipe.image.compat, reporter=reporter,
-                                                             reuse=sc.earlier_artifact(b)))
+                                                             reuse=reuse))
                     sc.store_artifact(b, artifact, info, steps)
                 artifact_ready = time.monotonic()
         if recipe.boot_test.enabled and run_boot_test and boot is None:  # the artifact came from the cache
@@ -245,14 +250,17 @@ def _compress_beside_boot_test(b: Build, sc: StageCacheUse, artifact: Path,
     return info, boot, beside.finished_at
 
 
-def _launch_ahead(b: Build, installer: Any, disk: Path, fmt: str, steps: list[cz.Step]) -> ApplianceAhead:
+def _launch_ahead(b: Build, installer: Any, disk: Path, fmt: str, steps: list[cz.Step], *,
+                  host_writes: bool = True) -> ApplianceAhead:
     """Boot the libguestfs appliance on ``disk`` while other work goes on: the install filling it
-    (20-30 s of emulated boot hidden behind mmdebstrap), or the check of a cached install's digest."""
+    (20-30 s of emulated boot hidden behind mmdebstrap), or the check of a cached install's digest
+    (``host_writes=False``: the overlay on it is written by nobody until the appliance takes it, so
+    what the appliance's kernel read at boot needs no flushing)."""
     assert b.accel is not None
     network = cz.needs_network(steps, packages_in_place=installer.installs_packages)
     b.reporter.info(f"launching libguestfs ahead (network {'on' if network else 'off'})")
     ahead = ApplianceAhead(disk, fmt, accel=b.accel.accel, reporter=b.reporter, network=network,
-                           firmware=b.recipe.image.firmware)
+                           firmware=b.recipe.image.firmware, host_writes=host_writes)
     b.stack.callback(ahead.close)  # a failed or interrupted install stops it; a no-op once customize took it
     return ahead
 

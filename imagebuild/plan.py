@@ -79,10 +79,9 @@ def archive_digests(recipe: Recipe, reporter: Reporter = NULL_REPORTER) -> dict[
 
 
 def install_tools() -> dict[str, str]:
-    from .run import tool_version
-    return {"mmdebstrap": tool_version(["mmdebstrap", "--version"]),
-            "mkfs.ext4": tool_version(["mke2fs", "-V"]), "sfdisk": tool_version(["sfdisk", "--version"]),
-            "mkfs.fat": tool_version(["mkfs.fat", "--help"])}
+    from .run import tool_versions_of
+    return tool_versions_of({"mmdebstrap": ["mmdebstrap", "--version"], "mkfs.ext4": ["mke2fs", "-V"],
+                             "sfdisk": ["sfdisk", "--version"], "mkfs.fat": ["mkfs.fat", "--help"]})
 
 
 @dataclass(frozen=True)

@@ -61,10 +61,10 @@ def image_info(path: Path, fmt: str, reporter: Reporter) -> dict:
 
 
 def compress(src: Path, src_format: str, dest: Path, *, compat: str, reporter: Reporter,
-             reuse: Path | None = None) -> ArtifactInfo:
-    """``reuse``: an earlier artifact of the same installed disk and compression settings, whose
-    clusters are taken where the guest data is the same (``recompress``); else, or where it cannot be,
-    ``qemu-img convert -c``."""
+             reuse: recompress.EarlierIndex | None = None) -> ArtifactInfo:
+    """``reuse``: an earlier artifact of the same installed disk and compression settings (indexed in a
+    thread since the build found it), whose clusters are taken where the guest data is the same
+    (``recompress``); else, or where it cannot be, ``qemu-img convert -c``."""
     tmp = dest.with_name(f".{dest.name}.partial")
     tmp.unlink(missing_ok=True)
     try:
@@ -89,14 +89,15 @@ def compress(src: Path, src_format: str, dest: Path, *, compat: str, reporter: R
                         sha256=digests["sha256"], sha512=digests["sha512"])
 
 
-def _recompressed(src: Path, src_format: str, tmp: Path, reuse: Path, reporter: Reporter) -> bool:
+def _recompressed(src: Path, src_format: str, tmp: Path, reuse: recompress.EarlierIndex,
+                  reporter: Reporter) -> bool:
     """``tmp`` written by ``recompress`` from ``reuse``; False (logged) where that cannot be done. A
     qcow2 disk (a rebuild's overlay over the cached install) is read where ``qemu-img map`` places its
     clusters; one it cannot place is read from a sparse raw copy."""
     raw = src.with_name(f".{src.name}.raw")
     start = time.monotonic()
     try:
-        earlier = recompress.read_earlier(reuse)
+        earlier, digests = reuse.result()
         try:
             source = recompress.raw_source(src) if src_format == "raw" else _mapped(src, src_format, reporter)
         except recompress.CannotReuse as exc:
@@ -104,10 +105,10 @@ def _recompressed(src: Path, src_format: str, tmp: Path, reuse: Path, reporter: 
             run(["qemu-img", "convert", "-f", src_format, "-O", "raw", str(src), str(raw)], reporter=reporter,
                 purpose="the disk's guest data as a sparse raw file, to compare with the earlier artifact's")
             source = recompress.raw_source(raw)
-        counts = recompress.recompress(source, earlier, tmp)
+        counts = recompress.recompress(source, earlier, tmp, digests=digests)
     except (recompress.CannotReuse, OSError, struct.error, zlib.error, KeyError, ValueError) as exc:
         tmp.unlink(missing_ok=True)
-        reporter.log(f"sparsify: compressing the whole disk, not reusing {reuse}: {exc}")
+        reporter.log(f"sparsify: compressing the whole disk, not reusing {reuse.path}: {exc}")
         return False
     finally:
         raw.unlink(missing_ok=True)

@@ -215,7 +215,7 @@ class StageCacheUse:
             "artifact", self.keys.key("artifact"), inputs=self.keys.inputs["artifact"], build_id=b.build_id,
             recipe=self.recipe.name, files={ARTIFACT: link_or_copy(artifact)},
             extra={"artifact": to_data(info), "build_inputs": b.inputs,
-                   "customize_steps": [s.name for s in steps]})
+                   "customize_steps": [s.name for s in steps]}, known={ARTIFACT: info.sha256})
 
     # -- install -----------------------------------------------------------------------------------------
     def reusable_install(self, b: Build) -> PendingInstall | None:

@@ -326,7 +326,7 @@ class BootstrapInstaller:
         layout's partition, the ESP where the layout has one. The boot loader goes in with its
         configuration, after the steps (``boot_config``)."""
         layout = layout_for(build.recipe.image.firmware)
-        api_disk = guest.g.list_devices()[0]
+        api_disk = guest.devices()[0]
         if guest.root_device != f"{api_disk}{layout.root.number}":
             raise InstallFailed(f"the root filesystem is on {guest.root_device}, "
                                 f"expected {api_disk}{layout.root.number}")
@@ -388,7 +388,7 @@ class BootstrapInstaller:
         if partno != layout.root.number:
             raise InstallFailed(f"the root filesystem is partition {partno} of {disk}, "
                                 f"expected partition {layout.root.number}")
-        build.reporter.log(f"grub target: {disk} (libguestfs calls it {guest.g.list_devices()[0]})")
+        build.reporter.log(f"grub target: {disk} (libguestfs calls it {guest.devices()[0]})")
         results = guest.side_by_side({"grub-install": hostgrub.grub_installs(layout, disk),
                                       "update-grub": [["update-grub"]]},
                                      purpose="install the boot loader and write grub.cfg (serial console, "

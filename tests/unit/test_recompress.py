@@ -63,6 +63,32 @@ def test_a_changed_disk_reuses_the_unchanged_clusters_and_holds_exactly_the_new_
     assert abs(new.stat().st_size - again.stat().st_size) < 4 * C
 
 
+def test_the_index_made_ahead_decides_as_the_decompression_does_and_a_digest_is_the_proof(tmp_path):
+    """``EarlierIndex`` (made while the appliance boots) keeps each compressed cluster's sha256 and
+    stream length: the artifact written with it is byte for byte the one written by decompressing; a
+    cluster whose digest does not match the new data is compressed anew, never taken."""
+    raw, old = tmp_path / "disk.raw", tmp_path / "old.qcow2"
+    make_disk(raw, 300)
+    compressed(raw, old)
+    with open(raw, "r+b") as f:
+        f.seek(4 * C)
+        f.write(b"changed" * 100)
+    earlier, digests = rc.EarlierIndex(old).result()
+    assert len(digests) == sum(1 for e in earlier.l2.values() if e & rc.COMPRESSED) > 50
+    by_inflate, by_digest = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    slow = rc.recompress(rc.raw_source(raw), earlier, by_inflate)
+    fast = rc.recompress(rc.raw_source(raw), earlier, by_digest, digests=digests)
+    assert slow == fast and fast.compressed == 1 and by_inflate.read_bytes() == by_digest.read_bytes()
+    wrong = dict(digests)
+    wrong[6] = (bytes(32), wrong[6][1])  # the earlier cluster 6 said to hold other data
+    counts = rc.recompress(rc.raw_source(raw), earlier, tmp_path / "c.qcow2", digests=wrong)
+    assert counts.compressed == 2 and counts.reused == fast.reused - 1
+    assert qemu_img("compare", "-f", "raw", "-F", "qcow2", str(raw), str(tmp_path / "c.qcow2")).returncode == 0
+    with pytest.raises(rc.CannotReuse, match="not a qcow2 file"):
+        (tmp_path / "junk").write_bytes(b"junk" * 1000)
+        rc.EarlierIndex(tmp_path / "junk").result()
+
+
 def test_an_unchanged_disk_is_all_reused_and_a_wholly_new_one_all_compressed(tmp_path):
     raw, old = tmp_path / "disk.raw", tmp_path / "old.qcow2"
     make_disk(raw, 200)
@@ -114,14 +140,15 @@ def test_compress_takes_an_earlier_artifact_s_clusters_and_falls_back_to_qemu_im
     disk = tmp_path / "disk.qcow2"
     assert qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)).returncode == 0
     out = io.StringIO()
-    info = compress(disk, "qcow2", tmp_path / "a.qcow2", compat="1.1", reporter=Reporter(out), reuse=old)
+    info = compress(disk, "qcow2", tmp_path / "a.qcow2", compat="1.1", reporter=Reporter(out),
+                    reuse=rc.EarlierIndex(old))
     assert "compressed anew" in out.getvalue() and info.compression == "zlib"
     assert qemu_img("compare", "-f", "qcow2", "-F", "qcow2", str(disk), str(tmp_path / "a.qcow2")).returncode == 0
     assert not list(tmp_path.glob(".*.raw")) and not list(tmp_path.glob(".*.partial"))
     (tmp_path / "bad.qcow2").write_bytes(b"junk" * 1000)
     out = io.StringIO()
     compress(disk, "qcow2", tmp_path / "b.qcow2", compat="1.1", reporter=Reporter(out, verbose=True),
-             reuse=tmp_path / "bad.qcow2")
+             reuse=rc.EarlierIndex(tmp_path / "bad.qcow2"))
     assert "compressed anew" not in out.getvalue()
     assert qemu_img("compare", "-f", "qcow2", "-F", "qcow2", str(disk), str(tmp_path / "b.qcow2")).returncode == 0
 
@@ -145,7 +172,8 @@ def test_an_overlay_is_read_through_its_chain_where_qemu_img_map_places_it(tmp_p
                              "-c", f"write -z {9 * C} {C}", str(top)], capture_output=True, text=True)
     assert io_res.returncode == 0, io_res.stderr
     out = io.StringIO()
-    compress(top, "qcow2", tmp_path / "a.qcow2", compat="1.1", reporter=Reporter(out, verbose=True), reuse=old)
+    compress(top, "qcow2", tmp_path / "a.qcow2", compat="1.1", reporter=Reporter(out, verbose=True),
+             reuse=rc.EarlierIndex(old))
     assert "compressed anew" in out.getvalue() and "raw copy" not in out.getvalue(), out.getvalue()
     assert qemu_img("compare", "-f", "qcow2", "-F", "qcow2", str(top), str(tmp_path / "a.qcow2")).returncode == 0
     # a compressed layer has no plain place to read: refused, and compress reads a raw copy instead
@@ -155,7 +183,8 @@ def test_an_overlay_is_read_through_its_chain_where_qemu_img_map_places_it(tmp_p
         extents = json.loads(qemu_img("map", "--output=json", str(ctop)).stdout)
         rc.mapped_source([ctop, old], extents, 300 * C)
     out = io.StringIO()
-    compress(ctop, "qcow2", tmp_path / "b.qcow2", compat="1.1", reporter=Reporter(out, verbose=True), reuse=old)
+    compress(ctop, "qcow2", tmp_path / "b.qcow2", compat="1.1", reporter=Reporter(out, verbose=True),
+             reuse=rc.EarlierIndex(old))
     assert "raw copy" in out.getvalue() and "compressed anew" in out.getvalue(), out.getvalue()
     assert qemu_img("compare", "-f", "qcow2", "-F", "qcow2", str(ctop), str(tmp_path / "b.qcow2")).returncode == 0
     assert not list(tmp_path.glob(".*.raw"))
