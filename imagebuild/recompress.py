@@ -333,6 +333,47 @@ def recompress(source: Source, earlier: Earlier, dest: Path, *, workers: int = 2
     return counts
 
 
+def first_difference(raw: Path, artifact: Path, *, workers: int = 2) -> int | None:
+    """The guest offset of the first cluster where the compressed qcow2 ``artifact`` does not hold what
+    the raw disk ``raw`` holds; None: the same guest data. What ``qemu-img compare`` proves, with the
+    decompression on ``workers`` threads (it is one thread in qemu-img: 4 s for a 280 MiB artifact).
+    ``CannotReuse`` for an artifact this module does not read (the caller asks qemu-img)."""
+    earlier = read_earlier(artifact)
+    source = raw_source(raw)
+    if source.size != earlier.size:
+        return min(source.size, earlier.size)
+    clusters = sorted(set(source.where) | set(earlier.l2))
+    batches = [clusters[i:i + BATCH] for i in range(0, len(clusters), BATCH)]
+    rfd, afd = os.open(raw, os.O_RDONLY), os.open(artifact, os.O_RDONLY)
+
+    def differs(batch: list[int]) -> int | None:
+        for c in batch:
+            new = os.pread(rfd, CLUSTER, c * CLUSTER).ljust(CLUSTER, b"\0") if c in source.where else ZERO
+            entry = earlier.l2.get(c)
+            if entry is None:
+                old = ZERO
+            else:
+                compressed, old = _stored_bytes(afd, entry)
+                if compressed:
+                    inflated = _inflate(old)
+                    if inflated is None:
+                        return c * CLUSTER
+                    old = inflated[0]
+            if old != new:
+                return c * CLUSTER
+        return None
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for found in _ahead(pool, differs, batches, 2 * workers):
+                if found is not None:
+                    return found
+    finally:
+        os.close(rfd)
+        os.close(afd)
+    return None
+
+
 def _ahead(pool: ThreadPoolExecutor, fn, items: list, window: int) -> Iterator:
     """``pool.map`` with at most ``window`` results waiting (the compressed bytes stay out of memory)."""
     futures = [pool.submit(fn, x) for x in items[:window]]

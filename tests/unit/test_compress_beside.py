@@ -43,6 +43,31 @@ def test_same_guest_data_passes_a_faithful_copy_and_names_a_different_one(tmp_pa
         same_guest_data(disk, "raw", art)
 
 
+def test_the_compare_finds_data_only_one_side_holds_and_qemu_img_compares_what_it_cannot_read(tmp_path):
+    """Clusters the artifact holds where the disk has a hole, and the reverse, are differences; an
+    artifact the cluster reader does not take (128 KiB clusters) is compared by qemu-img, which finds
+    the same."""
+    disk = raw_disk(tmp_path / "disk.raw", 8)
+    art, big = tmp_path / "a.qcow2", tmp_path / "big.qcow2"
+    qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", str(disk), str(art))
+    qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=131072", str(disk), str(big))
+    for a in (art, big):
+        same_guest_data(disk, "raw", a)
+    with open(disk, "r+b") as f:  # data where the artifact has nothing
+        f.seek(6 * 2**20)
+        f.write(b"late")
+    for a in (art, big):
+        with pytest.raises(ImageBuildError, match="does not hold the same guest data"):
+            same_guest_data(disk, "raw", a)
+    with open(disk, "r+b") as f:  # a hole where the artifact holds data
+        f.seek(6 * 2**20)
+        f.write(b"\0" * 4)
+        f.seek(0)
+        f.write(b"\0" * 10000)
+    with pytest.raises(ImageBuildError, match="differ in the cluster at guest offset 0"):
+        same_guest_data(disk, "raw", art)
+
+
 def test_compress_beside_returns_the_checked_artifact(tmp_path):
     disk = raw_disk(tmp_path / "disk.raw", 16)
     dest = tmp_path / "img.qcow2"
