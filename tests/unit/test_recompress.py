@@ -40,6 +40,17 @@ def compressed(raw, dest) -> None:
     assert res.returncode == 0, res.stderr
 
 
+def changed_after_compression(tmp_path, cluster: int, data: bytes):
+    """A 300-cluster disk and its artifact (qemu-img), then the disk written at one cluster."""
+    raw, old = tmp_path / "disk.raw", tmp_path / "old.qcow2"
+    make_disk(raw, 300)
+    compressed(raw, old)
+    with open(raw, "r+b") as f:
+        f.seek(cluster * C)
+        f.write(data)
+    return raw, old
+
+
 def test_a_changed_disk_reuses_the_unchanged_clusters_and_holds_exactly_the_new_data(tmp_path):
     raw, old = tmp_path / "disk.raw", tmp_path / "old.qcow2"
     make_disk(raw, 400)
@@ -67,12 +78,7 @@ def test_the_index_made_ahead_decides_as_the_decompression_does_and_a_digest_is_
     """``EarlierIndex`` (made while the appliance boots) keeps each compressed cluster's sha256 and
     stream length: the artifact written with it is byte for byte the one written by decompressing; a
     cluster whose digest does not match the new data is compressed anew, never taken."""
-    raw, old = tmp_path / "disk.raw", tmp_path / "old.qcow2"
-    make_disk(raw, 300)
-    compressed(raw, old)
-    with open(raw, "r+b") as f:
-        f.seek(4 * C)
-        f.write(b"changed" * 100)
+    raw, old = changed_after_compression(tmp_path, 4, b"changed" * 100)
     earlier, digests = rc.EarlierIndex(old).result()
     assert len(digests) == sum(1 for e in earlier.l2.values() if e & rc.COMPRESSED) > 50
     by_inflate, by_digest = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
@@ -131,12 +137,7 @@ def test_compress_takes_an_earlier_artifact_s_clusters_and_falls_back_to_qemu_im
     from imagebuild.events import Reporter
     from imagebuild.sparsify import compress
 
-    raw, old = tmp_path / "disk.raw", tmp_path / "old.qcow2"
-    make_disk(raw, 300)
-    compressed(raw, old)
-    with open(raw, "r+b") as f:
-        f.seek(7 * C)
-        f.write(b"customized" * 50)
+    raw, old = changed_after_compression(tmp_path, 7, b"customized" * 50)
     disk = tmp_path / "disk.qcow2"
     assert qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)).returncode == 0
     out = io.StringIO()
