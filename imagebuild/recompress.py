@@ -150,11 +150,10 @@ def _inflate(stored: bytes) -> tuple[bytes, int] | None:
 Digests = dict[int, tuple[bytes, int]]
 
 
-def digest_clusters(earlier: Earlier, clusters: list[int]) -> Digests:
+def digest_clusters(earlier: Earlier) -> Digests:
     out: Digests = {}
     with open(earlier.path, "rb") as f:
-        for c in clusters:
-            entry = earlier.l2[c]
+        for c, entry in earlier.l2.items():
             if not entry & COMPRESSED:
                 continue
             inflated = _inflate(_stored_bytes(f.fileno(), entry)[1])
@@ -180,7 +179,7 @@ class EarlierIndex:
         os.setpriority(os.PRIO_PROCESS, 0, 19)  # this thread only (Linux): the appliance's boot comes first
         try:
             earlier = read_earlier(self.path)
-            self._digests = digest_clusters(earlier, sorted(earlier.l2))
+            self._digests = digest_clusters(earlier)
             self._earlier = earlier
         except (CannotReuse, OSError, struct.error, ValueError) as exc:
             self._error = exc
@@ -190,7 +189,8 @@ class EarlierIndex:
             self._thread.join(timeout=0.2)  # in Python, so a signal is handled at once
         if self._error is not None:
             raise self._error
-        assert self._earlier is not None
+        if self._earlier is None:  # the thread died of something unforeseen: compress anew
+            raise CannotReuse(f"{self.path.name} could not be indexed")
         return self._earlier, self._digests
 
 
