@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,13 +183,16 @@ class Guest:
         return self.read_bytes(path).decode("utf-8", "replace")
 
     def read_bytes(self, path: str) -> bytes:
-        """A file's bytes through ``pread`` (a few ms a call; ``read_file`` goes through libguestfs'
-        file transfer, ~170 ms even for a small file under emulation), in pieces the protocol allows."""
-        parts, offset = [], 0
+        return b"".join(self._pieces(path))
+
+    def _pieces(self, path: str) -> Iterator[bytes]:
+        """A file's bytes through ``pread`` (a few ms a call; ``read_file`` and ``download`` go through
+        libguestfs' file transfer, ~170 ms even for a small file under emulation), in pieces the
+        protocol allows."""
+        offset = 0
         while chunk := bytes(self.g.pread(path, READ_CHUNK, offset)):
-            parts.append(chunk)
+            yield chunk
             offset += len(chunk)
-        return b"".join(parts)
 
     def write(self, path: str, text: str, mode: int | None = None) -> None:
         self.g.mkdir_p(posixpath.dirname(path) or "/")
@@ -253,11 +257,9 @@ class Guest:
     def download(self, path: str, dest: Path) -> None:
         """Copy a file out of the image to the host, a ``pread`` at a time (a 21 MB initramfs in 0.2 s;
         libguestfs' ``download`` takes 0.5 s under emulation)."""
-        offset = 0
         with open(dest, "wb") as out:
-            while chunk := self.g.pread(path, READ_CHUNK, offset):
+            for chunk in self._pieces(path):
                 out.write(chunk)
-                offset += len(chunk)
 
     def partition_problems(self) -> list[str]:
         """What the disk's partitions break of the layout rules (``layout_problems``)."""

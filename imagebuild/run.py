@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +198,6 @@ def require_tools(tools: Mapping[str, str]) -> None:
 
 def tool_versions_of(commands: dict[str, Sequence[str]]) -> dict[str, str]:
     """``tool_version`` of each command, run side by side (each is a process start: ~60 ms)."""
-    from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=len(commands) or 1) as pool:
         return dict(zip(commands, pool.map(tool_version, commands.values()), strict=True))
 
