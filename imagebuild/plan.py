@@ -50,7 +50,7 @@ STAGE_CODE = {
     "install": ("install/bootstrap.py", "disklayout.py"),
     "customize": ("customize", "guest.py", "install/bootstrap.py", "install/hostgrub.py"),
     "artifact": ("sparsify.py", "recompress.py"),
-    "boot-test": ("boottest.py", "domain.py"),
+    "boot-test": ("boottest", "domain.py"),
 }
 CACHED_STAGES = ("install", "customize", "sparsify", "boot-test")  # --rebuild / --require-cached names
 
@@ -103,11 +103,12 @@ def stage_keys(recipe: Recipe, steps: list[cz.Step], *, archive: dict[str, str] 
     miss can name the input that changed at any depth: ``customize.recipe.disable changed``."""
     if recipe.install.backend is not Backend.BOOTSTRAP:
         return None
-    install = {"recipe": {"install": to_data(recipe.install), "packages": list(recipe.packages.all),
+    install = {"recipe": {"install": to_data(recipe.install), "packages": list(recipe.all_packages),
                           "family": str(recipe.image.family), "firmware": str(recipe.image.firmware),
                           "disk_gib": recipe.image.disk_gib},
                "tools": install_tools(), "archive": archive, "code": code_version(STAGE_CODE["install"])}
-    customize = {"recipe": {**to_data(recipe.customize), "packages": list(recipe.packages.all),
+    customize = {"recipe": {**to_data(recipe.customize), "packages": list(recipe.all_packages),
+                            "cloud": to_data(recipe.cloud),
                             "firmware": str(recipe.image.firmware)},
                  "steps": [s.name for s in steps], "code": code_version(STAGE_CODE["customize"])}
     artifact = {"recipe": {"compat": recipe.image.compat}, "compression": COMPRESSION,

@@ -162,6 +162,8 @@ def preflight(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, keyring: st
     wanted = [(f"install.bootstrap.include[{i}]", p) for i, p in enumerate(b.include)]
     wanted += [(f"packages.base[{i}]", p) for i, p in enumerate(recipe.packages.base)]
     wanted += [(f"packages.extra[{i}]", p) for i, p in enumerate(recipe.packages.extra)]
+    if recipe.cloud.enabled:
+        wanted += [(f"cloud.packages[{i}]", p) for i, p in enumerate(recipe.cloud.packages)]
     from .install.bootstrap import BOOT_PACKAGES  # the boot loader packages image.firmware brings in
     wanted += [("image.firmware", p) for p in BOOT_PACKAGES[recipe.image.firmware]]
     where = f"{b.suite} ({', '.join(s.suite for s in suites)}; {', '.join(b.components)}; {ARCH})"

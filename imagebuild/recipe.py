@@ -122,6 +122,34 @@ class Family(StrEnum):
     EL = "el"
 
 
+class SeedKind(StrEnum):
+    """What a boot-test cell attaches for cloud-init, as a cloud would (``boottest/seeds.py``)."""
+    NOVA = "nova"        # an OpenStack config drive exactly as Nova writes it
+    OVIRT = "ovirt"      # the config drive oVirt's engine writes for a VM's Initial Run
+    NOCLOUD = "nocloud"  # a ``cidata`` seed (meta-data, user-data, network-config)
+    NONE = "none"        # nothing: cloud-init finds no datasource and gets out of the way
+
+
+class Renderer(StrEnum):
+    """cloud-init's network renderer, pinned to what the image runs (docs/cloud.md)."""
+    NETWORKD = "networkd"                # Debian: systemd-networkd (no netplan, no ifupdown)
+    NETWORK_MANAGER = "network-manager"  # EL9
+    SYSCONFIG = "sysconfig"              # EL7: ifcfg files for the network-scripts
+    ENI = "eni"                          # ifupdown's /etc/network/interfaces
+    NETPLAN = "netplan"
+
+
+# cloud-init's datasource names (cloudinit/sources/DataSource*.py): a typo there is a datasource that
+# silently never matches.
+DATASOURCES = frozenset({
+    "Akamai", "AliYun", "AltCloud", "Azure", "Bigstep", "CloudCIX", "CloudSigma", "CloudStack",
+    "ConfigDrive", "DigitalOcean", "Ec2", "Exoscale", "GCE", "Hetzner", "IBMCloud", "LXD", "MAAS",
+    "NoCloud", "NWCS", "OpenNebula", "OpenStack", "Oracle", "OVF", "RbxCloud", "Scaleway", "SmartOS",
+    "UpCloud", "VMware", "Vultr", "WSL", "None",
+})
+LOGIN_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
 @dataclass(frozen=True)
 class Image:
     """What the artifact is and how an image store should describe it."""
@@ -194,6 +222,20 @@ class Packages:
 
 
 @dataclass(frozen=True)
+class Cloud:
+    """What a cloud user gets (docs/cloud.md): cloud-init configured by our drop-in, a default user with a
+    locked password and passwordless sudo, key-only SSH, and a root that grows to the disk it lands on.
+    Off: none of it is installed, configured or checked."""
+    enabled: bool = False
+    packages: tuple[str, ...] = ()     # cloud-init and the root-growing tools, per family (the base recipes)
+    default_user: str = ""             # the login the cloud's key is given to (debian; the distribution's on EL)
+    # ds-identify detects among these; never one alone (then cloud-init skips detection), None last
+    datasources: tuple[str, ...] = ("NoCloud", "ConfigDrive", "OpenStack", "None")
+    renderer: Renderer = Renderer.NETWORKD
+    growfs: bool = True                # x-systemd.growfs on / (systemd >= 236): grows with no seed too
+
+
+@dataclass(frozen=True)
 class Customize:
     disable: tuple[str, ...] = ()      # generalization steps to skip, by name
 
@@ -217,7 +259,11 @@ class BootTest:
     hotplug_memory_mib: int = 512      # the DIMM hot-added (a multiple of the 128 MiB memory block)
     balloon_mib: int = 256             # how far the balloon shrinks the guest, then gives it back
     disk_buses: tuple[str, ...] = ("virtio", "scsi")  # root disk bus by cell, in turn (virtio-blk, virtio-scsi)
-    skip_checks: tuple[str, ...] = ()  # in-guest checks an image family cannot pass (boottest.CHECK_NAMES)
+    skip_checks: tuple[str, ...] = ()  # in-guest checks an image family cannot pass (`invoke checks`)
+    # The seed each cell attaches, in turn (with cloud.enabled); a matrix with fewer cells than kinds is
+    # walked again until every kind has a cell. Each seeded cell grows its overlay to grow_gib first.
+    seeds: tuple[SeedKind, ...] = (SeedKind.NOVA, SeedKind.OVIRT, SeedKind.NOCLOUD, SeedKind.NONE)
+    grow_gib: int = 8
     parallel: int = 2                  # cells booted at once (each its own guest); 1 = one after another
     # A guest whose serial console stays silent this long before its agent answers has stalled (under
     # emulation a kernel now and then stops early in its boot): it is destroyed and the cell booted again
@@ -248,6 +294,8 @@ class Glance:
 class Ovirt:
     storage_domain: str = ""           # where the disk is created (or $OVIRT_STORAGE_DOMAIN)
     template: bool = False             # also make a template from the uploaded disk
+    # the template's default Initial Run (cloud.enabled): the default user and fresh SSH host keys
+    initial_run: bool = False
     cluster: str = "Default"           # the cluster the template belongs to
     timeout_seconds: int = 1800
     stale_upload_minutes: int = 30     # another host's unfinished upload of this artifact is a leftover after this
@@ -273,10 +321,17 @@ class Recipe:
     abstract: bool = False             # a base to extend, not to build
     extends: str = ""
     packages: Packages = field(default_factory=Packages)
+    cloud: Cloud = field(default_factory=Cloud)
     customize: Customize = field(default_factory=Customize)
     boot_test: BootTest = field(default_factory=BootTest)
     publish: Publish = field(default_factory=Publish)
     sources: tuple[str, ...] = ()      # the files merged into this recipe, child first
+
+    @property
+    def all_packages(self) -> tuple[str, ...]:
+        """What goes into the image on top of the system: the package set, and cloud's when enabled."""
+        cloud = self.cloud.packages if self.cloud.enabled else ()
+        return tuple(dict.fromkeys(self.packages.all + cloud))
 
     def to_json(self) -> str:
         return json.dumps(to_data(self), indent=2, sort_keys=True)
@@ -531,6 +586,7 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
         for i, pkg in enumerate(getattr(recipe.packages, group)):
             check(PACKAGE_RE.match(pkg) is not None, f"packages.{group}[{i}]",
                   f"'{pkg}' is not a valid package name")
+    _validate_cloud(recipe, check)
     for i, pkg in enumerate(recipe.install.bootstrap.include):
         check(PACKAGE_RE.match(pkg) is not None, f"install.bootstrap.include[{i}]",
               f"'{pkg}' is not a valid package name")
@@ -598,6 +654,35 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
               "a VM install (kickstart/preseed) makes BIOS (MBR) images so far; UEFI and hybrid layouts "
               "are made by the bootstrap installer")
     raise_all(problems)
+
+
+def _validate_cloud(recipe: Recipe, check: Any) -> None:
+    cl = recipe.cloud
+    for i, pkg in enumerate(cl.packages):
+        check(PACKAGE_RE.match(pkg) is not None, f"cloud.packages[{i}]", f"'{pkg}' is not a valid package name")
+    for i, ds in enumerate(cl.datasources):
+        check(ds in DATASOURCES, f"cloud.datasources[{i}]",
+              f"unknown cloud-init datasource '{ds}' (known: {', '.join(sorted(DATASOURCES))})")
+    real = [ds for ds in cl.datasources if ds != "None"]
+    check(len(real) >= 3 and list(cl.datasources[-1:]) == ["None"] and "None" not in cl.datasources[:-1],
+          "cloud.datasources", "needs three or more datasources, then \"None\" last: with one (or one and None) "
+          "cloud-init skips ds-identify's detection and waits on that one source at every boot")
+    check(len(set(cl.datasources)) == len(cl.datasources), "cloud.datasources", "names a datasource twice")
+    check(cl.growfs is False or not (recipe.image.family is Family.EL and recipe.image.os_version == "7"),
+          "cloud.growfs", "x-systemd.growfs needs systemd 236 or newer; EL7 has 219 (cloud-init's growpart "
+          "and resizefs grow its root)")
+    check(0 < len(recipe.boot_test.seeds) <= len(SeedKind), "boot_test.seeds",
+          f"must name 1 to {len(SeedKind)} seed kinds")
+    check(len(set(recipe.boot_test.seeds)) == len(recipe.boot_test.seeds), "boot_test.seeds", "names a kind twice")
+    check(recipe.boot_test.grow_gib > recipe.image.disk_gib, "boot_test.grow_gib",
+          f"must be above image.disk_gib ({recipe.image.disk_gib}): the seeded cells prove / grows into it")
+    if not cl.enabled:
+        return
+    check(bool(cl.default_user), "cloud.default_user", "a cloud image needs a default user (the key's login)")
+    check(not cl.default_user or (LOGIN_RE.match(cl.default_user) is not None and cl.default_user != "root"),
+          "cloud.default_user", f"'{cl.default_user}' is not a valid login name (lower-case letters, digits, "
+          "_ and -, starting with a letter or _, at most 32; not root)")
+    check("cloud-init" in cl.packages, "cloud.packages", "must include cloud-init")
 
 
 # The initramfs policies of a bootstrap build (install/initramfs.py says what each holds).

@@ -208,7 +208,7 @@ def template_variables(recipe: Recipe, *, root_password_hash: str,
         "disk_gib": recipe.image.disk_gib,
         "tree_url": rewrite_url(vm.tree_url, mirrors),
         "install_from_cdrom": bool(vm.iso_url),  # the installer's own ISO is attached as the CD-ROM
-        "packages": list(recipe.packages.all),
+        "packages": list(recipe.all_packages),
         "root_password_hash": root_password_hash,
         "completion_marker": COMPLETION_MARKER,
         "serial_console": SERIAL_CONSOLE,

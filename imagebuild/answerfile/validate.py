@@ -56,7 +56,7 @@ def validate_recipe(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, for_b
     if for_build:
         require_tools({"openssl": "hash the root password (openssl passwd -6)"})
     rendered = render_answer_file(recipe, mirrors=mirrors)
-    warned = check_answer_file(rendered, required_packages=recipe.packages.all)
+    warned = check_answer_file(rendered, required_packages=recipe.all_packages)
     reporter.info(f"answer file {rendered.name} from {vm.template}: {rendered.syntax} syntax and golden "
                   f"policy OK ({rendered.text.count(chr(10))} lines)")
     for w in warned:
@@ -82,7 +82,7 @@ def prepare_answer_file(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *,
     hashed = hash_password(password, reporter=reporter, salt=salt)
     del password
     rendered = render_answer_file(recipe, root_password_hash=hashed, mirrors=mirrors)
-    for w in check_answer_file(rendered, required_packages=recipe.packages.all):
+    for w in check_answer_file(rendered, required_packages=recipe.all_packages):
         reporter.info(f"warning: {rendered.where(w.line)}: {w.message}")
     reporter.log(f"answer file {rendered.name} rendered from {vm.template} (sha256 {rendered.sha256})")
     return rendered

@@ -42,7 +42,7 @@ def installed_packages(guest: Guest, family: Family) -> dict[str, str]:
 def _missing(guest: Guest, ctx: StepContext) -> list[str]:
     have = installed_packages(guest, ctx.recipe.image.family)
     ctx.notes["packages"] = have
-    return [p for p in ctx.recipe.packages.all if p not in have]
+    return [p for p in ctx.recipe.all_packages if p not in have]
 
 
 def _check(guest: Guest, ctx: StepContext) -> list[str]:

@@ -107,7 +107,7 @@ def initramfs_staging(target: Path) -> Path:
 
 def mmdebstrap_argv(recipe: Recipe, target: Path, apt_cache: Path | None = None) -> list[str]:
     b = recipe.install.bootstrap
-    packages = list(dict.fromkeys(b.include + BOOT_PACKAGES[recipe.image.firmware] + recipe.packages.all))
+    packages = list(dict.fromkeys(b.include + BOOT_PACKAGES[recipe.image.firmware] + recipe.all_packages))
     cache: list[str] = []
     if apt_cache is not None:
         # mmdebstrap's own package-cache recipe (its manual, EXAMPLES): the cached .debs go into the

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .accel import Accel, AccelChoice
-from .disklayout import ESP_MOUNT, layout_for
-from .domain import (
+from ..accel import Accel, AccelChoice
+from ..disklayout import ESP_MOUNT, layout_for
+from ..domain import (
     MEMORY_SLOTS,
     DiskSpec,
     DomainError,
@@ -34,10 +34,10 @@ from .domain import (
     screenshot,
     transient_domain,
 )
-from .errors import BootTestFailed, CommandFailed
-from .events import CellReporter, Reporter
-from .recipe import BootFirmware, Cell, Family, Machine, Recipe
-from .run import run
+from ..errors import BootTestFailed, CommandFailed
+from ..events import CellReporter, Reporter
+from ..recipe import BootFirmware, Cell, Family, Machine, Recipe
+from ..run import run
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ def check_no_swap(agent: Agent, ctx: CheckContext) -> Check:
 
 
 def check_packages(agent: Agent, ctx: CheckContext) -> Check:
-    wanted = list(ctx.recipe.packages.all)
+    wanted = list(ctx.recipe.all_packages)
     if ctx.recipe.image.family is Family.DEBIAN:
         _, out, _ = agent.exec(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n"])
         have = {ln.split()[0] for ln in out.splitlines() if ln.split()[1:2] == ["ii"]}
@@ -381,7 +381,7 @@ def _meminfo_kib(agent: Agent) -> int:
 
 
 def _qemu_version() -> str:
-    from .run import tool_version
+    from ..run import tool_version
     return tool_version(["qemu-system-x86_64", "--version"]).replace("QEMU emulator version ", "")
 
 
@@ -587,7 +587,7 @@ def _side_by_side(jobs: list[tuple[str, Cell, str]], one: Callable[..., CellResu
     boot test (the workers' calls then fail, and each removes its overlay) before it is re-raised."""
     import concurrent.futures as cf
 
-    from .workspace import destroy_domains
+    from ..workspace import destroy_domains
     reporter.info(f"booting {parallel} cells at a time")
     pool = cf.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="boot-cell")
     futures = [pool.submit(one, title, cell, bus, CellReporter(reporter, str(cell))) for title, cell, bus in jobs]
