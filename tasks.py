@@ -206,13 +206,42 @@ def steps(c, long=False):
             print(textwrap.fill(s.description, 100, initial_indent=" " * 4, subsequent_indent=" " * 4))
 
 
+@task(help={"image": "a built qcow2 (beside its manifest.json) or a recipe name (its build in output/RECIPE/)",
+            "key": "the public key to log in with (default: the first of ~/.ssh/id_*.pub)",
+            "console": "also print the guest's serial console as it boots"})
+@edge
+def vm(c, image, key=None, console=False):
+    """Boot a built image as a throwaway clone with your SSH key (NoCloud seed); Ctrl-C destroys it."""
+    from imagebuild.accel import choose_accel
+    from imagebuild.localvm import read_public_key, resolve_image, run_vm, ssh_identity
+    from imagebuild.run import signals_raise
+    from imagebuild.settings import current
+
+    path, recipe = resolve_image(image, current().output)
+    key_path, public = read_public_key(key, Path.home())  # a bad key is named before any VM starts
+    rep = Reporter()
+    with signals_raise():
+        accel = choose_accel(rep)
+        run_vm(path, recipe, public_key=public, accel=accel, reporter=rep, identity=ssh_identity(key_path),
+               console=console)
+
+
+@task
+def checks(c):
+    """List the boot test's checks (name, kind, the cells they run in by seed, summary)."""
+    from imagebuild.boottest import all_checks
+    for k in all_checks():
+        seeds = "all" if len(k.seeds) == 4 else ",".join(str(s) for s in k.seeds)
+        print(f"{k.name:18} {k.kind:6} {seeds + (' 2nd boot' if k.second_boot else ''):24} {k.summary}")
+
+
 @task
 def docs(c):
-    """Regenerate the README's lists of steps and tasks from the code (a unit test checks they agree)."""
-    from imagebuild.docgen import environment_table, replace_sections, steps_table, tasks_table
+    """Regenerate the README's lists of steps, checks and tasks from the code (a unit test checks they agree)."""
+    from imagebuild.docgen import checks_table, environment_table, replace_sections, steps_table, tasks_table
     readme = HERE / "README.md"
     text = replace_sections(readme.read_text(), {"steps": steps_table, "tasks": lambda: tasks_table(TASKS),
-                                                 "environment": environment_table})
+                                                 "environment": environment_table, "checks": checks_table})
     readme.write_text(text)
     print(f"{readme}: steps and tasks regenerated")
 

@@ -1,5 +1,6 @@
 """Docs that list things are generated from the code that defines them, so they cannot drift:
-the README's tables of customize steps (from the step records), of tasks (from the invoke tasks) and of
+the README's tables of customize steps (from the step records), of boot-test checks (from the check
+records), of tasks (from the invoke tasks) and of
 environment variables (from ``settings.VARIABLES``).
 
 ``invoke docs`` rewrites the marked sections (``<!-- generated:NAME -->`` ... ``<!-- /generated:NAME -->``);
@@ -21,6 +22,16 @@ def steps_table() -> str:
         fam = ", ".join(str(f) for f in s.families)
         text = s.summary if s.description in ("", s.summary) else f"{s.summary}. {s.description}"
         rows.append(f"| `{s.name}` | {'yes' if s.default else 'no'} | {fam} | {text.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def checks_table() -> str:
+    from .boottest import all_checks
+    rows = ["| check | kind | cells (by seed) | what it proves |", "|---|---|---|---|"]
+    for c in all_checks():
+        seeds = "all" if len(c.seeds) == 4 else ", ".join(str(s) for s in c.seeds)
+        when = seeds + (" (second boot)" if c.second_boot else "")
+        rows.append(f"| `{c.name}` | {c.kind} | {when} | {c.summary.replace('|', '/')} |")
     return "\n".join(rows)
 
 

@@ -23,6 +23,8 @@ from .recipe import BootFirmware
 URI = "qemu:///system"
 MEMORY_SLOTS = 4
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+ET.register_namespace("qemu", QEMU_NS)
 
 try:
     import libvirt
@@ -94,6 +96,9 @@ class DomainSpec:
     loader: Path | None = None          # OVMF CODE (read-only pflash); None: SeaBIOS
     nvram: Path | None = None           # this domain's own copy of the VARS file
     secure_boot: bool = False           # the loader enforces Secure Boot (needs q35 and SMM)
+    uuid: str = ""                      # the domain's (and so the DMI system) UUID; "" = libvirt's own
+    ssh_port: int = 0                   # > 0: the NIC comes from QEMU's user network, guest port 22 forwarded
+                                        # to this loopback port (libvirt 9.0's user interface cannot forward)
 
 
 def cdrom(iso: Path, machine: str) -> DiskSpec:
@@ -106,6 +111,8 @@ def cdrom(iso: Path, machine: str) -> DiskSpec:
 def domain_xml(spec: DomainSpec) -> str:
     dom = ET.Element("domain", type="kvm" if spec.accel is Accel.KVM else "qemu")
     ET.SubElement(dom, "name").text = spec.name
+    if spec.uuid:
+        ET.SubElement(dom, "uuid").text = spec.uuid
     if spec.max_memory_mib > spec.memory_mib:
         # memory hotplug: room for DIMMs above the boot memory, which must sit in a NUMA cell
         ET.SubElement(dom, "maxMemory", slots=str(MEMORY_SLOTS), unit="MiB").text = str(spec.max_memory_mib)
@@ -154,7 +161,7 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(disk, "target", dev=d.target, bus=d.bus)
         if d.readonly or d.device == "cdrom":
             ET.SubElement(disk, "readonly")
-    if spec.mac is not None:
+    if spec.mac is not None and not spec.ssh_port:
         nic = ET.SubElement(dev, "interface", type="user")
         ET.SubElement(nic, "mac", address=spec.mac)
         ET.SubElement(nic, "model", type="virtio")
@@ -181,6 +188,15 @@ def domain_xml(spec: DomainSpec) -> str:
     # qemu runs as root without relabelling: the scratch files live in our 0700 work dir.
     sec = ET.SubElement(dom, "seclabel", type="static", model="dac", relabel="no")
     ET.SubElement(sec, "label").text = "+0:+0"
+    if spec.mac is not None and spec.ssh_port:
+        # the same virtio NIC on the same user network as <interface type='user'>, defined on QEMU's
+        # command line so that a host port reaches the guest's sshd; on a slot of the root bus that libvirt
+        # leaves free (it numbers its own devices upwards from slot 2)
+        bus = "pcie.0" if "q35" in spec.machine else "pci.0"
+        cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+        for arg in ("-netdev", f"user,id=imagebuild-net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+                    "-device", f"virtio-net-pci,netdev=imagebuild-net0,mac={spec.mac},bus={bus},addr=0x10"):
+            ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode") + "\n"
 

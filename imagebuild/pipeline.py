@@ -23,7 +23,7 @@ from . import customize as cz
 from . import recompress
 from .accel import choose_accel
 from .appliance import ApplianceAhead, open_guest
-from .boottest import BootTestResult, boot_test
+from .boottest import BootTestResult, boot_test, plan_cells, validate_skips
 from .digest import sha256_file
 from .disklayout import ESP_MOUNT
 from .domain import firmware_files
@@ -51,6 +51,9 @@ COMMON_TOOLS = {"qemu-img": "convert, check and overlay images",
                 "qemu-system-x86_64": "run guests (boot test, KVM probe, libguestfs appliance)",
                 "rm": "remove scratch trees", "umount": "release leftover mounts",
                 "lsinitramfs": "check the image's initramfs holds the virtio drivers (initramfs-tools)"}
+# the seeded cells of a cloud image's boot test
+SEED_TOOLS = {"xorriso": "write the cloud-init seeds (config drives, NoCloud)",
+              "ssh": "log in to the seeded cells as a cloud user", "ssh-keygen": "a key only a cell's seed carries"}
 WORK_SPACE_GIB = 4      # root tree + working disk + compressed copy, for a ~1 GB system
 OUTPUT_SPACE_GIB = 1
 
@@ -59,6 +62,9 @@ def validate(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, for_build: b
     """Everything checkable before any download, disk file or VM: tools, answer files, step names."""
     installer = installer_for(recipe)
     require_tools({**COMMON_TOOLS, **installer.tools(recipe)})
+    validate_skips(recipe)
+    if recipe.boot_test.enabled and recipe.cloud.enabled:
+        require_tools(SEED_TOOLS)
     if recipe.boot_test.enabled:
         for cell in recipe.boot_test.cells(recipe.image.firmware):
             firmware_files(cell.firmware)  # OVMF for the UEFI cells: named before anything starts
@@ -212,7 +218,7 @@ def _compressed(b: Build, artifact: Path, info: ArtifactInfo) -> ArtifactInfo:
 def _boot_test(b: Build, image: Path, fmt: str, label: str) -> dict[str, Any]:
     assert b.accel is not None
     recipe = b.recipe
-    b.reporter.info("boot matrix: " + ", ".join(map(str, recipe.boot_test.cells(recipe.image.firmware))))
+    b.reporter.info("boot matrix: " + ", ".join(map(str, plan_cells(recipe))))
     try:
         result = boot_test(image, recipe, accel=b.accel, work=b.work, name=f"{b.domain_prefix}-boot",
                            logs=b.staging, reporter=b.reporter, image_format=fmt, label=label)

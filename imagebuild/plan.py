@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from . import customize as cz
-from .boottest import CHECK_NAMES
+from .boottest import cell_checks, plan_cells, validate_skips
 from .events import NULL_REPORTER, Reporter
 from .install import installer_for
 from .recipe import Backend, Recipe, to_data
@@ -18,6 +18,8 @@ from .sparsify import COMPRESSION
 def make_plan(recipe: Recipe) -> dict[str, Any]:
     installer = installer_for(recipe)
     steps = cz.selected_steps(recipe)
+    validate_skips(recipe)
+    plans = plan_cells(recipe)
     bt = recipe.boot_test
     return {
         "recipe": to_data(recipe),
@@ -33,10 +35,12 @@ def make_plan(recipe: Recipe) -> dict[str, Any]:
             {"stage": "boot-test", "enabled": bt.enabled, "memory_mib": bt.memory_mib, "vcpus": bt.vcpus,
              "timeout_seconds": {"kvm": bt.timeout_seconds, "tcg": bt.timeout_seconds * bt.tcg_factor},
              "accelerator": "KVM if a bounded probe boots a kernel under it, else TCG (decided at build)",
-             "matrix": [str(c) for c in bt.cells(recipe.image.firmware)],
-             "checks": list(CHECK_NAMES)},
+             "matrix": [{"cell": str(p.cell), "seed": str(p.seed), "disk_bus": p.disk_bus} for p in plans],
+             "checks": {str(p.seed): [c.name for c in cell_checks(recipe, p.seed)] for p in plans},
+             "second_boot": {str(p.seed): [c.name for c in cell_checks(recipe, p.seed, second_boot=True)]
+                             for p in plans if cell_checks(recipe, p.seed, second_boot=True)}},
             {"stage": "manifest", "files": [f"{recipe.name}.qcow2", "manifest.json", "SHA256SUMS",
-                                            *(f"boot-console-{c.slug}.log" for c in bt.cells(recipe.image.firmware)),
+                                            *(f"boot-console-{p.slug}.log" for p in plans),
                                             "build.log", "events.jsonl"]},
         ],
     }

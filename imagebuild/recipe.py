@@ -610,10 +610,6 @@ def validate(recipe: Recipe, origins: dict[str, str], leaf: str) -> None:
         check(bus in DISK_BUSES, f"boot_test.disk_buses[{i}]", f"must be one of {', '.join(DISK_BUSES)}")
     check(bool(bt.disk_buses), "boot_test.disk_buses", "must name at least one bus")
     check(1 <= bt.parallel <= 8, "boot_test.parallel", "must be between 1 and 8 (cells booted at once)")
-    from .boottest import CHECK_NAMES
-    for i, name in enumerate(bt.skip_checks):
-        check(name in CHECK_NAMES, f"boot_test.skip_checks[{i}]",
-              f"unknown check '{name}' (the checks: {', '.join(CHECK_NAMES)})")
     gl = recipe.publish.glance
     check(gl.visibility in GLANCE_VISIBILITIES, "publish.glance.visibility",
           "must be one of " + ", ".join(GLANCE_VISIBILITIES))

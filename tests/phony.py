@@ -18,7 +18,24 @@ RECIPE = load_recipe("debian12")
 MAC = "52:54:00:de:ad:01"
 NM_UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 DPKG_STATUS = "".join(f"Package: {p}\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.0\n\n"
-                      for p in RECIPE.packages.all)
+                      for p in RECIPE.all_packages)
+CLOUD_UNIT = "[Unit]\nDescription={0}\n\n[Service]\nType=oneshot\n\n[Install]\nWantedBy=cloud-init.target\n"
+# cloud-init as Debian 12's package installs it (22.4: four units, enabled by its postinst), and what a
+# cloud-init run and a seed leave behind
+CLOUD_INIT = {
+    "/usr/bin/cloud-init": "#!/usr/bin/python3\n",
+    "/etc/cloud/cloud.cfg": "users:\n - default\n",
+    "/etc/cloud/cloud.cfg.d/90_dpkg.cfg": "datasource_list: [ NoCloud, ConfigDrive, OpenStack, Ec2, None ]\n",
+    **{f"/lib/systemd/system/{u}": CLOUD_UNIT.format(u) for u in (
+        "cloud-init-local.service", "cloud-init.service", "cloud-config.service", "cloud-final.service")},
+    "/var/lib/cloud/instance/boot-finished": "done\n",
+    "/var/lib/cloud/seed/nocloud/meta-data": "instance-id: build-host\n",
+    "/var/log/cloud-init.log": "build host's run\n",
+    "/etc/systemd/network/10-cloud-init-ens3.network": f"[Match]\nMACAddress={'52:54:00:de:ad:01'}\n",
+    "/etc/ssh/sshd_config.d/50-cloud-init.conf": "PasswordAuthentication yes\n",
+    "/etc/sudoers.d/90-cloud-init-users": "debian ALL=(ALL) NOPASSWD:ALL\n",
+    "/etc/cloud/cloud-init.disabled": "",
+}
 
 MARKED = {
     "/etc/sysconfig/network-scripts/ifcfg-eth0":
@@ -53,6 +70,7 @@ MARKED = {
     "/tmp/build-junk": "junk", "/var/tmp/more-junk": "junk",
     "/var/lib/dpkg/status": DPKG_STATUS,
     "/lib/systemd/system/systemd-resolved.service": "[Unit]\n",
+    **CLOUD_INIT,
 }
 
 

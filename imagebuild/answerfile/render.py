@@ -25,7 +25,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import RecipeError
 from ..mirrors import resolve_mirrors, rewrite_url
-from ..recipe import PROJECT_ROOT, Backend, Family, Recipe
+from ..recipe import PROJECT_ROOT, Backend, Cloud, Family, Recipe
 from ..settings import current  # the environment is read once, at the edge
 from .findings import ANSWER_FILE_NAME, AnswerFileKind
 
@@ -193,7 +193,7 @@ def _leaf(recipe: Recipe) -> str | None:
 
 _BAD_CHAR_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
 _BUILTINS = ("recipe_name", "os_version", "disk_gib", "tree_url", "install_from_cdrom", "packages",
-             "root_password_hash", "completion_marker", "serial_console")
+             "root_password_hash", "completion_marker", "serial_console", "cloud")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -212,6 +212,7 @@ def template_variables(recipe: Recipe, *, root_password_hash: str,
         "root_password_hash": root_password_hash,
         "completion_marker": COMPLETION_MARKER,
         "serial_console": SERIAL_CONSOLE,
+        "cloud": _cloud_variables(recipe.cloud),
     }
     if _CONTROL_RE.search(values["tree_url"]):
         raise RecipeError("the tree URL contains control characters", file=_leaf(recipe),
@@ -227,6 +228,19 @@ def template_variables(recipe: Recipe, *, root_password_hash: str,
                               file=_leaf(recipe), key=key)
         values[name] = rewrite_url(value, mirrors) if re.match(r"^(https?|ftp)://", value) else value
     return values
+
+
+def _cloud_variables(cloud: Cloud) -> dict[str, Any]:
+    """The recipe's ``[cloud]`` as plain data. The settings are given as the recipe has them, also when
+    ``enabled`` is false: a template tests ``cloud.enabled`` (the packages are in ``packages`` then)."""
+    return {
+        "enabled": cloud.enabled,
+        "packages": list(cloud.packages),
+        "default_user": cloud.default_user,
+        "datasources": list(cloud.datasources),
+        "renderer": cloud.renderer.value,
+        "growfs": cloud.growfs,
+    }
 
 
 def render_answer_file(recipe: Recipe, *, root_password_hash: str = PLACEHOLDER_HASH,

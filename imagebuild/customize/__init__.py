@@ -1,7 +1,8 @@
 """Generalization steps: small registered records, one module per concern (virt-sysprep's shape).
 
 Each step has a kebab-case name, a one-line summary, an on-by-default flag, the image families it
-applies to, a ``run`` that changes the image (idempotent) and a ``check`` that reports what is still
+applies to, optionally a ``when`` (the recipe must ask for it: the cloud steps apply only with
+``cloud.enabled``), a ``run`` that changes the image (idempotent) and a ``check`` that reports what is still
 wrong. After all steps ran, every check runs again on the image: a build fails if any host identity
 or swap is left.
 """
@@ -28,6 +29,7 @@ class StepContext:
 
 RunFn = Callable[[Guest, StepContext], None]
 CheckFn = Callable[[Guest, StepContext], list[str]]
+WhenFn = Callable[[Recipe], bool]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,11 @@ class Step:
     families: tuple[Family, ...] = (Family.DEBIAN, Family.EL)
     needs_network: bool = False
     description: str = ""               # the long form (`invoke steps --long`, README): why, and what exactly
+    when: WhenFn | None = None          # applies only to recipes for which this is true (None: every recipe)
+
+    def applies_to(self, recipe: Recipe) -> bool:
+        """On by default, for the recipe's family, and wanted by the recipe (``when``)."""
+        return self.default and recipe.image.family in self.families and (self.when is None or self.when(recipe))
 
 
 STEPS: dict[str, Step] = {}
@@ -56,7 +63,8 @@ def _description(fn: RunFn) -> str:
 
 def register(name: str, summary: str, *, order: int, check: CheckFn, default: bool = True,
              families: tuple[Family, ...] = (Family.DEBIAN, Family.EL),
-             needs_network: bool = False, description: str = "") -> Callable[[RunFn], RunFn]:
+             needs_network: bool = False, description: str = "",
+             when: WhenFn | None = None) -> Callable[[RunFn], RunFn]:
     def deco(fn: RunFn) -> RunFn:
         if not STEP_NAME.match(name):
             raise ValueError(f"customize step name {name!r} is not kebab-case")
@@ -65,13 +73,13 @@ def register(name: str, summary: str, *, order: int, check: CheckFn, default: bo
         if not summary or "\n" in summary:
             raise ValueError(f"customize step {name!r} needs a one-line summary")
         STEPS[name] = Step(name, summary, fn, check, order, default, families, needs_network,
-                           description or _description(fn))
+                           description or _description(fn), when)
         return fn
     return deco
 
 
 def register_removal(name: str, summary: str, *, order: int, paths: Callable[[Guest], list[str]],
-                     description: str = "") -> None:
+                     description: str = "", when: WhenFn | None = None) -> None:
     """A step that removes what ``paths`` finds in the image (files, symlinks or whole directories);
     its check reports whatever is still found."""
     def check(guest: Guest, ctx: StepContext) -> list[str]:
@@ -84,7 +92,7 @@ def register_removal(name: str, summary: str, *, order: int, paths: Callable[[Gu
             else:
                 guest.remove(p)
 
-    register(name, summary, order=order, check=check,
+    register(name, summary, order=order, check=check, when=when,
              description=description or "A removal: the post-check reports whatever of it is left.")(remove)
 
 
@@ -95,7 +103,7 @@ def existing(*candidates: str) -> Callable[[Guest], list[str]]:
 
 def _load_all() -> None:
     # Importing the modules registers their steps; listed here so the order of registration is fixed.
-    from . import host_identity, hotplug, layout, logs, net_identity, packages, ssh_hostkeys  # noqa: F401
+    from . import cloud, host_identity, hotplug, layout, logs, net_identity, packages, ssh_hostkeys  # noqa: F401
 
 
 def all_steps() -> list[Step]:
@@ -104,7 +112,8 @@ def all_steps() -> list[Step]:
 
 
 def selected_steps(recipe: Recipe, only: list[str] | None = None) -> list[Step]:
-    """The steps a recipe runs: on by default, for its family, minus customize.disable."""
+    """The steps a recipe runs: on by default, for its family, wanted by it (``when``), minus
+    customize.disable."""
     steps = all_steps()
     known = {s.name for s in steps}
     for i, name in enumerate(recipe.customize.disable):
@@ -113,8 +122,7 @@ def selected_steps(recipe: Recipe, only: list[str] | None = None) -> list[Step]:
             raise RecipeError(f"unknown customize step '{name}' (known: {', '.join(sorted(known))})",
                               file=recipe.sources[0] if recipe.sources else None,
                               key=f"customize.disable[{i}]")
-    chosen = [s for s in steps if s.default and recipe.image.family in s.families
-              and s.name not in recipe.customize.disable]
+    chosen = [s for s in steps if s.applies_to(recipe) and s.name not in recipe.customize.disable]
     if only is not None:
         chosen = [s for s in chosen if s.name in only]
     return chosen

@@ -11,9 +11,12 @@ UNIT = "/etc/systemd/system/imagebuild-ssh-hostkeys.service"
 WANTS = "/etc/systemd/system/multi-user.target.wants/imagebuild-ssh-hostkeys.service"
 UNIT_TEXT = """\
 # Installed by imagebuild: Debian regenerates SSH host keys only when openssh-server is installed,
-# not at boot, so a generalized image (no keys) would boot without a working sshd.
+# not at boot, so a generalized image (no keys) would boot without a working sshd. After cloud-init's
+# network stage: its ssh module makes an instance's keys when a datasource was found (this then finds
+# them and does nothing); with no datasource cloud-init is off, and this makes them.
 [Unit]
 Description=Generate SSH host keys on first boot
+After=cloud-init.service cloud-init-network.service
 Before=ssh.service sshd.service
 ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
 

@@ -1,8 +1,8 @@
 """Publishing: send a boot-tested artifact to an image store.
 
-Each store is a small registered record (name, one-line summary, one function), as the generalization
-steps are. ``publish()`` is the one entry point: verify the artifact against its manifest (and its boot
-test), hand it to the target, record the result next to the artifact.
+Each store is a small registered record (name, one-line summary, the seed kind it hands its guests, one
+function), as the generalization steps are. ``publish()`` is the one entry point: verify the artifact
+against its manifest (and its boot test), hand it to the target, record the result next to the artifact.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import PublishError
 from ..events import NULL_REPORTER, Reporter
-from ..recipe import Publish, Recipe
+from ..recipe import Publish, Recipe, SeedKind
 from .common import Artifact, PublishResult, load_published_artifact, record_publish
 
 __all__ = ["TARGETS", "Options", "Target", "publish", "parse_rate", "load_published_artifact",
@@ -34,6 +34,9 @@ class Options:
 class Target:
     name: str
     summary: str
+    # How this store hands a guest its user, key and hostname, as a boot-test cell's seed imitates it: a
+    # cloud image goes to this store only if a cell with this seed passed.
+    seed: SeedKind
     send: Callable[[Artifact, Publish, Options, Reporter], PublishResult]
 
 
@@ -75,9 +78,9 @@ def _register(*targets: Target) -> None:
 
 _register(
     Target("glance", "OpenStack Glance (Images API v2) via openstacksdk: clouds.yaml / OS_CLOUD / OS_*",
-           _glance),
+           SeedKind.NOVA, _glance),
     Target("ovirt", "oVirt / RHV storage domain via ovirt-engine-sdk and ovirt-imageio: ovirt.conf / OVIRT_*",
-           _ovirt),
+           SeedKind.OVIRT, _ovirt),
 )
 
 
@@ -110,7 +113,8 @@ def publish(recipe: Recipe | str, output_dir: Path | str | None = None, *, to: s
     # SIGTERM must unwind through the upload's cleanup like Ctrl-C does (callers may not have set it up).
     guard = signals_raise() if threading.current_thread() is threading.main_thread() else nullcontext()
     with guard, reporter.step(f"publish {recipe.name} to {to}", stage=True):
-        artifact = load_published_artifact(output_dir, force=force, reporter=reporter)
+        artifact = load_published_artifact(output_dir, force=force, seed=target.seed, store=to,
+                                           reporter=reporter)
         if artifact.recipe != recipe.name:
             raise PublishError(f"{output_dir} holds a build of '{artifact.recipe}', not '{recipe.name}'")
         result = target.send(artifact, recipe.publish, options, reporter)

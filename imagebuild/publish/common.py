@@ -3,7 +3,8 @@
 ``load_published_artifact`` is the gate: it reads ``manifest.json``, re-hashes the qcow2 and compares
 sha256 (and sha512) with the manifest, asks qemu-img what the file is (format named, no backing file,
 virtual size as recorded), and refuses an image whose boot test did not pass unless ``force`` is given,
-in which case the artifact says so and every store records it.
+in which case the artifact says so and every store records it. A cloud image is refused, too, by a store
+whose own seed (Glance: nova, oVirt: ovirt) no passed boot-test cell booted with.
 
 ``UploadStream`` is the body of an upload: a file-like object that reads the file in fixed chunks (so
 memory stays flat whatever the image size), reports progress, can be rate-limited, and lets a signal
@@ -33,6 +34,7 @@ from ..digest import hash_file
 from ..errors import ImageBuildError, PublishError, ToolMissing
 from ..events import NULL_REPORTER, Reporter
 from ..procs import token_alive
+from ..recipe import Recipe, SeedKind, publish_firmware
 from ..run import run
 
 MANIFEST = "manifest.json"
@@ -56,7 +58,17 @@ class ImageFacts:
     guest_agent: bool = False
     passed_cells: tuple[str, ...] = ()  # "uefi/q35", ... in matrix order
     disk_buses: tuple[str, ...] = ("virtio",)  # root disk buses a passed cell booted from
-    live_checks: tuple[str, ...] = ()  # live operations (vcpu-hotplug, memory-hotplug, balloon) that passed
+    live_checks: tuple[str, ...] = ()  # live operations (vcpu-hotplug, memory-hotplug, balloon, fsfreeze) that passed
+    matrix: tuple[str, ...] = ()       # the passed cells with their seeds, "bios/pc+nova", ... ("uefi/q35": no seed)
+    cloud: bool = False                # cloud-init set up (cloud.enabled): the user and key come from a seed
+    admin_user: str = ""               # a cloud image's default user (root is locked); "" otherwise
+    cloud_seeds: tuple[str, ...] = ()  # seed kinds (nocloud, nova, ovirt) a passed cell booted with, sorted
+
+    @property
+    def quiesce(self) -> bool:
+        """Snapshots may require a quiesced guest: the agent is advertised and freeze/thaw through it passed
+        in every passed cell that ran it (at least one did)."""
+        return self.guest_agent and "fsfreeze" in self.live_checks
 
     @property
     def firmware(self) -> str:
@@ -164,12 +176,14 @@ def _qemu_img_info(path: Path, reporter: Reporter) -> dict[str, Any]:
     return json.loads(res.stdout)
 
 
-def load_published_artifact(output_dir: Path | str, *, force: bool = False,
-                            reporter: Reporter = NULL_REPORTER) -> Artifact:
+def load_published_artifact(output_dir: Path | str, *, force: bool = False, seed: SeedKind | None = None,
+                            store: str = "", reporter: Reporter = NULL_REPORTER) -> Artifact:
     """Read and verify a build's output folder; raise ``PublishError`` if it must not be published.
 
     ``force`` lets an image whose boot test failed or did not run through (and is recorded as such);
-    it never lets through an artifact whose bytes differ from its manifest.
+    it never lets through an artifact whose bytes differ from its manifest. ``seed`` is the seed kind
+    the ``store`` (named in the refusal) hands its guests: a cloud image whose cell with that seed did
+    not pass is refused (unless forced, as the firmware a cell must prove).
     """
     out = Path(output_dir)
     manifest_path = out / MANIFEST
@@ -254,7 +268,10 @@ def load_published_artifact(output_dir: Path | str, *, force: bool = False,
 
     packages = recipe.get("packages") or {}
     all_packages = list(packages.get("base") or []) + list(packages.get("extra") or [])
-    proven = _proven(manifest_path, recipe, bt, forced)
+    parsed = _recipe(manifest_path, recipe)
+    proven = _proven(manifest_path, parsed, bt, forced)
+    if seed is not None and parsed.cloud.enabled and not forced:
+        _require_seed(parsed.name, build_id, bt, seed, store or "this store")
     facts = ImageFacts(
         os_distro=str(image.get("os_distro") or ""),
         os_version=str(image.get("os_version") or recipe.get("version") or ""),
@@ -266,6 +283,10 @@ def load_published_artifact(output_dir: Path | str, *, force: bool = False,
         passed_cells=proven.cells,
         disk_buses=proven.disk_buses,
         live_checks=proven.live,
+        matrix=proven.matrix,
+        cloud=parsed.cloud.enabled,
+        admin_user=parsed.cloud.default_user if parsed.cloud.enabled else "",
+        cloud_seeds=tuple(sorted(s for s in proven.seeds if s != SeedKind.NONE)),
     )
     if not facts.os_distro:
         raise PublishError(f"{manifest_path}: recipe.image.os_distro is empty")
@@ -278,7 +299,7 @@ def load_published_artifact(output_dir: Path | str, *, force: bool = False,
         forced=forced, publish_settings=dict(recipe.get("publish") or {}))
 
 
-LIVE_CHECKS = ("vcpu-hotplug", "memory-hotplug", "balloon")
+LIVE_CHECKS = ("vcpu-hotplug", "memory-hotplug", "balloon", "fsfreeze")
 
 
 @dataclass(frozen=True)
@@ -290,16 +311,50 @@ class Proven:
     disk_buses: tuple[str, ...]        # root disk buses a passed cell booted from
     live: tuple[str, ...]              # live operations that passed in every passed cell that ran them
     guest_agent: bool                  # a passed cell's agent answered
+    matrix: tuple[str, ...]            # the passed cells with their seeds (cell_label)
+    seeds: frozenset[str]              # the seed kinds of the passed cells, "none" included
 
 
-def _proven(manifest_path: Path, recipe: dict[str, Any], bt: Any, forced: bool) -> Proven:
-    """What the recipe asks stores to use (firmware, machine), which a passed boot-test cell must have
-    proven, and what else the passed cells showed (a forced publish advertises the recipe's wish)."""
-    from ..recipe import Recipe, publish_firmware
+def _recipe(manifest_path: Path, recipe: dict[str, Any]) -> Recipe:
     try:
-        parsed = Recipe.from_json(json.dumps(recipe))
+        return Recipe.from_json(json.dumps(recipe))
     except ImageBuildError as exc:
         raise PublishError(f"{manifest_path}: the recipe it records does not load: {exc}") from None
+
+
+def _seed(cell: dict[str, Any]) -> str:
+    """The seed a manifest's cell booted with; cells from before seeded cells had none."""
+    return str(cell.get("seed") or SeedKind.NONE)
+
+
+def cell_label(cell: dict[str, Any]) -> str:
+    """A cell as stores list it: "bios/pc+nova", or just "bios/pc" when it booted with no seed (as every
+    cell did before seeded cells, so such a manifest reads as it always did)."""
+    seed = _seed(cell)
+    return str(cell.get("cell")) + ("" if seed == SeedKind.NONE else f"+{seed}")
+
+
+def _require_seed(name: str, build_id: str, bt: Any, seed: SeedKind, store: str) -> None:
+    """A cloud image goes to a store only if a cell that booted with the store's own seed passed: that
+    cell proved its default user, key, hostname and growth come through the way this store hands them."""
+    cells = [c for c in (bt.get("cells") if isinstance(bt, dict) else None) or [] if isinstance(c, dict)]
+    mine = [c for c in cells if _seed(c) == seed]
+    if any(c.get("passed") is True for c in mine):
+        return
+    refusal = f"{name}: refusing to publish a cloud image to {store}: "
+    if mine:
+        raise PublishError(refusal + f"its boot-test cell {', '.join(cell_label(c) for c in mine)} did not pass "
+                           f"in build {build_id} (its console log beside the artifact says why)")
+    if not any("seed" in c for c in cells):
+        raise PublishError(refusal + f"build {build_id} has no boot-test cell with the {seed} seed (it records "
+                           "no seeds: a build from before seeded cells); rebuild it")
+    raise PublishError(refusal + f"build {build_id} has no boot-test cell with the {seed} seed (cells: "
+                       f"{', '.join(cell_label(c) for c in cells)}); add \"{seed}\" to boot_test.seeds and rebuild")
+
+
+def _proven(manifest_path: Path, parsed: Recipe, bt: Any, forced: bool) -> Proven:
+    """What the recipe asks stores to use (firmware, machine), which a passed boot-test cell must have
+    proven, and what else the passed cells showed (a forced publish advertises the recipe's wish)."""
     wanted = publish_firmware(parsed)
     if wanted is None:
         raise PublishError(f"{manifest_path}: publish.firmware {parsed.publish.firmware!r} cannot boot a "
@@ -322,7 +377,8 @@ def _proven(manifest_path: Path, recipe: dict[str, Any], bt: Any, forced: bool) 
                  if any(name in checks for checks in ran) and all(checks.get(name, True) for checks in ran))
     return Proven(machine=machine, firmware=str(wanted), cells=passed,
                   disk_buses=tuple(dict.fromkeys(str(c.get("disk_bus") or "virtio") for c in good)),
-                  live=live, guest_agent=bool(good))
+                  live=live, guest_agent=bool(good), matrix=tuple(cell_label(c) for c in good),
+                  seeds=frozenset(_seed(c) for c in good))
 
 
 def record_publish(artifact: Artifact, result: PublishResult) -> None:

@@ -72,18 +72,33 @@ def glance_properties(artifact: Artifact, settings: Glance) -> dict[str, str]:
     props.update(settings.properties)
     # after the recipe's extras: the firmware a store is told to use is only ever what a cell proved
     props.update({"hw_machine_type": facts.machine_type, "hw_firmware_type": facts.firmware,
-                  "imagebuild_boot_matrix": ",".join(facts.passed_cells),
-                  "imagebuild_live_checks": ",".join(facts.live_checks)})
+                  "imagebuild_boot_matrix": ",".join(facts.matrix),
+                  "imagebuild_live_checks": ",".join(facts.live_checks),
+                  "imagebuild_cloud_seeds": ",".join(facts.cloud_seeds)})
+    if facts.cloud:
+        props["os_admin_user"] = facts.admin_user  # Nova's set-password acts on it; root is locked
     bus = props["hw_disk_bus"]
     if bus == "scsi" and "scsi" not in facts.disk_buses:
         raise PublishError(f"{artifact.recipe}: asks Glance for hw_disk_bus=scsi, but no passed boot-test cell "
                            f"booted from virtio-scsi (buses proven: {', '.join(facts.disk_buses)})")
     if bus == "scsi":
         props.setdefault("hw_scsi_model", "virtio-scsi")
+    # Nova then fails a snapshot whose freeze fails rather than take it unquiesced: ask for that only where
+    # the agent froze and thawed the filesystems in the boot test (a recipe may still say "no").
+    if facts.quiesce and _yes(props["hw_qemu_guest_agent"]):
+        props.setdefault("os_require_quiesce", "yes")
+    elif _yes(props.get("os_require_quiesce")):
+        raise PublishError(f"{artifact.recipe}: asks Glance for os_require_quiesce, but no passed boot-test cell "
+                           "froze and thawed the filesystems through the guest agent (the fsfreeze check)")
     if facts.secure_boot:
         props["os_secure_boot"] = "required"  # Nova: UEFI with Secure Boot enforced (q35, SMM)
     props.update(artifact.provenance())  # last: a recipe cannot fake provenance
     return props
+
+
+def _yes(value: str | None) -> bool:
+    """A Glance boolean property as Nova reads it (oslo's bool_from_string)."""
+    return str(value).strip().lower() in ("1", "t", "true", "on", "y", "yes")
 
 
 def connect(cloud: str | None) -> Connection:

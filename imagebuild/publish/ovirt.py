@@ -215,8 +215,9 @@ def publish_to_ovirt(artifact: Artifact, settings: Ovirt, *, config: str | None 
                                  forced=artifact.forced, location=engine.url)
         extra: dict[str, str] = {}
         if settings.template:
+            user = _initial_run_user(artifact, settings, reporter)
             extra["template_id"] = _make_template(system, types, disk.id, name, settings, reporter,
-                                                  artifact.image.ovirt_bios_type)
+                                                  artifact.image.ovirt_bios_type, user)
         return PublishResult(target="ovirt", image_id=disk.id, name=name, created=True,
                              forced=artifact.forced, location=engine.url, method="imageio", extra=extra)
     except sdk.Error as exc:
@@ -347,10 +348,24 @@ def _undo(transfer_service: Any, disk_service: Any, disk_id: str, reporter: Repo
             time.sleep(1)  # the disk stays locked until the engine has processed the cancel
 
 
+def _initial_run_user(artifact: Artifact, settings: Ovirt, reporter: Reporter) -> str:
+    """Whom the template's default Initial Run sets up, when the recipe asks for one (``initial_run``): the
+    cloud image's default user, to whom the engine's cloud-init data gives the VM's key; "" for no Initial
+    Run (an image without cloud-init has nothing to read it)."""
+    if not settings.initial_run:
+        return ""
+    if not artifact.image.cloud:
+        reporter.info("⚠ publish.ovirt.initial_run is set, but the image has no cloud-init ([cloud] enabled = "
+                      "false): the template gets no Initial Run")
+        return ""
+    return artifact.image.admin_user
+
+
 def _make_template(system: Any, types: Any, disk_id: str, name: str, settings: Ovirt,
-                   reporter: Reporter, bios_type: str) -> str:
+                   reporter: Reporter, bios_type: str, initial_run_user: str = "") -> str:
     """A template from the uploaded disk: a VM with that disk as bootable and the chipset/firmware the
-    boot test proved (``bios_type``, kept by the template), then a template from the VM."""
+    boot test proved (``bios_type``, kept by the template), then a template from the VM; with
+    ``initial_run_user``, the template's Initial Run sets that user up through cloud-init."""
     vms = system.vms_service()
     vm = vms.add(types.Vm(name=f"{name}-tmp", cluster=types.Cluster(name=settings.cluster),
                           template=types.Template(name="Blank"),
@@ -362,11 +377,20 @@ def _make_template(system: Any, types: Any, disk_id: str, name: str, settings: O
         wait_until(lambda: vm_service.get().status == types.VmStatus.DOWN, timeout=settings.timeout_seconds,
                    what=f"oVirt VM {vm.id} to be ready")
         templates = system.templates_service()
-        template = templates.add(types.Template(name=name, vm=types.Vm(id=vm.id)))
+        initial_run: dict[str, Any] = {}
+        if initial_run_user:
+            # The flat Initialization attributes (its cloud_init, a types.CloudInit, is deprecated in API 4).
+            # At a VM's first run the engine picks the initialization type by the VM's OS (cloud-init where
+            # the OS supports it, Sysprep on Windows), so the template says Linux, not Blank's "other".
+            initial_run = {"initialization": types.Initialization(user_name=initial_run_user,
+                                                                   regenerate_ssh_keys=True),
+                           "os": types.OperatingSystem(type="other_linux")}
+        template = templates.add(types.Template(name=name, vm=types.Vm(id=vm.id), **initial_run))
         template_service = templates.template_service(template.id)
         wait_until(lambda: template_service.get().status == types.TemplateStatus.OK,
                    timeout=settings.timeout_seconds, what=f"oVirt template {name}")
-        reporter.info(f"created oVirt template {name} ({template.id})")
+        reporter.info(f"created oVirt template {name} ({template.id})"
+                      + (f" whose Initial Run sets up {initial_run_user} with cloud-init" if initial_run_user else ""))
         return str(template.id)
     finally:
         with suppress(Exception):

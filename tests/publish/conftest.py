@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from servers import GlanceServer, ImageioServer, glance_venv, imageio_venv, venv_ready  # noqa: E402
 
-from imagebuild.recipe import Glance, Ovirt, Publish, Recipe, load_recipe  # noqa: E402
+from imagebuild.recipe import Glance, Ovirt, Publish, Recipe, SeedKind, load_recipe  # noqa: E402
 
 CLOUD = "test-glance"
 
@@ -86,11 +86,25 @@ def make_qcow2(path: Path, *, virtual_mib: int, data_mib: float) -> None:
     raw.unlink()
 
 
+CHECKS = ("multi-user", "vcpu-hotplug", "memory-hotplug", "balloon", "fsfreeze")
+
+
+def planned_cells(recipe: Recipe) -> list[str]:
+    """The cells a build boots, as boottest.matrix.plan_cells pairs them: the matrix and the seed kinds
+    (a cloud image's) each given in turn, walked until both are used up. "bios/pc+nova"; no seed: "bios/pc"."""
+    cells = [str(c) for c in recipe.boot_test.cells(recipe.image.firmware)]
+    seeds = recipe.boot_test.seeds if recipe.cloud.enabled else (SeedKind.NONE,)
+    pairs = [(cells[i % len(cells)], seeds[i % len(seeds)]) for i in range(max(len(cells), len(seeds)))]
+    return [cell if seed == SeedKind.NONE else f"{cell}+{seed}" for cell, seed in pairs]
+
+
 def write_manifest(out: Path, recipe: Recipe, qcow2: Path, *, boot_test: bool | None = True,
                    build_id: str | None = None, finished: str = "2026-11-27T07:30:00+00:00",
-                   cells: dict[str, bool] | None = None) -> dict:
-    """A manifest as a build writes it; ``cells`` (cell → passed) defaults to the recipe's whole matrix
-    with the outcome ``boot_test``."""
+                   cells: dict[str, bool] | None = None, seeded: bool = True) -> dict:
+    """A manifest as a build writes it; ``cells`` ("bios/pc+nova" or "bios/pc" → passed) defaults to
+    the cells the recipe's build boots, with the outcome ``boot_test``. Every cell runs ``CHECKS``.
+    ``seeded=False``: as a build from before seeded cells wrote it (no ``seed`` key; its cells' seeds
+    are ignored)."""
     data = qcow2.read_bytes()
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2", str(qcow2)],
                                      check=True, capture_output=True, text=True).stdout)
@@ -106,12 +120,13 @@ def write_manifest(out: Path, recipe: Recipe, qcow2: Path, *, boot_test: bool | 
                 {"cell": cell, "firmware": cell.split("/")[0], "machine": cell.split("/")[1], "passed": ok,
                  "disk_bus": ("virtio", "scsi")[i % 2],
                  "accelerator": "tcg", "mac": "52:54:00:12:34:56", "seconds_to_agent": 40.0, "seconds": 60.0,
-                 "checks": [{"name": name, "ok": ok, "detail": "synthetic manifest for tests"}
-                            for name in ("multi-user", "vcpu-hotplug", "memory-hotplug", "balloon")],
-                 "console_log": f"boot-console-{cell.replace('/', '-')}.log"}
-                for i, (cell, ok) in enumerate((cells if cells is not None else
-                                 {str(c): boot_test for c in recipe.boot_test.cells(recipe.image.firmware)}
-                                 ).items())]},
+                 "checks": [{"name": name, "ok": ok, "detail": "synthetic manifest for tests", "skipped": False,
+                             "seconds": 1.0} for name in CHECKS],
+                 "console_log": f"boot-console-{label.replace('/', '-').replace('+', '-')}.log",
+                 **({"seed": seed or "none"} if seeded else {})}
+                for i, (label, ok) in enumerate((cells if cells is not None else
+                                                 dict.fromkeys(planned_cells(recipe), boot_test)).items())
+                for cell, _, seed in [label.partition("+")]]},
         "accelerator": "tcg", "stages": {}, "inputs": {}, "tools": {},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -129,12 +144,12 @@ def make_build(tmp_path: Path) -> MakeBuild:
 
     def make(recipe: Recipe, *, data_mib: float = 0.25, virtual_mib: int = 1536,
              boot_test: bool | None = True, finished: str = "2026-11-27T07:30:00+00:00",
-             cells: dict[str, bool] | None = None) -> Path:
+             cells: dict[str, bool] | None = None, seeded: bool = True) -> Path:
         out = tmp_path / f"output-{next(counter)}" / recipe.name
         out.mkdir(parents=True)
         qcow2 = out / f"{recipe.name}.qcow2"
         make_qcow2(qcow2, virtual_mib=virtual_mib, data_mib=data_mib)
-        write_manifest(out, recipe, qcow2, boot_test=boot_test, finished=finished, cells=cells)
+        write_manifest(out, recipe, qcow2, boot_test=boot_test, finished=finished, cells=cells, seeded=seeded)
         return out
 
     return make

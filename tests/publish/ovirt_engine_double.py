@@ -359,8 +359,16 @@ def _vm_xml(vm: dict) -> ET.Element:
 def _add_template(d: EngineDouble, xml: ET.Element) -> ET.Element:
     vm_id = xml.find("vm").get("id")  # type: ignore[union-attr]
     vm = d.state.vms[vm_id or ""]
+    init = xml.find("initialization")
     template = {"id": str(uuid.uuid4()), "name": xml.findtext("name"), "vm": vm_id,
-                "disks": list(vm["disks"]), "bios_type": vm["bios_type"]}  # a template keeps its VM's
+                "disks": list(vm["disks"]), "bios_type": vm["bios_type"],  # a template keeps its VM's
+                "os_type": xml.findtext("os/type") or "other",  # Blank's
+                # the default Initial Run, as sent: {"user_name": "debian", "regenerate_ssh_keys": "true"}
+                # (a nested element, such as the deprecated cloud_init, as its XML)
+                "initialization": None if init is None else {
+                    child.tag: child.text if len(child) == 0 else ET.tostring(child, encoding="unicode")
+                    for child in init},
+                "initialization_xml": init}
     d.state.templates[template["id"]] = template
     return _template_xml(template)
 
@@ -370,5 +378,8 @@ def _template_xml(t: dict) -> ET.Element:
     ET.SubElement(e, "name").text = t["name"]
     if t.get("bios_type"):
         ET.SubElement(ET.SubElement(e, "bios"), "type").text = t["bios_type"]
+    ET.SubElement(ET.SubElement(e, "os"), "type").text = t["os_type"]
+    if t.get("initialization_xml") is not None:
+        e.append(t["initialization_xml"])
     ET.SubElement(e, "status").text = "ok"
     return e

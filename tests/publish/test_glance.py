@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -68,14 +69,17 @@ def test_publish_describes_the_image_and_matches_sha512(glance, cloud, make_buil
     assert props["hw_disk_bus"] == "scsi" and props["hw_scsi_model"] == "virtio-scsi"  # recipe override
     assert props["hw_vif_model"] == "virtio" and props["hw_qemu_guest_agent"] == "yes"
     assert props["hw_machine_type"] == "pc" and props["hw_firmware_type"] == "bios"
+    # a cloud image: Nova's set-password acts on the default user; every passed cell froze and thawed
+    assert props["os_admin_user"] == "debian" and props["os_require_quiesce"] == "yes"
     manifest_digest = __import__("hashlib").sha256((out / "manifest.json").read_bytes()).hexdigest()
     assert {k: v for k, v in props.items() if k.startswith("imagebuild")} == {
         "imagebuild_recipe": recipe.name, "imagebuild_recipe_version": "12",
         "imagebuild_build_id": manifest["build_id"], "imagebuild_built": manifest["finished"],
         "imagebuild_sha256": manifest["artifact"]["sha256"], "imagebuild_manifest_sha256": manifest_digest,
         "imagebuild_boot_test": "passed", "imagebuild_forced": "false",
-        "imagebuild_boot_matrix": "bios/pc,bios/q35,uefi/q35,secure-boot/q35",
-        "imagebuild_live_checks": "vcpu-hotplug,memory-hotplug,balloon",
+        "imagebuild_boot_matrix": "bios/pc+nova,bios/q35+ovirt,uefi/q35+nocloud,secure-boot/q35",
+        "imagebuild_live_checks": "vcpu-hotplug,memory-hotplug,balloon,fsfreeze",
+        "imagebuild_cloud_seeds": "nocloud,nova,ovirt",
         "imagebuild_uploader": process_token()}  # this process published it
     assert "os_secure_boot" not in props  # a hybrid image advertises BIOS unless the recipe says otherwise
     record = [json.loads(line) for line in (out / "published.jsonl").read_text().splitlines()]
@@ -83,6 +87,22 @@ def test_publish_describes_the_image_and_matches_sha512(glance, cloud, make_buil
     # Glance stored exactly our bytes, in its file store.
     assert (glance.images_dir / result.image_id).read_bytes() == (out / f"{recipe.name}.qcow2").read_bytes()
     conn.close()
+
+
+def test_an_image_without_cloud_init_from_before_seeded_cells(glance, cloud, make_build: MakeBuild,
+                                                              tmp_path: Path) -> None:
+    """No cloud-init, and a manifest whose cells record no seed: no admin user, no seeds (an empty
+    property, which Glance keeps), the boot matrix as it always read; freeze/thaw still proven."""
+    base = recipe_for("t-no-cloud")
+    recipe = dataclasses.replace(base, cloud=dataclasses.replace(base.cloud, enabled=False))
+    result = publish(recipe, make_build(recipe, seeded=False), to="glance", options=Options(cloud=cloud),
+                     reporter=quiet_reporter(tmp_path))
+    conn = glance_conn(glance)
+    props = conn.image.get(f"/images/{result.image_id}").json()
+    conn.close()
+    assert "os_admin_user" not in props and props["os_require_quiesce"] == "yes"
+    assert props["imagebuild_cloud_seeds"] == ""
+    assert props["imagebuild_boot_matrix"] == "bios/pc,bios/q35,uefi/q35,secure-boot/q35"
 
 
 def test_second_publish_is_a_no_op(glance, cloud, make_build: MakeBuild, tmp_path: Path) -> None:

@@ -132,6 +132,29 @@ def test_template_from_the_uploaded_disk(engine: EngineDouble, make_build: MakeB
     assert template["disks"] == [result.image_id]
     assert engine.state.vms == {}  # the helper VM is gone, the disk stays
     assert engine.state.disks[result.image_id].status == "ok"
+    assert template["initialization"] is None  # no Initial Run unless the recipe asks for one
+
+
+@pytest.mark.parametrize("cloud", [True, False])
+def test_template_with_a_default_initial_run(engine: EngineDouble, make_build: MakeBuild, tmp_path: Path,
+                                            cloud: bool) -> None:
+    """initial_run: the template's Initial Run gives the default user the VM's key (cloud-init, fresh host
+    keys); an image without cloud-init gets none, and the publish says why."""
+    base = recipe_for(f"o-initial-run-{cloud}")
+    recipe = dataclasses.replace(base, cloud=dataclasses.replace(base.cloud, enabled=cloud),
+                                 publish=dataclasses.replace(base.publish, ovirt=Ovirt(
+                                     storage_domain="images", template=True, initial_run=True)))
+    result = publish(recipe, make_build(recipe), to="ovirt", options=Options(ovirt_config="test-engine"),
+                     reporter=reporter(tmp_path))
+    template = engine.state.templates[result.extra["template_id"]]
+    log = (tmp_path / "publish.log").read_text()
+    if cloud:
+        assert template["initialization"] == {"user_name": "debian", "regenerate_ssh_keys": "true"}
+        assert template["os_type"] == "other_linux"  # the engine runs cloud-init for a Linux guest
+        assert "whose Initial Run sets up debian with cloud-init" in log
+    else:
+        assert template["initialization"] is None and template["os_type"] == "other"
+        assert "the template gets no Initial Run" in log
 
 
 @pytest.mark.unit

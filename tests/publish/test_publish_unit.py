@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from imagebuild.events import Reporter
 from imagebuild.publish import TARGETS, Options, publish
 from imagebuild.publish.common import UploadStream, load_published_artifact
 from imagebuild.publish.glance import _choose_method, glance_properties
-from imagebuild.recipe import Glance, from_data, validate
+from imagebuild.recipe import Glance, SeedKind, from_data, validate
 
 pytestmark = pytest.mark.unit
 
@@ -233,8 +234,8 @@ def test_disk_bus_and_live_operations_come_from_the_passed_cells(make_build: Mak
     art = load_published_artifact(make_build(scsi))  # cells alternate virtio, scsi: both proven
     props = glance_properties(art, scsi.publish.glance)
     assert (props["hw_disk_bus"], props["hw_scsi_model"]) == ("scsi", "virtio-scsi")
-    assert props["imagebuild_live_checks"] == "vcpu-hotplug,memory-hotplug,balloon"
-    assert art.image.live_checks == ("vcpu-hotplug", "memory-hotplug", "balloon")
+    assert props["imagebuild_live_checks"] == "vcpu-hotplug,memory-hotplug,balloon,fsfreeze"
+    assert art.image.live_checks == ("vcpu-hotplug", "memory-hotplug", "balloon", "fsfreeze")
     # only the first cell ran (on virtio-blk): scsi was never proven, so it is not advertised
     only_virtio = load_published_artifact(make_build(scsi, cells={"bios/pc": True}))
     with pytest.raises(PublishError, match="no passed boot-test cell booted from virtio-scsi"):
@@ -268,3 +269,125 @@ def test_a_delete_that_already_went_through_counts_as_gone() -> None:
     assert images.deletes == 1
     with pytest.raises(os_exc.HttpException):  # a 400 for an image that is not deleted stays an error
         _delete(_AlreadyDeleted("active"), "157bd538", Reporter(), "test")  # type: ignore[arg-type]
+
+
+# -- what the seeded cells proved, and the stores that need them ----------------------------------------
+
+def _edit_manifest(out: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _no_cloud(recipe):  # type: ignore[no-untyped-def]
+    return dataclasses.replace(recipe, cloud=dataclasses.replace(recipe.cloud, enabled=False))
+
+
+def test_a_cloud_image_tells_glance_its_user_seeds_and_quiesce(make_build: MakeBuild) -> None:
+    recipe = recipe_for("u-cloud")  # debian12: cloud-init, default user debian, four cells for four seeds
+    art = load_published_artifact(make_build(recipe), seed=SeedKind.NOVA, store="glance")
+    props = glance_properties(art, recipe.publish.glance)
+    assert props["os_admin_user"] == "debian"
+    assert props["hw_qemu_guest_agent"] == "yes" and props["os_require_quiesce"] == "yes"
+    assert props["imagebuild_cloud_seeds"] == "nocloud,nova,ovirt"  # sorted; the unseeded cell is no seed
+    assert props["imagebuild_boot_matrix"] == "bios/pc+nova,bios/q35+ovirt,uefi/q35+nocloud,secure-boot/q35"
+    assert art.image.cloud_seeds == ("nocloud", "nova", "ovirt") and art.image.quiesce
+
+
+def test_only_passed_cells_prove_seeds(make_build: MakeBuild) -> None:
+    # a forced publish of a build whose nocloud cell failed: nocloud is not advertised
+    cells = {"bios/pc+nova": True, "bios/q35+ovirt": True, "uefi/q35+nocloud": False, "secure-boot/q35": True}
+    recipe = recipe_for("u-seeds-failed")
+    art = load_published_artifact(make_build(recipe, cells=cells, boot_test=False), force=True,
+                                  seed=SeedKind.NOVA, store="glance")
+    props = glance_properties(art, recipe.publish.glance)
+    assert props["imagebuild_cloud_seeds"] == "nova,ovirt"
+    assert props["imagebuild_boot_matrix"] == "bios/pc+nova,bios/q35+ovirt,secure-boot/q35"
+
+
+def test_quiesce_is_required_only_where_freeze_and_thaw_ran_and_passed(make_build: MakeBuild) -> None:
+    recipe = recipe_for("u-quiesce")
+    out = make_build(recipe)
+
+    def skip_fsfreeze(m: dict) -> None:  # every cell skipped it (e.g. boot_test.skip_checks)
+        for cell in m["boot_test"]["cells"]:
+            for check in cell["checks"]:
+                if check["name"] == "fsfreeze":
+                    check.update(skipped=True, detail="skipped: boot_test.skip_checks")
+    _edit_manifest(out, skip_fsfreeze)
+    art = load_published_artifact(out)
+    props = glance_properties(art, Glance())
+    assert "os_require_quiesce" not in props and props["hw_qemu_guest_agent"] == "yes"
+    assert "fsfreeze" not in props["imagebuild_live_checks"] and not art.image.quiesce
+    # a recipe cannot ask for it unproven; it may say no where it was proven
+    with pytest.raises(PublishError, match="os_require_quiesce, but no passed boot-test cell froze"):
+        glance_properties(art, Glance(properties={"os_require_quiesce": "yes"}))
+    proven = load_published_artifact(make_build(recipe))
+    assert glance_properties(proven, Glance(properties={"os_require_quiesce": "no"}))["os_require_quiesce"] == "no"
+    # no agent advertised (the recipe says so): no quiesce either, whatever the cells proved
+    assert "os_require_quiesce" not in glance_properties(proven, Glance(properties={"hw_qemu_guest_agent": "no"}))
+
+    def drop_fsfreeze(m: dict) -> None:  # a build from before the fsfreeze check
+        for cell in m["boot_test"]["cells"]:
+            cell["checks"] = [c for c in cell["checks"] if c["name"] != "fsfreeze"]
+    _edit_manifest(out, drop_fsfreeze)
+    assert "os_require_quiesce" not in glance_properties(load_published_artifact(out), Glance())
+
+
+def test_an_image_without_cloud_init_names_no_user_and_no_seeds(make_build: MakeBuild) -> None:
+    recipe = _no_cloud(recipe_for("u-no-cloud"))
+    out = make_build(recipe)  # its cells carry no seed ("seed": "none")
+    art = load_published_artifact(out, seed=SeedKind.NOVA, store="glance")  # no nova cell needed
+    props = glance_properties(art, Glance())
+    assert "os_admin_user" not in props and props["imagebuild_cloud_seeds"] == ""
+    assert props["imagebuild_boot_matrix"] == "bios/pc,bios/q35,uefi/q35,secure-boot/q35"
+    assert props["os_require_quiesce"] == "yes"  # freeze/thaw is the agent's, cloud-init or not
+    # a manifest from before seeded cells reads the same
+    old = load_published_artifact(make_build(recipe, seeded=False), seed=SeedKind.OVIRT, store="ovirt")
+    assert glance_properties(old, Glance())["imagebuild_boot_matrix"] == props["imagebuild_boot_matrix"]
+
+
+@pytest.mark.parametrize("seed, store", [(SeedKind.NOVA, "glance"), (SeedKind.OVIRT, "ovirt")])
+def test_a_cloud_image_needs_a_passed_cell_with_the_stores_seed(make_build: MakeBuild, seed: SeedKind,
+                                                              store: str) -> None:
+    recipe = recipe_for(f"u-refuse-{store}")
+    # a build from before seeded cells (no "seed" in its cells)
+    old = make_build(recipe, seeded=False)
+    with pytest.raises(PublishError, match=rf"refusing to publish a cloud image to {store}: build \S+ has no "
+                                           rf"boot-test cell with the {seed} seed \(it records no seeds.*rebuild it"):
+        load_published_artifact(old, seed=seed, store=store)
+    # the store's cell failed (a manifest that still says passed: the refusal does not trust the summary)
+    cells = dict.fromkeys(["bios/pc+nova", "bios/q35+ovirt", "bios/pc+nocloud", "bios/q35"], True)  # a bios matrix
+    label = next(c for c in cells if c.endswith(f"+{seed}"))
+    failed = make_build(recipe, cells={**cells, label: False})
+    with pytest.raises(PublishError, match=rf"to {store}: its boot-test cell {re.escape(label)} did not pass"):
+        load_published_artifact(failed, seed=seed, store=store)
+    # the recipe's boot_test.seeds left the store's seed out
+    without = make_build(recipe, cells={c: ok for c, ok in cells.items() if c != label})
+    with pytest.raises(PublishError, match=rf"no boot-test cell with the {seed} seed \(cells: .*\); "
+                                           rf"add \"{seed}\" to boot_test.seeds"):
+        load_published_artifact(without, seed=seed, store=store)
+    # the other store's seed is not needed; nor is any seed without the store asking
+    other = SeedKind.OVIRT if seed is SeedKind.NOVA else SeedKind.NOVA
+    assert load_published_artifact(without, seed=other, store="elsewhere").image.cloud
+    assert load_published_artifact(old).image.cloud_seeds == ()
+    # --force (a failed boot test) lets it through, as it does unproven firmware, and says so
+    forced = make_build(recipe, cells={**cells, label: False}, boot_test=False)
+    assert load_published_artifact(forced, force=True, seed=seed, store=store).forced
+
+
+@pytest.mark.parametrize("to", ["glance", "ovirt"])
+def test_publish_refuses_before_it_connects(make_build: MakeBuild, to: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal comes from the gate: no store is configured here, and the error is the refusal."""
+    for var in [v for v in os.environ if v.startswith(("OS_", "OVIRT_"))]:
+        monkeypatch.delenv(var)
+    recipe = recipe_for(f"u-gate-{to}")
+    out = make_build(recipe, seeded=False)
+    with pytest.raises(PublishError, match=f"refusing to publish a cloud image to {to}: .*"
+                                           f"{'nova' if to == 'glance' else 'ovirt'} seed"):
+        publish(recipe, out, to=to)
+    assert not (out / "published.jsonl").exists()
+
+
+def test_targets_name_the_seed_their_guests_get() -> None:
+    assert {name: t.seed for name, t in TARGETS.items()} == {"glance": SeedKind.NOVA, "ovirt": SeedKind.OVIRT}

@@ -473,6 +473,100 @@ def test_el9_recipes_render_rhel9_kickstarts_and_plan(name, tree):
     assert plan["kernel"]["url"] == tree + "images/pxeboot/vmlinuz"
 
 
+# -- cloud images ([cloud], docs/cloud.md) -----------------------------------------------------------
+
+EL_CLOUD_PACKAGES = ("cloud-init", "cloud-utils-growpart", "dracut-config-generic")
+CLOUD_INIT_UNITS = ("cloud-init-local", "cloud-init", "cloud-config", "cloud-final")
+
+
+def packages_section(text: str) -> list[str]:
+    return text.split("%packages\n", 1)[1].split("%end", 1)[0].splitlines()
+
+
+def enabled_services(text: str, syntax: str) -> list[str]:
+    """The services anaconda enables, as pykickstart reads the file (it keeps the last 'services' line)."""
+    handler, findings = answerfile.parse_kickstart(text, syntax)
+    assert findings.errors == (), findings.errors
+    return list(handler.services.enabled)
+
+
+def cloud_off(tmp_path: Path, parent: str) -> answerfile.RenderedAnswerFile:
+    """``parent`` with ``[cloud] enabled = false``, from a recipe in tmp_path that extends it."""
+    (tmp_path / f"{parent}-nocloud.toml").write_text(
+        f'extends = "{parent}"\ndescription = "{parent} without cloud-init"\n[cloud]\nenabled = false\n')
+    recipe = load_recipe(f"{parent}-nocloud", dirs=[tmp_path, RECIPES])
+    assert not recipe.cloud.enabled
+    validate_recipe(recipe)
+    return render_answer_file(recipe, mirrors={})
+
+
+@pytest.mark.parametrize("name,syntax", [("rocky9", "RHEL9"), ("almalinux9", "RHEL9"), ("centos7", "RHEL7")])
+def test_el_cloud_images_install_and_enable_cloud_init(name, syntax):
+    rendered = render_answer_file(load_recipe(name), mirrors={})
+    packages = packages_section(rendered.text)
+    for pkg in EL_CLOUD_PACKAGES:
+        assert pkg in packages and f"-{pkg}" not in packages
+    services = enabled_services(rendered.text, syntax)
+    assert services == ["sshd", *CLOUD_INIT_UNITS]
+    # dracut-config-generic's hostonly="no" makes the regenerated initramfs host-independent: no
+    # command line (--hostonly, -H) and no configuration of ours may override it.
+    commands = [ln.strip() for ln in rendered.text.splitlines() if not ln.lstrip().startswith("#")]
+    assert [c for c in commands if c.startswith("dracut ")] == ["dracut -f --regenerate-all"]
+    assert not [c for c in commands if "hostonly" in c]
+    # Nothing undoes cloud-init, and root keeps the recipe's crypted password (or none).
+    assert "cloud-init.disabled" not in rendered.text
+    assert not re.search(r"^(services .*--disabled=|.*systemctl (disable|mask) cloud)", rendered.text, re.M)
+    assert [ln for ln in rendered.text.splitlines() if ln.startswith("rootpw")] == \
+        [f"rootpw --iscrypted {PLACEHOLDER_HASH}"]
+    from imagebuild.answerfile.lint import lint_bytes
+    alone = lint_bytes(rendered.text.encode(), "ks.cfg")
+    assert alone.syntax == syntax and alone.findings.errors == ()
+
+
+@pytest.mark.parametrize("parent,syntax", [("rocky9", "RHEL9"), ("centos7", "RHEL7")])
+def test_el_image_without_cloud_has_no_cloud_init(tmp_path, parent, syntax):
+    rendered = cloud_off(tmp_path, parent)
+    packages = packages_section(rendered.text)
+    assert "qemu-guest-agent" in packages
+    assert not set(EL_CLOUD_PACKAGES) & set(packages)
+    assert enabled_services(rendered.text, syntax) == ["sshd"]
+    assert "services --enabled=sshd" in rendered.text.splitlines()
+    assert "cloud-init" not in rendered.text and "dracut-config-generic" not in rendered.text
+
+
+def test_a_child_adds_services_and_keeps_cloud_init(tmp_path):
+    recipe, dirs = custom(tmp_path, '{% extends "centos7.ks.j2" %}\n'
+                                    "{% block enabled_services %}sshd,httpd{% endblock %}\n")
+    rendered = render_answer_file(recipe, dirs=dirs)
+    assert enabled_services(rendered.text, "RHEL7") == ["sshd", "httpd", *CLOUD_INIT_UNITS]
+    line = next(i for i, ln in enumerate(rendered.text.splitlines(), 1) if ln.startswith("services "))
+    assert str(rendered.origin(line)) == f"kickstart/el7-base.ks.j2:{template_line('el7-base.ks.j2', '^services ')}"
+
+
+def test_debian_preseed_installs_cloud_init_and_leaves_it_on(tmp_path):
+    rendered = render_answer_file(load_recipe("debian12-preseed"), mirrors={})
+    entries, _ = answerfile.parse_preseed(rendered.text)
+    include = entries["pkgsel/include"].value.split()
+    for pkg in ("cloud-init", "cloud-guest-utils", "cloud-initramfs-growroot", "sudo"):
+        assert pkg in include
+    assert "cloud-init.disabled" not in rendered.text
+    off = cloud_off(tmp_path, "debian12-preseed")
+    entries, _ = answerfile.parse_preseed(off.text)
+    assert entries["pkgsel/include"].value.split() == ["net-tools", "lrzsz", "screen", "tree", "vim", "wget",
+                                                       "qemu-guest-agent"]
+
+
+def test_templates_see_the_cloud_settings():
+    recipe = load_recipe("rocky9")
+    cloud = answerfile.template_variables(recipe, root_password_hash=PLACEHOLDER_HASH, mirrors={})["cloud"]
+    assert cloud == {"enabled": True, "packages": list(EL_CLOUD_PACKAGES), "default_user": "rocky",
+                     "datasources": ["NoCloud", "ConfigDrive", "OpenStack", "None"],
+                     "renderer": "network-manager", "growfs": True}
+    json.dumps(cloud)  # plain data, nothing a sandboxed template could reach through
+    with pytest.raises(RecipeError, match="set by imagebuild"):
+        render_answer_file(with_vm(recipe, variables={**recipe.install.vm.variables, "cloud": "off"}))
+
+
 @pytest.mark.parametrize("template,syntax", [("scripted.ks.j2", "RHEL7"), ("scripted-el9.ks.j2", "RHEL9")])
 def test_the_scripted_installer_kickstarts_render_and_lint(template, syntax):
     """What the stand-in gets in the VM tests (tests/vm/test_vm_install.py): the real base templates,

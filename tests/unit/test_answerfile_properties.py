@@ -30,7 +30,8 @@ from imagebuild.recipe import load_recipe
 pytestmark = pytest.mark.unit
 
 KS_BLOCKS = ["install_source", "repos", "locale", "network", "security", "users", "storage", "services",
-             "extra_commands", "packages_extra", "packages_exclude", "addons", "post", "post_scripts"]
+             "enabled_services", "extra_commands", "packages_extra", "packages_exclude", "addons", "post",
+             "post_scripts"]
 PRESEED_BLOCKS = ["locale", "network", "mirror", "users", "clock", "storage", "apt", "packages",
                   "bootloader", "late_commands"]
 

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from imagebuild.docgen import environment_table, replace_sections, steps_table, tasks_table
+from imagebuild.docgen import checks_table, environment_table, replace_sections, steps_table, tasks_table
 
 from ..conftest import ROOT
 
@@ -20,6 +20,6 @@ def test_readme_lists_are_generated_from_the_code():
     spec.loader.exec_module(tasks)
     readme = (ROOT / "README.md").read_text()
     want = replace_sections(readme, {"steps": steps_table, "tasks": lambda: tasks_table(tasks.TASKS),
-                                       "environment": environment_table})
+                                       "environment": environment_table, "checks": checks_table})
     assert readme == want, "README.md lists differ from the code: run `invoke docs`"
-    assert "`hotplug`" in readme and "`invoke boot-test IMAGE" in readme
+    assert "`hotplug`" in readme and "`invoke boot-test IMAGE" in readme and "`ssh-login`" in readme
