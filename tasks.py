@@ -249,9 +249,11 @@ def docs(c):
 @task(name="boot-test", help={"image": "a qcow2 (e.g. output/debian12/debian12.qcow2)",
                               "recipe": "recipe whose checks to run (default: from the image's manifest)",
                               "firmware": "run one cell: bios, uefi or secure-boot (with --machine)",
+                              "seed": "the cloud-init seed that cell attaches: nova, ovirt, nocloud or none "
+                                      "(default: the one the recipe's matrix gives it)",
                               "machine": "run one cell: pc or q35 (default: q35 for UEFI, else pc)"})
 @edge
-def boot_test(c, image, recipe=None, firmware=None, machine=None):
+def boot_test(c, image, recipe=None, firmware=None, machine=None, seed=None):
     """Boot an image as a fresh clone in each cell of its matrix (or one cell) and run the checks inside it."""
     import tempfile
 
@@ -259,7 +261,7 @@ def boot_test(c, image, recipe=None, firmware=None, machine=None):
     from imagebuild.boottest import boot_test as run_boot_test
     from imagebuild.errors import RecipeError
     from imagebuild.manifest import read_manifest
-    from imagebuild.recipe import CLAIMED_CELLS, Cell, Recipe, load_recipe
+    from imagebuild.recipe import CLAIMED_CELLS, Cell, Recipe, SeedKind, load_recipe
     from imagebuild.run import signals_raise
     from imagebuild.workspace import create_work_dir, new_build_id, remove_tree
 
@@ -282,6 +284,12 @@ def boot_test(c, image, recipe=None, firmware=None, machine=None):
         if (cell.firmware, cell.machine) not in CLAIMED_CELLS[r.image.firmware]:
             raise RecipeError(f"--firmware/--machine: {cell} cannot boot {r.name}, a {r.image.firmware} image")
         cells = (cell,)
+    try:
+        seed_kind = SeedKind(seed) if seed else None
+    except ValueError:
+        raise RecipeError(f"--seed: unknown seed '{seed}' (one of {', '.join(s.value for s in SeedKind)})") from None
+    if seed_kind is not None and cells is None:
+        raise RecipeError("--seed chooses the seed of one cell: name the cell with --firmware (and --machine)")
     rep = Reporter()
     with signals_raise():
         bid = new_build_id(f"{r.name}-boottest")
@@ -293,7 +301,7 @@ def boot_test(c, image, recipe=None, firmware=None, machine=None):
             logs.mkdir()
             rep.info(f"consoles in {logs}")
             result = run_boot_test(path, r, accel=accel, work=work, name=f"imagebuild-{bid}", logs=logs,
-                                   reporter=rep, cells=cells)
+                                   reporter=rep, cells=cells, seed=seed_kind)
             print(json.dumps(result.to_data(), indent=2))
         finally:
             remove_tree(work, rep)

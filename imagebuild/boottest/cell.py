@@ -17,6 +17,7 @@ import secrets
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from .agent import Agent, BootStalled, console_tail, wait_for_agent
 from .checks import CheckContext, cell_checks, platform_skip, system_wait_argv
 from .results import CellResult, Check
 from .seeds import SeedRequest, write_seed
-from .ssh import SshEndpoint, free_port, make_key
+from .ssh import LoginWatch, SshEndpoint, free_port, make_key
 
 SHUTDOWN_SECONDS = 180                 # for the guest to power off before its second boot (TCG)
 
@@ -117,6 +118,17 @@ def _keep_evidence(agent: Agent, plan: CellPlan, logs: Path, seed_iso: Path | No
         shutil.copyfile(seed_iso, logs / f"seed-{plan.slug}.iso")
 
 
+@contextlib.contextmanager
+def _watching(ssh: SshEndpoint | None, started: float, deadline: float, reporter: Reporter) -> Iterator[Any]:
+    """A LoginWatch for a seeded cell's first boot (None for the others), stopped with the guest."""
+    watch = LoginWatch(ssh, started, deadline, reporter).start() if ssh is not None else None
+    try:
+        yield watch
+    finally:
+        if watch is not None:
+            watch.stop()
+
+
 def _power_off(dom: Any, deadline: float) -> bool:
     """Shut the guest down through its agent (a clean ext4, as a cloud's reboot leaves it); True once off."""
     import libvirt
@@ -189,9 +201,9 @@ def boot_cell(image: Path, recipe: Recipe, plan: CellPlan, *, accel: AccelChoice
             ctx = CheckContext(recipe, mac, deadline, cell, None, plan.disk_bus, seed=plan.seed,
                                seed_request=request, ssh=ssh, original_root_bytes=root_bytes,
                                facts={"started": attempt_start})
-            with transient_domain(spec, reporter) as dom:
+            with transient_domain(spec, reporter) as dom, _watching(ssh, attempt_start, deadline, reporter) as watch:
                 agent = Agent(dom)
-                ctx.dom = dom
+                ctx.dom, ctx.login_watch = dom, watch
                 try:
                     try:
                         wait_for_agent(dom, agent, deadline, console_log, stall_seconds=bt.stall_seconds)

@@ -23,18 +23,25 @@ class _CellFailed(Exception):
     """A cell's checks failed (its result says how); only marks the cell's step as failed."""
 
 
-def plan_cells(recipe: Recipe, cells: tuple[Cell, ...] | None = None) -> list[CellPlan]:
+def plan_cells(recipe: Recipe, cells: tuple[Cell, ...] | None = None,
+               seed: SeedKind | None = None) -> list[CellPlan]:
     """The cells in matrix order, each with its seed and disk bus, both given in turn. A cloud image's
     seed kinds each get a cell: a matrix with fewer cells than kinds is walked again (a bios image's two
-    cells carry nova and ovirt, then nocloud and none), never the whole cross-product."""
-    cells = cells if cells is not None else recipe.boot_test.cells(recipe.image.firmware)
-    seeds = recipe.boot_test.seeds if recipe.cloud.enabled else (SeedKind.NONE,)
+    cells carry nova and ovirt, then nocloud and none), never the whole cross-product. ``cells`` chosen
+    by hand (``invoke boot-test --firmware``) boot once each, with ``seed`` or the seed the recipe's own
+    matrix gives that cell."""
     buses = recipe.boot_test.disk_buses
-    pairs = [(cells[i % len(cells)], seeds[i % len(seeds)]) for i in range(max(len(cells), len(seeds)))]
+    if cells is not None:
+        own = {p.cell: p.seed for p in reversed(plan_cells(recipe))}  # a cell's first seed in the matrix
+        pairs = [(c, (seed or own.get(c, SeedKind.NONE)) if recipe.cloud.enabled else SeedKind.NONE)
+                 for c in cells]
+    else:
+        every = recipe.boot_test.cells(recipe.image.firmware)
+        seeds = recipe.boot_test.seeds if recipe.cloud.enabled else (SeedKind.NONE,)
+        pairs = [(every[i % len(every)], seeds[i % len(seeds)]) for i in range(max(len(every), len(seeds)))]
     repeated = Counter(c for c, _ in pairs)
-    return [CellPlan(cell, seed, buses[i % len(buses)],
-                     cell.slug if repeated[cell] == 1 else f"{cell.slug}-{seed}")
-            for i, (cell, seed) in enumerate(pairs)]
+    return [CellPlan(cell, s, buses[i % len(buses)], cell.slug if repeated[cell] == 1 else f"{cell.slug}-{s}")
+            for i, (cell, s) in enumerate(pairs)]
 
 
 def distinct_host_keys(results: list[CellResult]) -> Check | None:
@@ -50,13 +57,13 @@ def distinct_host_keys(results: list[CellResult]) -> Check | None:
 
 def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, name: str, logs: Path,
               reporter: Reporter, cells: tuple[Cell, ...] | None = None, image_format: str = "qcow2",
-              label: str = "") -> BootTestResult:
+              label: str = "", seed: SeedKind | None = None) -> BootTestResult:
     """Boot ``image`` (qcow2, or ``image_format``; ``label`` names it in lines, e.g. the artifact whose
     uncompressed disk it is) in each cell (default: the recipe's matrix); raise BootTestFailed naming
     every failed cell once all have run. Consoles (and a failed cell's screenshot, cloud-init log and
     seed) are written to ``logs``."""
     label = label or image.name
-    plans = plan_cells(recipe, cells)
+    plans = plan_cells(recipe, cells, seed)
     for plan in plans:
         firmware_files(plan.cell.firmware)  # a missing OVMF file is named before the first boot, not mid-matrix
     jobs = [(f"cell {i}/{len(plans)} {plan} ({plan.disk_bus})", plan) for i, plan in enumerate(plans, 1)]

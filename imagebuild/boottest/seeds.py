@@ -304,7 +304,10 @@ def _nocloud_files(req: SeedRequest) -> dict[str, bytes]:
     network_config = {"version": 2,
                       "ethernets": {"nic0": {"match": {"macaddress": req.mac}, "dhcp4": True}}}
     return {
-        "meta-data": _yaml({"instance-id": req.instance_id, "local-hostname": req.hostname}).encode(),
+        # the key in the metadata, as a cloud hands it over (cloud-localds users put it in the user-data;
+        # NoCloud reads `public-keys` from meta-data the same way ConfigDrive reads its public_keys)
+        "meta-data": _yaml({"instance-id": req.instance_id, "local-hostname": req.hostname,
+                            "public-keys": [req.public_key]}).encode(),
         "network-config": _yaml(network_config).encode(),
         "user-data": user_data(req),
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,3 +102,48 @@ class SshEndpoint:
             if "Permission denied (" in text:
                 return text.split("Permission denied (", 1)[1].split(")", 1)[0].split(",")
         return []
+
+
+class LoginWatch:
+    """From power-on, in the background: when the guest's sshd first shows its banner, and when the seed's
+    key first logs in (seconds from ``started``). The checks run in their own order; this records when a
+    cloud user could really have logged in, which is what the first-boot time is measured by."""
+
+    def __init__(self, endpoint: SshEndpoint, started: float, deadline: float,
+                 reporter: Reporter = NULL_REPORTER) -> None:
+        self.endpoint, self.started, self.deadline, self.reporter = endpoint, started, deadline, reporter
+        self.banner = ""
+        self.seconds_to_banner: float | None = None
+        self.seconds_to_login: float | None = None
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ssh-login-watch", daemon=True)
+
+    def start(self) -> LoginWatch:
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self.deadline:
+            if not self.banner:
+                self.banner = read_banner(self.endpoint.port, timeout=3)
+                if not self.banner:
+                    self._stop.wait(1)
+                    continue
+                self.seconds_to_banner = round(time.monotonic() - self.started, 1)
+            rc, out, err = self.endpoint.run("id -un", reporter=self.reporter, timeout=60)
+            if rc == 0 and out.strip() == self.endpoint.user:
+                self.seconds_to_login = round(time.monotonic() - self.started, 1)
+                return
+            self.last_error = f"exit {rc}: {(err or out).strip()[-300:]}"
+            self._stop.wait(2)
+
+    def wait(self, deadline: float) -> bool:
+        """Until the first login or ``deadline``; True once logged in."""
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return self.seconds_to_login is not None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=70)

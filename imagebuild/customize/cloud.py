@@ -89,7 +89,7 @@ def drop_in_data(recipe: Recipe) -> dict[str, Any]:
     # renderers and activators are distro settings (system_info.network): a top-level `network:` key
     # would be read as the instance's network configuration instead.
     system_info["network"] = network
-    return {
+    data: dict[str, Any] = {
         "datasource_list": datasource_list(recipe),
         "datasource": {"OpenStack": dict(OPENSTACK_WAIT)},
         "system_info": system_info,
@@ -97,6 +97,11 @@ def drop_in_data(recipe: Recipe) -> dict[str, Any]:
         "disable_root": True,
         "preserve_hostname": False,
     }
+    if family is Family.DEBIAN and "locales" not in recipe.all_packages:
+        # A minbase image has no `locales` package: cloud-init's locale module would run update-locale,
+        # which fails there (exit 255, measured on debian12) and fails cloud-config.service with it.
+        data["locale"] = False
+    return data
 
 
 def drop_in_text(recipe: Recipe) -> str:

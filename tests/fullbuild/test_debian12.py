@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,12 +48,35 @@ def test_manifest_records_what_was_built_and_proven(built_debian12, accel):
     cells = m["boot_test"]["cells"]
     assert [c["cell"] for c in cells] == ["bios/pc", "bios/q35", "uefi/q35", "secure-boot/q35"]
     macs = set()
+    # every seed kind a cloud sends has a cell: Nova's and oVirt's config drives, NoCloud, and none at all
+    assert [c["seed"] for c in cells] == ["nova", "ovirt", "nocloud", "none"]
+    system = {"multi-user", "firmware", "machine", "fresh-mac", "dhcp", "single-root", "no-swap", "packages",
+              "machine-id", "ssh-hostkeys", "virtio", "balloon", "memory-hotplug", "vcpu-hotplug", "fsfreeze",
+              "cloud-init-status", "root-grown"}
+    seeded = {"datasource", "hostname", "user-data", "ssh-login", "sudo", "password-login"}
     for cell in cells:
         checks = {c["name"]: c for c in cell["checks"]}
-        assert set(checks) == {"multi-user", "firmware", "machine", "fresh-mac", "dhcp", "single-root", "no-swap",
-                               "packages", "machine-id", "ssh-hostkeys", "virtio", "balloon", "memory-hotplug",
-                               "vcpu-hotplug"}, cell["cell"]
+        want = system | (seeded if cell["seed"] != "none" else set()) | ({"second-boot"} if cell["seed"] == "nova"
+                                                                          else set())
+        assert set(checks) == want, cell["cell"]
         assert cell["passed"] and all(c["ok"] for c in checks.values()), cell
+        # the cloud contract, read for real: / grew into the 8 GiB disk in every cell, seed or none
+        assert "on a 8 GiB disk" in checks["root-grown"]["detail"]
+        if cell["seed"] == "none":
+            assert "no seed: status disabled" in checks["cloud-init-status"]["detail"]
+        else:
+            assert checks["cloud-init-status"]["detail"].startswith("status done, 0 error(s), 0 traceback(s)")
+            assert checks["ssh-login"]["detail"].startswith("logged in as debian with the seed's key")
+            assert 0 < cell["facts"]["seconds_to_ssh_banner"] <= cell["facts"]["seconds_to_login"] < cell["seconds"]
+            assert set(cell["facts"]["cloud_init_stages"]) >= {"init-local", "init-network", "modules-config",
+                                                               "modules-final"}
+            ds = {"nova": "ConfigDrive", "ovirt": "ConfigDrive", "nocloud": "NoCloud"}[cell["seed"]]
+            assert f"datasource DataSource{ds}" in checks["datasource"]["detail"]
+            offered = "password login on, on wanted" if cell["seed"] == "ovirt" else "password login off, off wanted"
+            assert offered in checks["password-login"]["detail"]
+        if cell["seed"] == "nova":
+            assert "runcmd ran 1 time(s) in two boots" in checks["second-boot"]["detail"]
+            assert "(unchanged)" in checks["second-boot"]["detail"]
         # the live operations, read inside the guest (docs/live-operations.md)
         assert "MemTotal" in checks["balloon"]["detail"] and "back to" in checks["balloon"]["detail"]
         assert "new blocks online in zone Movable" in checks["memory-hotplug"]["detail"]
@@ -71,6 +95,8 @@ def test_manifest_records_what_was_built_and_proven(built_debian12, accel):
                 "secure-boot": "Secure Boot enforcing"}[cell["firmware"]] in fw, fw
         assert {"pc": "i440FX", "q35": "Q35"}[cell["machine"]] in checks["machine"]["detail"]
     assert len(macs) == len(cells)  # a fresh MAC per cell
+    # each clone made its own SSH host keys
+    assert [(c["name"], c["ok"]) for c in m["boot_test"]["matrix_checks"]] == [("distinct-host-keys", True)]
     assert {c["disk_bus"] for c in cells} == {"virtio", "scsi"}  # both buses, in alternate cells
     assert m["inputs"]["disk_layout"]["label"] == "gpt"
     assert set(m["stages"]) == {"install", "customize", "sparsify", "boot-test"}
@@ -99,6 +125,10 @@ def test_console_logs_show_a_login_prompt_in_every_cell(built_debian12):
     for cell in CELLS:
         log = (built_debian12 / f"boot-console-{cell}.log").read_text(errors="replace")
         assert "login:" in log, cell
+    # the nova cell booted its clone twice: both boots' consoles are kept, one after the other
+    first, _, second = (built_debian12 / "boot-console-bios-pc.log").read_text(errors="replace").partition(
+        "--- second boot ---")
+    assert "login:" in first and "login:" in second
     # OVMF's boot manager writes to the serial console on the UEFI cells; SeaBIOS writes nothing there
     for cell in CELLS:
         log = (built_debian12 / f"boot-console-{cell}.log").read_text(errors="replace")
@@ -124,7 +154,8 @@ def test_finished_image_is_generalized(built_debian12, accel, tmp_path):
         assert guest.read("/etc/machine-id") == ""
         assert [k for k in g.ls("/etc/ssh") if k.startswith("ssh_host_")] == []
         fstab = [ln.split() for ln in guest.read("/etc/fstab").splitlines() if ln and not ln.startswith("#")]
-        assert fstab == [[f"UUID={g.vfs_uuid('/dev/sda1')}", "/", "ext4", "errors=remount-ro", "0", "1"],
+        assert fstab == [[f"UUID={g.vfs_uuid('/dev/sda1')}", "/", "ext4", "errors=remount-ro,x-systemd.growfs", "0",
+                          "1"],
                          [f"UUID={g.vfs_uuid('/dev/sda15')}", "/boot/efi", "vfat", "umask=0077,nofail", "0", "2"]]
         assert guest.read("/etc/hostname").strip() == "localhost"
         assert g.is_symlink("/etc/resolv.conf")
@@ -141,6 +172,17 @@ def test_finished_image_is_generalized(built_debian12, accel, tmp_path):
         logs = [f for f in guest.find_files("/var/log") if g.filesize(f) > 0]
         assert logs == []
         assert not g.exists("/root/.bash_history")
+        # cloud-init: configured by our drop-in, its units enabled, nothing of a run or a seed in the image,
+        # and no default user yet (cloud-init makes it in each clone)
+        drop_in = guest.read("/etc/cloud/cloud.cfg.d/95_imagebuild.cfg")
+        assert "datasource_list:" in drop_in and "ssh_pwauth: false" in drop_in and "networkd" in drop_in
+        assert g.ls("/var/lib/cloud") in ([], ["data"], ["instances"]) or not g.exists("/var/lib/cloud/instance")
+        assert not g.exists("/var/lib/cloud/seed") and not g.exists("/etc/cloud/cloud-init.disabled")
+        assert not [ln for ln in guest.read("/etc/passwd").splitlines() if ln.startswith("debian:")]
+        wants = [n for d in g.ls("/etc/systemd/system") if d.endswith(".wants")
+                 for n in g.ls(f"/etc/systemd/system/{d}")]
+        assert {"cloud-init-local.service", "cloud-init.service", "cloud-config.service",
+                "cloud-final.service"} <= set(wants)
         assert g.ls("/tmp") == [] and g.ls("/var/lib/apt/lists") in ([], ["auxfiles", "lock", "partial"],
                                                                       ["lock", "partial"])
     listed = subprocess.run(["lsinitramfs", str(tmp_path / "initrd.img")], check=True, capture_output=True,
@@ -160,3 +202,44 @@ def test_nothing_left_behind(built_debian12, invoke_env):
     loops = subprocess.run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"], check=True,
                            capture_output=True, text=True).stdout
     assert str(work) not in loops  # grub on the host detached its loop device
+
+
+def test_invoke_vm_gives_a_working_ssh_command_and_leaves_nothing(built_debian12, invoke_env, tmp_path):
+    """`invoke vm debian12` as a recipe author runs it: a throwaway clone with the author's own key; the
+    printed ssh command logs in; Ctrl-C destroys the guest and its overlay."""
+    import os
+    import re
+    import signal
+    import time
+
+    from ..conftest import ROOT
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "vm", "debian12", "--key", f"{key}.pub"], cwd=ROOT,
+                            env=invoke_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, deadline = "", time.monotonic() + 900
+        while "Ctrl-C destroys" not in out and time.monotonic() < deadline and proc.poll() is None:
+            out += proc.stdout.readline()
+        command = re.search(r"^  (ssh .*)$", out, re.M)
+        assert command, out
+        argv = command.group(1).split()
+        assert argv[argv.index("-i") + 1] == str(key)
+        login = None
+        for _ in range(30):  # cloud-init may still be adding the key when sshd answers
+            login = subprocess.run([*argv, "-o", "BatchMode=yes", "id -un; hostname"], capture_output=True,
+                                   text=True, timeout=120)
+            if login.returncode == 0:
+                break
+            time.sleep(3)
+        assert login is not None and login.returncode == 0, login.stderr
+        assert login.stdout.split()[0] == "debian" and login.stdout.split()[1].startswith("debian12-")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    doms = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], check=True,
+                          capture_output=True, text=True).stdout.split()
+    assert not [d for d in doms if "debian12-vm" in d]
+    work = Path(invoke_env["IMAGEBUILD_WORK"])
+    assert not work.exists() or not [p for p in work.iterdir() if "debian12-vm" in p.name]

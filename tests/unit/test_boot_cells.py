@@ -40,6 +40,15 @@ def test_every_seed_kind_gets_a_cell_without_the_cross_product():
     assert len({p.slug for p in bios}) == len(bios)
 
 
+def test_cells_chosen_by_hand_boot_once_with_their_own_seed_or_the_one_asked():
+    r = load_recipe("debian12")
+    cells = (Cell.parse("uefi/q35"), Cell.parse("bios/pc"))
+    assert [(str(p.cell), p.seed) for p in plan_cells(r, cells)] == [("uefi/q35", SeedKind.NOCLOUD),
+                                                                     ("bios/pc", SeedKind.NOVA)]
+    assert [p.seed for p in plan_cells(r, cells, SeedKind.NONE)] == [SeedKind.NONE, SeedKind.NONE]
+    assert plan_cells(r, (Cell.parse("bios/q35"),), SeedKind.OVIRT)[0].slug == "bios-q35"
+
+
 def test_a_recipe_without_cloud_boots_its_cells_once_with_no_seed(tmp_path):
     r = load_recipe(str(recipe_file(tmp_path, "[cloud]\nenabled = false\n")))
     plans = plan_cells(r)

@@ -136,7 +136,8 @@ def test_nocloud_seed():
     req = request(SeedKind.NOCLOUD)
     files = seed_files(req)
     assert sorted(files) == ["meta-data", "network-config", "user-data"]
-    assert yaml.safe_load(files["meta-data"]) == {"instance-id": req.instance_id, "local-hostname": req.hostname}
+    assert yaml.safe_load(files["meta-data"]) == {"instance-id": req.instance_id, "local-hostname": req.hostname,
+                                                  "public-keys": [req.public_key]}  # the key only the seed carries
     net = yaml.safe_load(files["network-config"])
     assert net["version"] == 2
     (eth,) = net["ethernets"].values()

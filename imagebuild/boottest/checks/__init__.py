@@ -53,6 +53,7 @@ class CheckContext:
     seed: SeedKind = SeedKind.NONE
     seed_request: Any = None           # seeds.SeedRequest the cell attached (hostname, instance id, key)
     ssh: Any = None                    # ssh.SshEndpoint: the guest's port 22 forwarded to the host
+    login_watch: Any = None            # ssh.LoginWatch: when sshd answered and the key first logged in
     boot: int = 1                      # 2: the same clone booted again (second_boot checks only)
     original_root_bytes: int = 0       # the size of / in the artifact, before the cell grew the disk
     facts: dict[str, Any] = field(default_factory=dict)

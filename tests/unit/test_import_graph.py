@@ -1,0 +1,124 @@
+"""No import cycles in ``imagebuild``, counting imports inside functions and under ``TYPE_CHECKING``: an
+import moved out of the module's top hides a cycle, it does not end it (docs: ARCHITECTURE, "Rules")."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from ..conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+PACKAGE = ROOT / "imagebuild"
+
+# The only imports allowed to run back up, each with its reason. Lazy imports of heavy optional
+# dependencies (guestfs, libvirt, openstacksdk, the oVirt SDK) need no entry: they are not imagebuild's.
+# A registry loading its own members: a package's ``_load_all`` imports its submodules, which import the
+# package for its ``register`` decorator.
+REGISTRY_LOADER = "_load_all"
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _parents(module: str) -> set[str]:
+    """The packages Python runs before ``module``: ``a.b.c`` imports ``a`` and ``a.b`` first."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The imagebuild modules ``name`` imports anywhere in its file."""
+    is_package = path.name == "__init__.py"
+    here = name if is_package else name.rpartition(".")[0]
+    edges: set[str] = set()
+
+    def visit(node: ast.AST, function: str | None) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            function = node.name
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from pkg import name`: an edge to pkg.name when that is a module, else to pkg itself
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        for target in targets:
+            own_member = is_package and target.startswith(name + ".")
+            if target in modules and not (own_member and function == REGISTRY_LOADER):
+                edges.add(target)
+                edges.update(_parents(target) - _parents(name) - {name})
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(ast.parse(path.read_text(), str(path)), None)
+    return edges
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module, and modules that import themselves
+    (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in graph[v]:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def test_the_graph_sees_imports_inside_functions():
+    graph = import_graph()
+    assert "imagebuild.errors" in graph["imagebuild.recipe"]
+    # publish's entry point loads the Glance backend only when asked to publish there
+    assert "imagebuild.publish.glance" in graph["imagebuild.publish"]
+    # ...but a registry loading its own members is no edge
+    assert "imagebuild.customize.packages" not in graph["imagebuild.customize"]
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    cycles = _cycles(graph)
+    report = []
+    for component in cycles:
+        members = set(component)
+        report.append(" <-> ".join(component) + "\n" + "\n".join(
+            f"    {a} imports {b}" for a in component for b in sorted(graph[a] & members)))
+    assert not cycles, "import cycles in imagebuild:\n" + "\n".join(report)
