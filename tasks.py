@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from invoke import Exit, task
 
-from imagebuild.errors import ImageBuildError
+from imagebuild.errors import BuildInterrupted, ImageBuildError
 from imagebuild.events import Reporter
 
 HERE = Path(__file__).resolve().parent
@@ -220,10 +221,13 @@ def vm(c, image, key=None, console=False):
     path, recipe = resolve_image(image, current().output)
     key_path, public = read_public_key(key, Path.home())  # a bad key is named before any VM starts
     rep = Reporter()
-    with signals_raise():
-        accel = choose_accel(rep)
-        run_vm(path, recipe, public_key=public, accel=accel, reporter=rep, identity=ssh_identity(key_path),
-               console=console)
+    try:
+        with signals_raise():
+            accel = choose_accel(rep)
+            run_vm(path, recipe, public_key=public, accel=accel, reporter=rep, identity=ssh_identity(key_path),
+                   console=console)
+    except BuildInterrupted as exc:  # how a session ends: the guest, its overlay and seed are gone by now
+        print(f"{signal.Signals(exc.signum).name}: the guest was destroyed and its clone removed")
 
 
 @task

@@ -26,7 +26,8 @@ from .test_signed_media import gpg, keys  # noqa: F401 - keys is a fixture
 pytestmark = pytest.mark.unit
 
 INCLUDE = ("linux-image-amd64", "grub-pc", "openssh-server")
-MAIN = INCLUDE + BASE_PACKAGES + ("qemu-guest-agent", "mawk", "grub-cloud-amd64")  # debian12 is hybrid
+CLOUD = load_recipe("debian12").cloud.packages  # cloud-init and the root-growing tools ([cloud])
+MAIN = INCLUDE + BASE_PACKAGES + CLOUD + ("qemu-guest-agent", "mawk", "grub-cloud-amd64")  # debian12 is hybrid
 
 
 def stanza(name: str, provides: str = "") -> str:
@@ -75,7 +76,8 @@ def test_a_recipe_whose_packages_exist_passes_and_the_second_run_uses_the_cache(
     server, keyring = archive
     recipe = load_recipe(str(recipe_file(tmp_path, server, extra='"qemu-guest-agent", "mail-transport-agent"')))
     report = preflight(recipe, keyring=str(keyring), cache_dir=tmp_path / "cache")
-    assert report.checked == len(INCLUDE) + len(BASE_PACKAGES) + 2 + 1  # + the firmware's boot loader package
+    # + the cloud packages + the firmware's boot loader package
+    assert report.checked == len(INCLUDE) + len(BASE_PACKAGES) + 2 + len(CLOUD) + 1
     assert [s.suite for s in report.suites] == ["bookworm", "bookworm-updates", "bookworm-security"]
     assert "Test Archive Signing Key" in report.suites[0].signed_by and report.suites[0].downloaded > 0
     server.requests.clear()
