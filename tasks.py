@@ -315,8 +315,8 @@ def boot_test(c, image, recipe=None, firmware=None, machine=None, seed=None):
 @edge
 def clean(c):
     """Remove what dead or interrupted builds left behind (domains, scratch dirs, unfinished output)."""
+    from imagebuild.clean import clean_stale
     from imagebuild.run import signals_raise
-    from imagebuild.workspace import clean_stale
     with signals_raise():
         removed = clean_stale(Reporter())
     print(f"removed {len(removed)} leftover(s)")

@@ -1,4 +1,5 @@
-"""Disk layouts per firmware: which partitions a golden image has, where, and of what type.
+"""Disk layouts per firmware: which partitions a golden image has, where, and of what type. ``Firmware``
+names the layouts (a recipe's ``image.firmware``) and ``BOOT_PACKAGES`` gives each its boot loaders.
 
 One table serves everything that needs to know it: the bootstrap installer writes it with ``sfdisk``,
 the customize session and the post-check accept exactly these partitions (and refuse a second Linux
@@ -17,7 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .recipe import Firmware
+
+class Firmware(StrEnum):
+    """What the disk is laid out to boot from (its partition table and boot loaders). Part of the recipe's
+    model (``recipe.Firmware``), defined here with the layouts so that the model's rules can use them."""
+    BIOS = "bios"      # MBR, one ext4 /, grub for i386-pc
+    UEFI = "uefi"      # GPT, an EFI system partition and one ext4 /, grub (and shim) for x86_64-efi
+    HYBRID = "hybrid"  # GPT, a BIOS boot partition, an ESP and one ext4 /, grub for both
+
 
 MIB = 1024 * 1024
 SECTOR = 512
@@ -114,6 +122,18 @@ LAYOUTS = {
         Partition(BIOS_BOOT_PARTNO, Role.BIOS_BOOT, 1, 3),
         Partition(ESP_PARTNO, Role.ESP, 4, 124),
         Partition(ROOT_PARTNO, Role.ROOT, 128))),
+}
+# The Debian packages that give each layout its boot loaders: the bootstrap installer includes them, the
+# preflight checks the archive has them, install/hostgrub.py runs their grub-install. Hybrid images get
+# Debian's cloud meta-package, which debian-cloud-images uses: it pulls grub for i386-pc and x86_64-efi,
+# the signed grub and shim, and its trigger re-installs both boot paths whenever grub is upgraded (once
+# /etc/grub.d/enable_cloud exists), so a later `apt upgrade` keeps BIOS and UEFI boot in step. UEFI images
+# get grub-efi-amd64 (whose postinst re-installs on upgrade, to the removable path too: see
+# install/bootstrap.py's UEFI_DEBCONF) with the signed chain.
+BOOT_PACKAGES = {
+    Firmware.BIOS: ("grub-pc",),
+    Firmware.UEFI: ("grub-efi-amd64", "grub-efi-amd64-signed", "shim-signed"),
+    Firmware.HYBRID: ("grub-cloud-amd64",),
 }
 
 

@@ -14,9 +14,12 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .boottest import all_checks
+from .customize import all_steps
+from .settings import VARIABLES
+
 
 def steps_table() -> str:
-    from .customize import all_steps
     rows = ["| step | on | families | what and why |", "|---|---|---|---|"]
     for s in all_steps():
         fam = ", ".join(str(f) for f in s.families)
@@ -26,7 +29,6 @@ def steps_table() -> str:
 
 
 def checks_table() -> str:
-    from .boottest import all_checks
     rows = ["| check | kind | cells (by seed) | what it proves |", "|---|---|---|---|"]
     for c in all_checks():
         seeds = "all" if len(c.seeds) == 4 else ", ".join(str(s) for s in c.seeds)
@@ -54,7 +56,6 @@ def tasks_table(tasks: Iterable[Any]) -> str:
 
 
 def environment_table() -> str:
-    from .settings import VARIABLES
     rows = ["| variable | what |", "|---|---|"]
     rows += [f"| `{name}` | {what} |" for name, what in VARIABLES.items()]
     return "\n".join(rows)

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from .disklayout import ESP_MOUNT, GPT_TYPE, Role, layout_for
-from .errors import CustomizeFailed
+from .errors import CustomizeFailed, ToolMissing
 from .events import Reporter
 from .procs import kill_descendants
 from .recipe import Firmware
-from .run import call_interruptibly
+from .run import call_interruptibly, quote
 
 try:
     import guestfs
@@ -30,7 +30,6 @@ except ImportError:  # pragma: no cover - reported by require_guestfs()
 
 def require_guestfs() -> None:
     if guestfs is None:
-        from .errors import ToolMissing
         raise ToolMissing("the libguestfs Python bindings are missing: install python3-guestfs and use a venv "
                           "made from /usr/bin/python3 with --system-site-packages (./inv does this)")
 
@@ -87,7 +86,6 @@ class Guest:
 
     def command(self, argv: list[str], *, purpose: str = "") -> str:
         """Run a program inside the image (chrooted, /dev /proc /sys available)."""
-        from .run import quote
         self.reporter.log(f"[guest] $ {quote(argv)}" + (f"    # {purpose}" if purpose else ""))
         out: str = self.call("command", argv)
         for line in out.splitlines()[-40:]:
@@ -97,7 +95,6 @@ class Guest:
     def side_by_side(self, groups: dict[str, list[list[str]]], *, purpose: str = "") -> dict[str, GroupResult]:
         """Run each group's commands one after the other, and the groups at the same time, in one call
         inside the image; every group's exit status and output. A group stops at its first failure."""
-        from .run import quote
         marker = "--- imagebuild: group"
         script = ['d=$(mktemp -d /tmp/imagebuild-group.XXXXXX) || exit 1']
         for i, cmds in enumerate(groups.values()):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .digest import sha256_file
+from .errors import ImageBuildError
 
 SCHEMA = 1
 MANIFEST = "manifest.json"
@@ -44,7 +45,6 @@ def write_sha256sums(directory: Path, files: dict[str, str | None]) -> Path:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    from .errors import ImageBuildError
     path = directory / MANIFEST
     try:
         data: dict[str, Any] = json.loads(path.read_text())

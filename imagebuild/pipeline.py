@@ -24,20 +24,21 @@ from . import recompress
 from .accel import choose_accel
 from .appliance import ApplianceAhead, open_guest
 from .boottest import BootTestResult, boot_test, plan_cells, validate_skips
+from .clean import clean_stale
+from .customize.packages import installed_packages
 from .digest import sha256_file
 from .disklayout import ESP_MOUNT
 from .domain import firmware_files
 from .errors import BootTestFailed, ImageBuildError, PreflightError
 from .events import NULL_REPORTER, CellReporter, Reporter
-from .install import installer_for
+from .install.backends import installer_for
 from .manifest import write_manifest, write_sha256sums
 from .recipe import Recipe, load_recipe, to_data
-from .run import require_tools, signals_raise
+from .run import require_tools, signals_raise, tool_versions_of
 from .sparsify import ArtifactInfo, CompressBeside, compress
 from .stagecache import CacheOptions, StageCacheUse
 from .workspace import (
     Build,
-    clean_stale,
     create_work_dir,
     destroy_domains,
     new_build_id,
@@ -81,7 +82,6 @@ def check_free_space(path: Path, gib: int, what: str) -> None:
 
 
 def tool_versions() -> dict[str, str]:
-    from .run import tool_versions_of
     out = tool_versions_of({"qemu-img": ["qemu-img", "--version"],
                             "qemu-system-x86_64": ["qemu-system-x86_64", "--version"],
                             "mmdebstrap": ["mmdebstrap", "--version"]})
@@ -276,7 +276,6 @@ def _customize(b: Build, installer: Any, steps: list[cz.Step], ahead: ApplianceA
     discard of free space (each launch costs 20-30 s under TCG; ``ahead`` has it made during the install,
     or while a cached install's digest is checked)."""
     assert b.disk is not None and b.accel is not None
-    from .customize.packages import installed_packages
     network = cz.needs_network(steps, packages_in_place=installer.installs_packages)
     rep = b.reporter
     if ahead is None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import customize as cz
 from .boottest import cell_checks, plan_cells, validate_skips
+from .cache import key_of
+from .codeversion import code_version
 from .events import NULL_REPORTER, Reporter
-from .install import installer_for
+from .install.backends import installer_for
+from .install.bootstrap import sources_list
+from .install.media import fetch_bytes
 from .recipe import Backend, Recipe, to_data
+from .run import tool_versions_of
 from .sparsify import COMPRESSION
 
 
@@ -48,7 +52,6 @@ def make_plan(recipe: Recipe) -> dict[str, Any]:
 
 # -- stage keys: what determines each stage's output (the stage cache, imagebuild/cache.py) -------
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 # The code whose behaviour shapes each stage's output: a change to it is a new key.
 STAGE_CODE = {
     "install": ("install/bootstrap.py", "disklayout.py"),
@@ -59,20 +62,9 @@ STAGE_CODE = {
 CACHED_STAGES = ("install", "customize", "sparsify", "boot-test")  # --rebuild / --require-cached names
 
 
-def code_version(paths: tuple[str, ...]) -> str:
-    h = hashlib.sha256()
-    for rel in paths:
-        p = PACKAGE_DIR / rel
-        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
-            h.update(str(f.relative_to(PACKAGE_DIR)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def archive_digests(recipe: Recipe, reporter: Reporter = NULL_REPORTER) -> dict[str, str]:
     """sha256 of each suite's InRelease as the mirror serves it now: a security update in the archive
     makes a new install key. (Trust is not asked of these bytes: apt verifies what it installs.)"""
-    from .install.bootstrap import sources_list
-    from .install.media import fetch_bytes
     out = {}
     for line in sources_list(recipe):
         _, mirror, suite, *_ = line.split()
@@ -83,7 +75,6 @@ def archive_digests(recipe: Recipe, reporter: Reporter = NULL_REPORTER) -> dict[
 
 
 def install_tools() -> dict[str, str]:
-    from .run import tool_versions_of
     return tool_versions_of({"mmdebstrap": ["mmdebstrap", "--version"], "mkfs.ext4": ["mke2fs", "-V"],
                              "sfdisk": ["sfdisk", "--version"], "mkfs.fat": ["mkfs.fat", "--help"]})
 
@@ -94,7 +85,6 @@ class StageKeys:
     inputs: dict[str, dict[str, Any]]
 
     def key(self, stage: str) -> str:
-        from .cache import key_of
         return key_of(self.inputs[stage])
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .disklayout import BOOT_PACKAGES  # the boot loader packages image.firmware brings in
 from .errors import RecipeError, raise_all
 from .events import NULL_REPORTER, Reporter
 from .install.media import DEBIAN_KEYRING, MediaError, fetch, fetch_bytes, gpgv_verify, release_sha256
@@ -164,7 +165,6 @@ def preflight(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, keyring: st
     wanted += [(f"packages.extra[{i}]", p) for i, p in enumerate(recipe.packages.extra)]
     if recipe.cloud.enabled:
         wanted += [(f"cloud.packages[{i}]", p) for i, p in enumerate(recipe.cloud.packages)]
-    from .install.bootstrap import BOOT_PACKAGES  # the boot loader packages image.firmware brings in
     wanted += [("image.firmware", p) for p in BOOT_PACKAGES[recipe.image.firmware]]
     where = f"{b.suite} ({', '.join(s.suite for s in suites)}; {', '.join(b.components)}; {ARCH})"
     for key, pkg in wanted:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import parse_size
 from .errors import ImageBuildError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +80,6 @@ class Settings:
             problems.append(f"IMAGEBUILD_APPLIANCE_KERNEL={appliance_kernel!r}: must be pvh or packaged")
         cache_max = 20 * 1024**3
         if env.get("IMAGEBUILD_CACHE_MAX"):
-            from .cache import parse_size
             try:
                 cache_max = parse_size(env["IMAGEBUILD_CACHE_MAX"])
             except ValueError as exc:

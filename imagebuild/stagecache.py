@@ -29,6 +29,7 @@ from .cache import Entry, StageCache, describe_changes, key_of, link_or_copy
 from .errors import CommandFailed, PreflightError
 from .events import Reporter
 from .install.grubcache import STAGE as BOOT_LOADER
+from .install.media import MediaError
 from .paths import cache_root
 from .plan import CACHED_STAGES, StageKeys, archive_digests, boot_test_inputs, stage_keys
 from .recipe import Recipe, to_data
@@ -379,7 +380,6 @@ def cache_status(recipe: Recipe, *, offline: bool = False) -> dict[str, Any]:
     """For ``invoke show``: each cached stage's key and whether the cache holds it (nothing is built)."""
     import io
 
-    from .install.media import MediaError
     try:
         use = StageCacheUse.open(recipe, cz.selected_steps(recipe), CacheOptions(offline=offline),
                                  Reporter(io.StringIO()))

@@ -1,8 +1,8 @@
 """The mutable side of a build (mkosi's Context next to the frozen Recipe), and its resources.
 
 Every build gets an id that tags everything it creates: its work dir, its staging dir, its libvirt
-domains. The work dir records the owning process; ``clean_stale`` removes what dead builds left behind
-(after a SIGKILL nothing could clean up in-process), and running it twice is a no-op.
+domains. The work dir records the owning process, so that ``clean.clean_stale`` can tell what dead builds
+left behind (after a SIGKILL nothing could clean up in-process).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from .accel import AccelChoice
 from .errors import ImageBuildError, PreflightError
 from .events import Reporter
-from .procs import pid_alive, proc_start_time, processes_mentioning, stop_processes
+from .procs import pid_alive, proc_start_time
 from .recipe import Recipe
 from .run import run
 from .settings import current
@@ -173,49 +173,6 @@ def destroy_domains(prefix: str, reporter: Reporter) -> list[str]:
     finally:
         conn.close()
     return names
-
-
-def clean_stale(reporter: Reporter) -> list[str]:
-    """Remove what builds that no longer run left behind. Returns what was removed."""
-    removed: list[str] = []
-    root = work_root()
-    dead: list[str] = []
-    if root.is_dir():
-        # a loop device a killed build left attached to its disk (grub on the host: install/hostgrub.py)
-        from .install.hostgrub import detach_stale
-        live = {w.resolve() for w in root.iterdir() if w.is_dir() and owner_alive(w)}
-        removed += [f"loop device {d}" for d in detach_stale(root.resolve(), live, reporter)]
-        for work in sorted(root.iterdir()):
-            if work.is_dir() and not owner_alive(work):
-                dead.append(work.name)
-                for name in destroy_domains(DOMAIN_PREFIX + work.name, reporter):
-                    removed.append(f"libvirt domain {name}")
-                orphans = processes_mentioning(str(work.resolve()))
-                if orphans:
-                    stop_processes(orphans)
-                    removed.append(f"processes {' '.join(map(str, orphans))}")
-                remove_tree(work, reporter)
-                removed.append(f"work dir {work}")
-                if socket_dir_for(work.name).exists():
-                    shutil.rmtree(socket_dir_for(work.name), ignore_errors=True)
-    out = output_root()
-    if out.is_dir():
-        for tmp in sorted(out.glob(".tmp-*")) + sorted(out.glob(".old-*")):
-            build_id = tmp.name.split("-", 1)[1]
-            if build_id in dead or not (root / build_id).exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-                removed.append(f"unfinished output {tmp}")
-    # unfinished stage-cache entries (.tmp-BUILDID-*) of builds that are gone
-    from .cache import StageCache
-    from .paths import cache_root
-
-    def alive(build_id: str) -> bool:
-        return (root / build_id).is_dir() and owner_alive(root / build_id)
-    for tmp in StageCache(cache_root() / "stages", max_bytes=0).remove_unfinished(alive):
-        removed.append(f"unfinished cache entry {tmp}")
-    for msg in removed:
-        reporter.info(f"cleaned: {msg}")
-    return removed
 
 
 def publish_output(staging: Path, final: Path, build_id: str) -> None:

@@ -19,9 +19,9 @@ independent of the module layout. Nothing in this package starts a VM or touches
 from __future__ import annotations
 
 from ..mirrors import resolve_mirrors, rewrite_url, site_mirrors
-from .findings import ANSWER_FILE_NAME, AnswerFileError, AnswerFileKind, Findings, Problem
+from .findings import ANSWER_FILE_NAME, AnswerFileKind, Findings, Problem
 from .kickstart import KICKSTART_RULES, lint_kickstart, parse_kickstart
-from .lint import check_answer_file, lint_text
+from .lint import AnswerFileError, check_answer_file, lint_text
 from .password import CRYPT_HASH_RE, hash_password, read_root_password, root_password_source
 from .preseed import PRESEED_RULES, PreseedEntry, lint_preseed, parse_expert_recipe, parse_preseed
 from .render import (

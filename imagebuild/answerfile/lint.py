@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from ..errors import RecipeError
-from .findings import AnswerFileError, AnswerFileKind, Findings, Problem
+from .findings import AnswerFileKind, Findings, Problem
 from .kickstart import lint_kickstart
 from .preseed import PRESEED_TYPES, lint_preseed
 from .render import RenderedAnswerFile
@@ -26,6 +26,35 @@ from .shape import MAX_BYTES, MAX_FINDINGS_PER_RULE, SHAPE_RULES, shape
 DEFAULT_SYNTAX = "RHEL9"  # when a kickstart names none and shows no older command: today's EL
 # Rules that hold for any answer file, whatever it is for; ``--policy none`` keeps only these.
 SYNTAX_RULES = frozenset(SHAPE_RULES) | {"syntax", "parse-warning", "include"}
+
+
+class AnswerFileError(RecipeError):
+    """The answer file does not parse or breaks the golden-image policy; ``problems`` lists each."""
+
+    def __init__(self, problems: Sequence[Problem], *, name: str,
+                 rendered: RenderedAnswerFile | None = None) -> None:
+        self.problems = tuple(problems)
+        self.rendered_name = name
+
+        def where(line: int | None) -> str:
+            if rendered is not None:
+                return rendered.where(line)
+            return name if line is None else f"{name}:{line}"
+
+        lines = [f"{where(p.line)}: {p.message}" for p in self.problems]
+        if rendered is not None:
+            head = f"answer file {rendered.name} (rendered from {rendered.template})"
+        else:
+            head = f"answer file {name}"
+        count = len(lines)
+        message = (f"{head} has {count} problem{'s' if count != 1 else ''}:\n  " + "\n  ".join(lines))
+        first = self.problems[0] if self.problems else None
+        origin = rendered.origin(first.line) if rendered is not None and first else None
+        # file/line point at the template when we know it (that is what the author edits).
+        self.file = origin.template if origin else name
+        self.key = None
+        self.line = origin.line if origin else (first.line if first else None)
+        Exception.__init__(self, message)
 
 
 class Policy(StrEnum):

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import CustomizeFailed
+from ..errors import CustomizeFailed, RecipeError
 from ..guest import Guest
 from ..recipe import Family, Recipe
 
@@ -118,7 +118,6 @@ def selected_steps(recipe: Recipe, only: list[str] | None = None) -> list[Step]:
     known = {s.name for s in steps}
     for i, name in enumerate(recipe.customize.disable):
         if name not in known:
-            from ..errors import RecipeError
             raise RecipeError(f"unknown customize step '{name}' (known: {', '.join(sorted(known))})",
                               file=recipe.sources[0] if recipe.sources else None,
                               key=f"customize.disable[{i}]")

@@ -2,7 +2,7 @@
 
 An installer turns a recipe into a bootable single-partition disk at ``build.disk``. It may finish
 its work inside the shared libguestfs session (``finalize``, e.g. installing the bootloader), so a
-build launches the appliance once.
+build launches the appliance once. ``backends.installer_for`` gives a recipe its installer.
 """
 
 from __future__ import annotations
@@ -48,11 +48,3 @@ class Installer(Protocol):
         """After the generalization steps (which may change the kernel command line): regenerate the
         boot loader's configuration from the image's settings."""
         ...
-
-
-def installer_for(recipe: Recipe) -> Installer:
-    if recipe.install.backend is Backend.BOOTSTRAP:
-        from .bootstrap import BootstrapInstaller
-        return BootstrapInstaller()
-    from .vm import VMInstaller
-    return VMInstaller()

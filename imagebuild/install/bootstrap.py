@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..disklayout import ESP_LABEL, ESP_MOUNT, SECTOR, DiskLayout, layout_for
+from ..codeversion import code_version
+from ..disklayout import BOOT_PACKAGES, ESP_LABEL, ESP_MOUNT, SECTOR, DiskLayout, layout_for
 from ..errors import InstallFailed
 from ..events import Reporter
 from ..guest import Guest
@@ -31,16 +32,6 @@ from ..run import run
 from ..workspace import Build, remove_tree, remove_tree_beside
 from . import grubcache, hostgrub, initramfs
 
-# The boot loader packages each layout needs. Hybrid images get Debian's cloud meta-package, which
-# debian-cloud-images uses: it pulls grub for i386-pc and x86_64-efi, the signed grub and shim, and its
-# trigger re-installs both boot paths whenever grub is upgraded (once /etc/grub.d/enable_cloud exists),
-# so a later `apt upgrade` keeps BIOS and UEFI boot in step. UEFI images get grub-efi-amd64 (whose
-# postinst re-installs on upgrade, to the removable path too: see UEFI_DEBCONF) with the signed chain.
-BOOT_PACKAGES = {
-    Firmware.BIOS: ("grub-pc",),
-    Firmware.UEFI: ("grub-efi-amd64", "grub-efi-amd64-signed", "shim-signed"),
-    Firmware.HYBRID: ("grub-cloud-amd64",),
-}
 # grub-efi-amd64's own settings for later upgrades: no NVRAM writes (a cloud guest's NVRAM is not
 # ours), and keep EFI/BOOT/BOOTX64.EFI current, the path a fresh NVRAM boots.
 UEFI_DEBCONF = ("grub-efi-amd64 grub2/update_nvram boolean false\n"
@@ -351,7 +342,6 @@ class BootstrapInstaller:
         base = sc.boot_loader_key_base() if sc is not None else None
         inputs = entry = None
         if base is not None:
-            from ..plan import code_version  # plan imports the installers
             inputs = grubcache.key_inputs(guest, layout, install_key=base,
                                           code=code_version(grubcache.CODE))
             entry = sc.reused_boot_loader(inputs)

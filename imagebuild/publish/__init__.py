@@ -15,7 +15,9 @@ from pathlib import Path
 
 from ..errors import PublishError
 from ..events import NULL_REPORTER, Reporter
-from ..recipe import Publish, Recipe, SeedKind
+from ..recipe import Publish, Recipe, SeedKind, load_recipe
+from ..run import signals_raise
+from ..workspace import output_root
 from .common import Artifact, PublishResult, load_published_artifact, record_publish
 
 __all__ = ["TARGETS", "Options", "Target", "publish", "parse_rate", "load_published_artifact",
@@ -95,14 +97,9 @@ def publish(recipe: Recipe | str, output_dir: Path | str | None = None, *, to: s
     """
     import threading
 
-    from ..recipe import load_recipe
-    from ..run import signals_raise
-
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
     if output_dir is None:
-        from ..workspace import output_root
-
         output_dir = output_root() / recipe.name
     options = options or Options()
     if cloud is not None:

@@ -64,3 +64,23 @@ def test_a_recipe_that_is_not_utf8_names_the_byte_offset(tmp_path):
     res = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), "validate", str(path)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 2 and "byte offset 18" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_name_in_the_file_is_an_error_not_silently_replaced(tmp_path):
+    # a recipe's name is its file's: a `name` key could never take effect
+    write(tmp_path, "base", BASE)
+    child = write(tmp_path, "child", 'extends = "base"\nname = "golden"\n[image]\nos_version = "12"\n')
+    with pytest.raises(RecipeError) as e:
+        load_recipe("child", [tmp_path])
+    assert not isinstance(e.value, RecipeErrors)
+    assert (e.value.file, e.value.key) == (str(child), "name")
+    assert "cannot be set in a recipe: a recipe's name is the name of its file" in str(e.value)
+
+
+def test_keys_the_loader_sets_are_reported_with_the_other_mistakes(tmp_path):
+    base = write(tmp_path, "base", 'name = "base-image"\n' + BASE)
+    child = write(tmp_path, "child", 'extends = "base"\nsources = ["x.toml"]\n[image]\nos_versoin = "12"\n')
+    with pytest.raises(RecipeErrors) as e:
+        load_recipe("child", [tmp_path])
+    assert [(x.file, x.key) for x in e.value.errors] == [
+        (str(base), "name"), (str(child), "sources"), (str(child), "image.os_versoin")]
