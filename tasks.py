@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok · 1 other error · 2 bad recipe/answer file · 3 missing tool or host not ready ·
 4 external command failed · 5 install failed · 6 generalization failed · 7 boot test failed ·
-8 publish failed · 128+N interrupted by signal N (130 SIGINT, 143 SIGTERM).
+8 publish failed · 9 attestation failed · 128+N interrupted by signal N (130 SIGINT, 143 SIGTERM).
 """
 
 from __future__ import annotations
