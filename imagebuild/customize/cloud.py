@@ -96,6 +96,9 @@ def drop_in_data(recipe: Recipe) -> dict[str, Any]:
         "ssh_pwauth": False,
         "disable_root": True,
         "preserve_hostname": False,
+        # cloud-init 22.4 (Debian 12) also makes a DSA host key, which OpenSSH 9 no longer loads: under
+        # emulation its key generation was most of the 12.9 s its ssh module took on the first boot
+        "ssh_genkeytypes": ["rsa", "ecdsa", "ed25519"],
     }
     if family is Family.DEBIAN and "locales" not in recipe.all_packages:
         # A minbase image has no `locales` package: cloud-init's locale module would run update-locale,
