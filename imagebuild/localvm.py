@@ -11,6 +11,7 @@ image with nothing of the image changed.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import shutil
 import sys
@@ -25,6 +26,7 @@ from .boottest.ssh import LOOPBACK, free_port, read_banner
 from .domain import firmware_files, random_mac, transient_domain
 from .errors import BootTestFailed, ImageBuildError, RecipeError
 from .events import Reporter
+from .manifest import read_manifest
 from .recipe import BootFirmware, Recipe, SeedKind
 from .run import run
 from .workspace import create_work_dir, new_build_id, remove_tree
@@ -132,9 +134,6 @@ def _follow(path: Path, shown: int, out) -> int:  # type: ignore[no-untyped-def]
 
 def resolve_image(target: str, output: Path) -> tuple[Path, Recipe]:
     """``IMAGE`` (a qcow2 beside its manifest.json) or ``RECIPE`` (its build in output/RECIPE/)."""
-    import json
-
-    from .manifest import read_manifest
     path = Path(target)
     if path.suffix != ".qcow2":
         path = output / target / f"{target}.qcow2"

@@ -9,15 +9,15 @@ or swap is left.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import CustomizeFailed, RecipeError
 from ..guest import Guest
 from ..recipe import Family, Recipe
+from ..records import RECORD_NAME, check_record
 
-STEP_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+STEP_NAME = RECORD_NAME
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,7 @@ def register(name: str, summary: str, *, order: int, check: CheckFn, default: bo
              needs_network: bool = False, description: str = "",
              when: WhenFn | None = None) -> Callable[[RunFn], RunFn]:
     def deco(fn: RunFn) -> RunFn:
-        if not STEP_NAME.match(name):
-            raise ValueError(f"customize step name {name!r} is not kebab-case")
-        if name in STEPS:
-            raise ValueError(f"customize step {name!r} registered twice")
-        if not summary or "\n" in summary:
-            raise ValueError(f"customize step {name!r} needs a one-line summary")
+        check_record("customize step", name, summary, STEPS)
         STEPS[name] = Step(name, summary, fn, check, order, default, families, needs_network,
                            description or _description(fn), when)
         return fn

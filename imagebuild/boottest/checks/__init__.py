@@ -17,7 +17,6 @@ then: its last unit is part of multi-user), and the freeze that snapshots use, l
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,10 +26,11 @@ from typing import Any
 from ...accel import Accel
 from ...errors import RecipeError, raise_all
 from ...recipe import BootFirmware, Cell, Family, Recipe, SeedKind
+from ...records import RECORD_NAME, check_record
 from ..agent import Agent
 from ..results import Check
 
-CHECK_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+CHECK_NAME = RECORD_NAME
 
 
 class CheckKind(StrEnum):
@@ -81,12 +81,7 @@ def register(name: str, summary: str, *, order: int, kind: CheckKind,
              seeds: tuple[SeedKind, ...] = tuple(SeedKind), families: tuple[Family, ...] = (Family.DEBIAN, Family.EL),
              second_boot: bool = False) -> Callable[[CheckFn], CheckFn]:
     def deco(fn: CheckFn) -> CheckFn:
-        if not CHECK_NAME.match(name):
-            raise ValueError(f"boot-test check name {name!r} is not kebab-case")
-        if name in CHECKS:
-            raise ValueError(f"boot-test check {name!r} registered twice")
-        if not summary or "\n" in summary:
-            raise ValueError(f"boot-test check {name!r} needs a one-line summary")
+        check_record("boot-test check", name, summary, CHECKS)
         CHECKS[name] = CheckRecord(name, summary, fn, order, kind, seeds, families, second_boot)
         return fn
     return deco
