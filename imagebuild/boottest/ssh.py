@@ -10,14 +10,13 @@ image tests wait for the banner too). Every command goes through the one runner.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BootTestFailed, CommandFailed
+from ..errors import BootTestFailed
 from ..events import NULL_REPORTER, Reporter
 from ..run import run
 
@@ -86,21 +85,18 @@ class SshEndpoint:
         """Run ``command`` in the guest as ``user`` (default: the endpoint's) over SSH with the key:
         (exit code, stdout, stderr); 255 is SSH's own failure (refused, key denied)."""
         argv = ["ssh", *self.options(), f"{user or self.user}@{LOOPBACK}", command]
-        try:
-            res = run(argv, reporter=reporter, check=False, timeout=timeout, purpose="log in as a cloud user")
-        except CommandFailed as exc:  # timed out
-            return 255, "", str(exc)
+        res = run(argv, reporter=reporter, check=False, timeout=timeout, purpose="log in as a cloud user")
+        if res.timed_out:
+            return 255, res.stdout, f"ssh did not finish within {timeout:.0f}s"
         return res.returncode, res.stdout, res.stderr
 
     def auth_methods(self, reporter: Reporter = NULL_REPORTER, user: str | None = None) -> list[str]:
         """What sshd offers this user before any key is tried (``Permission denied (publickey,password)``)."""
         argv = ["ssh", *self.options(), "-o", "PreferredAuthentications=none", "-o", "PubkeyAuthentication=no",
                 f"{user or self.user}@{LOOPBACK}", "true"]
-        with contextlib.suppress(CommandFailed):
-            res = run(argv, reporter=reporter, check=False, timeout=60, purpose="the login methods sshd offers")
-            text = res.stderr
-            if "Permission denied (" in text:
-                return text.split("Permission denied (", 1)[1].split(")", 1)[0].split(",")
+        res = run(argv, reporter=reporter, check=False, timeout=60, purpose="the login methods sshd offers")
+        if "Permission denied (" in res.stderr:
+            return res.stderr.split("Permission denied (", 1)[1].split(")", 1)[0].split(",")
         return []
 
 
