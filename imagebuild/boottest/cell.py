@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -145,10 +146,12 @@ def _power_off(dom: Any, deadline: float) -> bool:
 
 
 def boot_cell(image: Path, recipe: Recipe, plan: CellPlan, *, accel: AccelChoice, work: Path, name: str,
-              logs: Path, reporter: Reporter, image_format: str = "qcow2", label: str = "") -> CellResult:
+              logs: Path, reporter: Reporter, image_format: str = "qcow2", label: str = "",
+              stop: threading.Event | None = None) -> CellResult:
     """One cell: a fresh overlay, MAC, VARS copy and seed, the root disk on the plan's bus; the checks (the
     live operations after the image's own, the cloud contract last); a Nova cell's second boot;
-    everything but the logs removed."""
+    everything but the logs removed. Once ``stop`` is set (the boot test was interrupted while this cell
+    ran beside another) no guest of this cell is started any more."""
     bt, cell = recipe.boot_test, plan.cell
     timeout = bt.timeout_seconds * (bt.tcg_factor if accel.accel is Accel.TCG else 1)
     overlay = work / f"{name}-overlay.qcow2"
@@ -189,6 +192,7 @@ def boot_cell(image: Path, recipe: Recipe, plan: CellPlan, *, accel: AccelChoice
             if cell.firmware is not BootFirmware.BIOS:
                 # a fresh NVRAM: no boot entries, as a new cloud guest has
                 shutil.copyfile(firmware_files(cell.firmware)[1], nvram)
+            _not_stopped(stop)
             spec = cell_spec(recipe, cell, name=name, accel=accel.accel, overlay=overlay, nvram=nvram,
                              console_log=console_log, mac=mac, disk_bus=plan.disk_bus, seed_iso=seed_iso,
                              ssh_port=ssh.port if ssh else 0, uuid_=instance_uuid)
@@ -228,6 +232,7 @@ def boot_cell(image: Path, recipe: Recipe, plan: CellPlan, *, accel: AccelChoice
                                                                   f"{SHUTDOWN_SECONDS}s"))
                         second = []
             if stall is None and second and checks and all(c.ok for c in checks):
+                _not_stopped(stop)
                 _second_boot(spec, ctx, plan, accel, checks, console_log, logs, seed_iso, reporter, timeout)
             if stall is None:
                 break
@@ -254,6 +259,11 @@ def boot_cell(image: Path, recipe: Recipe, plan: CellPlan, *, accel: AccelChoice
     return CellResult(str(cell), str(cell.firmware), str(cell.machine), plan.disk_bus, passed, str(accel.accel), mac,
                       round(to_agent, 1) if to_agent is not None else None, round(time.monotonic() - start, 1),
                       checks, console_log.name, stalled, seed=str(plan.seed), facts=facts)
+
+
+def _not_stopped(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise BootTestFailed("the boot test was interrupted before this guest started")
 
 
 def _second_boot(spec: DomainSpec, ctx: CheckContext, plan: CellPlan, accel: AccelChoice, checks: list[Check],

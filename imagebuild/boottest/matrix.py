@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -68,11 +69,11 @@ def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, na
         firmware_files(plan.cell.firmware)  # a missing OVMF file is named before the first boot, not mid-matrix
     jobs = [(f"cell {i}/{len(plans)} {plan} ({plan.disk_bus})", plan) for i, plan in enumerate(plans, 1)]
 
-    def one(title: str, plan: CellPlan, rep: Reporter) -> CellResult:
+    def one(title: str, plan: CellPlan, rep: Reporter, stop: threading.Event | None = None) -> CellResult:
         res = None
         with contextlib.suppress(_CellFailed), rep.step(title):
             res = boot_cell(image, recipe, plan, accel=accel, work=work, name=f"{name}-{plan.slug}",
-                            image_format=image_format, label=label, logs=logs, reporter=rep)
+                            image_format=image_format, label=label, logs=logs, reporter=rep, stop=stop)
             if not res.passed:
                 raise _CellFailed  # the step shows ✗; the next cell still runs
         assert res is not None
@@ -101,20 +102,28 @@ def boot_test(image: Path, recipe: Recipe, *, accel: AccelChoice, work: Path, na
 def _side_by_side(jobs: list[tuple[str, CellPlan]], one: Callable[..., CellResult], parallel: int,
                   name: str, reporter: Reporter) -> list[CellResult]:
     """Boot ``parallel`` cells at a time, each guest its own domain, overlay, MAC, seed and VARS copy, each
-    reporting with its cell's tag; results in matrix order. An interrupt destroys every domain of this
-    boot test (the workers' calls then fail, and each removes its overlay) before it is re-raised."""
+    reporting with its cell's tag; results in matrix order. An interrupt stops every cell of this boot
+    test before it is re-raised: no cell starts a guest any more, and every domain of the test is
+    destroyed until the workers are done (a cell still writing its seed when the interrupt came defines
+    its domain after the first sweep), so the workers' calls fail and each removes its overlay."""
     reporter.info(f"booting {parallel} cells at a time")
+    stop = threading.Event()
     pool = cf.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="boot-cell")
     tags = [str(plan.cell) if plan.slug == plan.cell.slug else plan.slug for _, plan in jobs]
-    futures = [pool.submit(one, title, plan, CellReporter(reporter, tag))
+    futures = [pool.submit(one, title, plan, CellReporter(reporter, tag), stop)
                for (title, plan), tag in zip(jobs, tags, strict=True)]
     try:
         while not all(f.done() for f in futures):
             cf.wait(futures, timeout=0.5)  # in Python, so a signal is handled at once
     except BaseException:
+        stop.set()
         for f in futures:
             f.cancel()
-        destroy_domains(name, reporter)
+        while True:  # the last sweep after every worker is done
+            destroy_domains(name, reporter)
+            if all(f.done() for f in futures):
+                break
+            cf.wait(futures, timeout=1)
         pool.shutdown(wait=True)
         raise
     pool.shutdown(wait=True)
