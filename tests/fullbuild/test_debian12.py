@@ -128,7 +128,9 @@ def test_console_logs_show_a_login_prompt_in_every_cell(built_debian12):
     # the nova cell booted its clone twice: both boots' consoles are kept, one after the other
     first, _, second = (built_debian12 / "boot-console-bios-pc.log").read_text(errors="replace").partition(
         "--- second boot ---")
-    assert "login:" in first and "login:" in second
+    # (the second boot is destroyed once its check logged in over SSH, often before getty prints)
+    plain = second.replace("\x1b[0;1;39m", "").replace("\x1b[0m", "")
+    assert "login:" in first and "Started ssh.service" in plain
     # OVMF's boot manager writes to the serial console on the UEFI cells; SeaBIOS writes nothing there
     for cell in CELLS:
         log = (built_debian12 / f"boot-console-{cell}.log").read_text(errors="replace")
@@ -176,8 +178,8 @@ def test_finished_image_is_generalized(built_debian12, accel, tmp_path):
         # and no default user yet (cloud-init makes it in each clone)
         drop_in = guest.read("/etc/cloud/cloud.cfg.d/95_imagebuild.cfg")
         assert "datasource_list:" in drop_in and "ssh_pwauth: false" in drop_in and "networkd" in drop_in
-        assert g.ls("/var/lib/cloud") in ([], ["data"], ["instances"]) or not g.exists("/var/lib/cloud/instance")
-        assert not g.exists("/var/lib/cloud/seed") and not g.exists("/etc/cloud/cloud-init.disabled")
+        assert not g.exists("/var/lib/cloud") or g.ls("/var/lib/cloud") == []
+        assert not g.exists("/etc/cloud/cloud-init.disabled")
         assert not [ln for ln in guest.read("/etc/passwd").splitlines() if ln.startswith("debian:")]
         wants = [n for d in g.ls("/etc/systemd/system") if d.endswith(".wants")
                  for n in g.ls(f"/etc/systemd/system/{d}")]
