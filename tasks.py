@@ -120,21 +120,23 @@ def list_(c, all=False, json_=False):
         print(f"{r.name:22} {kind}{r.install.backend} {r.image.firmware}{base}: {r.description}")
 
 
-@task(help={"recipe": "recipe name or path", "json_": "print JSON instead of text",
+@task(help={"recipe": "recipe name or path",
+            "json_": "print the whole resolved recipe and plan as JSON instead of the summary",
             "offline": "do not fetch the suites' InRelease for the stage keys"})
 @edge
 def show(c, recipe, json_=False, offline=False):
-    """Show the fully resolved recipe and the stages a build would run, without building."""
+    """Summarize the recipe and the stages a build would run, each with its cache key, without building."""
     from imagebuild.pipeline import validate
     from imagebuild.plan import make_plan
     from imagebuild.recipe import load_recipe
+    from imagebuild.summary import render_summary
     r = load_recipe(recipe)
     plan = make_plan(r)
     if not r.abstract:
         validate(r)
         from imagebuild.stagecache import cache_status
         plan["cache"] = cache_status(r, offline=offline)
-    print(json.dumps(plan, indent=2))
+    print(json.dumps(plan, indent=2) if json_ else render_summary(r, plan))
 
 
 @task(help={"recipe": "recipe name or path",

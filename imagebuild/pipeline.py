@@ -101,9 +101,9 @@ def tool_versions() -> dict[str, str]:
 
 
 def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
-          keep_work: bool = False, use_cache: bool = True, cache: CacheOptions | None = None) -> Path:
+          keep_work: bool = False, cache: CacheOptions | None = None) -> Path:
     """Build ``recipe_name`` into ``output/<recipe>/``; returns that directory."""
-    opts = cache or CacheOptions(use=use_cache)
+    opts = cache or CacheOptions()
     recipe = load_recipe(recipe_name)
     if recipe.abstract:
         raise ImageBuildError(f"recipe '{recipe.name}' is abstract (a base for others to extend); "
@@ -127,7 +127,7 @@ def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
         reporter.attach(staging / "build.log", staging / "events.jsonl")
         stack.callback(reporter.close)
         b = Build(recipe=recipe, build_id=build_id, work=work, output_dir=output_root() / recipe.name,
-                  staging=staging, reporter=reporter, stack=stack, use_cache=opts.use, stage_cache=sc)
+                  staging=staging, reporter=reporter, stack=stack, stage_cache=sc)
         stack.push(_domains_destroyed_on_failure(b))
         started, t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
         reporter.info(f"build {build_id}: recipe {recipe.name} ({' <- '.join(Path(s).stem for s in recipe.sources)})")

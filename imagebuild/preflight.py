@@ -7,7 +7,7 @@ code 25: unshare --mount ... mmdebstrap ...`` (a 300-character argv); with it th
 with ``recipes/x.toml, key 'packages.extra[0]': package 'vmi' does not exist in bookworm ... (did you
 mean 'vim'?)``.
 
-The chain of trust is apt's: ``dists/SUITE/InRelease`` verified with gpgv (``install/media.py``'s
+The chain of trust is apt's: ``dists/SUITE/InRelease`` verified with gpgv (``install/media/signature.py``'s
 ``gpgv_verify``, the same code the VM path uses), then each component's ``Packages.xz`` (or ``.gz``)
 held to the sha256 that InRelease lists. Those indexes are cached content-addressed by that sha256
 (``preflight/`` under :func:`imagebuild.paths.cache_root`, through ``media.fetch``), so a second run

@@ -57,8 +57,13 @@ class Build:
     disk_from_cache: bool = False       # the disk is a stage-cache install entry (its layout was checked when made)
     inputs: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
-    use_cache: bool = True              # reuse verified downloads kept on this host (apt packages)
     stage_cache: Any = None             # the build's StageCacheUse (the boot loader's entry is made in customize)
+
+    @property
+    def use_cache(self) -> bool:
+        """Reuse verified downloads kept on this host (apt packages): the build's cache options decide
+        (``--no-cache`` reads and writes no cache, stages and packages alike)."""
+        return self.stage_cache is None or bool(self.stage_cache.opts.use)
 
     @property
     def domain_prefix(self) -> str:

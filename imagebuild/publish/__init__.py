@@ -18,7 +18,8 @@ from ..events import NULL_REPORTER, Reporter
 from ..recipe import Publish, Recipe, SeedKind, load_recipe
 from ..run import signals_raise
 from ..workspace import output_root
-from .common import Artifact, PublishResult, load_published_artifact, record_publish
+from .artifact import Artifact, PublishResult, record_publish
+from .gate import load_published_artifact
 
 __all__ = ["TARGETS", "Options", "Target", "publish", "parse_rate", "load_published_artifact",
            "PublishResult"]

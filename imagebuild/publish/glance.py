@@ -32,21 +32,10 @@ from ..errors import PublishError
 from ..events import Reporter
 from ..procs import process_token
 from ..recipe import Glance
-from .common import (
-    CHUNK_SIZE,
-    Artifact,
-    Progress,
-    PublishResult,
-    Rival,
-    Survey,
-    UploadStream,
-    describe_exception,
-    find_or_upload,
-    rival_at_work,
-    undo_upload,
-    wait_until,
-    yield_pause,
-)
+from .artifact import Artifact, PublishResult
+from .remote import describe_exception, undo_upload, wait_until
+from .rivals import Rival, Survey, find_or_upload, rival_at_work, yield_pause
+from .stream import CHUNK_SIZE, Progress, UploadStream
 
 if TYPE_CHECKING:
     from openstack.connection import Connection

@@ -37,21 +37,10 @@ from ..errors import PublishError
 from ..events import Reporter
 from ..procs import process_token
 from ..recipe import Ovirt
-from .common import (
-    Artifact,
-    Progress,
-    PublishResult,
-    Rival,
-    Survey,
-    UploadStream,
-    describe_exception,
-    find_or_upload,
-    rival_at_work,
-    signals_deferred,
-    undo_upload,
-    wait_until,
-    yield_pause,
-)
+from .artifact import Artifact, PublishResult
+from .remote import describe_exception, signals_deferred, undo_upload, wait_until
+from .rivals import Rival, Survey, find_or_upload, rival_at_work, yield_pause
+from .stream import Progress, UploadStream
 
 DESCRIPTION_PREFIX = "imagebuild"
 COMPLETE = " complete"  # appended to the description once the disk holds the verified bytes

@@ -19,7 +19,7 @@ from imagebuild.errors import PublishError
 from imagebuild.events import Reporter
 from imagebuild.procs import process_token
 from imagebuild.publish import Options, publish
-from imagebuild.publish.common import load_published_artifact
+from imagebuild.publish.gate import load_published_artifact
 from imagebuild.publish.glance import UNFINISHED, publish_to_glance
 
 pytestmark = pytest.mark.publish

@@ -221,7 +221,7 @@ def _forge_disk(engine: EngineDouble, out: Path, uploader: str):  # type: ignore
     description), once the double has unlocked it."""
     import xml.etree.ElementTree as ET
 
-    from imagebuild.publish.common import load_published_artifact
+    from imagebuild.publish.gate import load_published_artifact
 
     artifact = load_published_artifact(out)
     body = ET.fromstring(

@@ -16,8 +16,9 @@ from conftest import MakeBuild, recipe_for
 from imagebuild.errors import PublishError, RecipeError
 from imagebuild.events import Reporter
 from imagebuild.publish import TARGETS, Options, publish
-from imagebuild.publish.common import UploadStream, load_published_artifact
+from imagebuild.publish.gate import load_published_artifact
 from imagebuild.publish.glance import _choose_method, glance_properties
+from imagebuild.publish.stream import UploadStream
 from imagebuild.recipe import Glance, SeedKind, from_data, validate
 
 pytestmark = pytest.mark.unit

@@ -254,3 +254,25 @@ def test_an_install_entry_too_damaged_for_an_overlay_is_discarded_at_once(tmp_pa
         assert use.reusable_install(b) is None and b.disk is None
     assert "install: built (miss: the cached entry was damaged" in out.getvalue()
     assert cache.lookup("install", keys.key("install")) is None
+
+
+def test_the_package_cache_follows_the_builds_cache_options(tmp_path):
+    """``--no-cache`` is said once, in the CacheOptions: the build's use of the apt package cache is
+    derived from them, not kept beside them."""
+    import io
+    from contextlib import ExitStack
+
+    from imagebuild.events import Reporter
+    from imagebuild.stagecache import CacheOptions, StageCacheUse
+    from imagebuild.workspace import Build
+
+    r = load_recipe("debian12")
+    rep = Reporter(io.StringIO())
+
+    def build(stage_cache: StageCacheUse | None) -> Build:
+        return Build(recipe=r, build_id="b-1", work=tmp_path, output_dir=tmp_path, staging=tmp_path,
+                     reporter=rep, stack=ExitStack(), stage_cache=stage_cache)
+
+    assert build(None).use_cache
+    assert build(StageCacheUse(r, CacheOptions(), rep)).use_cache
+    assert not build(StageCacheUse(r, CacheOptions(use=False), rep)).use_cache

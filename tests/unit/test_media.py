@@ -450,5 +450,5 @@ def test_media_module_has_no_network_in_describe(monkeypatch):
     def no_network(*a, **k):
         raise AssertionError("network used")
 
-    monkeypatch.setattr(media.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(media.download.urllib.request, "urlopen", no_network)
     assert describe_vm_install(load_recipe("centos7"))["kernel"]["path"] == "images/pxeboot/vmlinuz"
