@@ -25,9 +25,11 @@ def make_plan(recipe: Recipe) -> dict[str, Any]:
     validate_skips(recipe)
     plans = plan_cells(recipe)
     bt = recipe.boot_test
+    declared = {s.name: {"what": s.what, "key": s.key, "stores": s.stores, **({"beside": s.beside} if s.beside else {})}
+                for s in STAGES}
     return {
         "recipe": to_data(recipe),
-        "stages": [
+        "stages": [{**declared.get(stage["stage"], {}), **stage} for stage in [
             {"stage": "validate", "what": "tools, recipe, answer file and policy; no download, no VM"},
             {"stage": "install", **installer.describe(recipe)},
             {"stage": "customize", "libguestfs_launches": 1,
@@ -46,7 +48,7 @@ def make_plan(recipe: Recipe) -> dict[str, Any]:
             {"stage": "manifest", "files": [f"{recipe.name}.qcow2", "manifest.json", "SHA256SUMS",
                                             *(f"boot-console-{p.slug}.log" for p in plans),
                                             "build.log", "events.jsonl"]},
-        ],
+        ]],
     }
 
 
@@ -59,7 +61,29 @@ STAGE_CODE = {
     "artifact": ("sparsify.py", "recompress.py"),
     "boot-test": ("boottest", "domain.py"),
 }
-CACHED_STAGES = ("install", "customize", "sparsify", "boot-test")  # --rebuild / --require-cached names
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage as the runner (``stages.StageRunner``) executes it and ``invoke show`` prints it."""
+    name: str
+    what: str                 # one line: what it does
+    key: str                  # the stage-cache key that decides whether it is reused
+    stores: str               # what the stage cache keeps of it
+    beside: str = ""          # a stage it runs beside when both run (its work overlaps that one's)
+
+
+STAGES = (
+    Stage("install", "the recipe's installer fills a fresh disk (mmdebstrap, or an installer in a VM)",
+          "install", "the installed disk, as qcow2 (a rebuild uses it in place, through an overlay)"),
+    Stage("customize", "one libguestfs launch: generalize, boot loader, post-check, discard free space",
+          "artifact", "with sparsify, the artifact (the boot loader's files under their own key)"),
+    Stage("sparsify", "qemu-img compresses the disk into the qcow2 artifact", "artifact",
+          "the artifact, with what the build learnt about it", beside="boot-test"),
+    Stage("boot-test", "each cell of the matrix boots a fresh clone and runs its checks inside",
+          "boot-test", "a passed result with its consoles, beside the artifact"),
+)
+CACHED_STAGES = tuple(s.name for s in STAGES)  # --rebuild / --require-cached names
 
 
 def archive_digests(recipe: Recipe, reporter: Reporter = NULL_REPORTER) -> dict[str, str]:

@@ -39,6 +39,9 @@ def test_debian12_summary_fits_a_screen_and_names_the_keys(invoke_env):
     assert "    secure-boot/q35   none      scsi" in text
     assert "    every seed  firmware machine" in text and "    + nova      datasource" in text
     assert "  stages      validate -> install -> customize -> sparsify -> boot-test -> manifest" in text
+    # the runner's declarations (plan.STAGES): which key decides each stage, and what overlaps
+    runner = " ".join(text[text.index("  runner"):].split("\n    install")[0].split())
+    assert "sparsify: key artifact, beside boot-test" in runner and "install: key install" in runner
     # the session's own cache is empty: each cached stage's short key, and why it is a miss
     install = next(line for line in lines if line.startswith("    install     key "))
     assert install.endswith("not cached: no earlier entry for this stage") and len(install.split()[2]) == 12
