@@ -99,7 +99,7 @@ def render_summary(recipe: Recipe, plan: dict[str, Any]) -> str:
             out += _row(f"2nd {seed}", " ".join(names), indent=4)
     out += _row("stages", " -> ".join(stages))
     keyed = [s for s in plan["stages"] if s.get("key")]
-    out += _row("runner", "; ".join(f"{s['stage']}: key {s['key']}" + (f", beside {s['beside']}" if s.get("beside") else "")
-                                    for s in keyed))
+    out += _row("runner", "; ".join(f"{s['stage']}: key {s['key']}"
+                                    + (f", beside {s['beside']}" if s.get("beside") else "") for s in keyed))
     out += _cache(plan.get("cache"))
     return "\n".join(out)
