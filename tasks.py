@@ -232,6 +232,16 @@ def vm(c, image, key=None, console=False):
         print(f"{signal.Signals(exc.signum).name}: the guest was destroyed and its clone removed")
 
 
+@task(help={"image": "a build's output directory, the qcow2 in one, or a recipe name (its build in output/RECIPE/)",
+            "key": "the public key to check signatures with (default: IMAGEBUILD_VERIFY_KEY, else the public "
+                   "half of IMAGEBUILD_SIGNING_KEY)"})
+@edge
+def verify(c, image, key=None):
+    """Check a build offline: signatures, SHA256SUMS, the artifact and its content digest, attestations, SBOMs."""
+    from imagebuild.verify import verify as run_verify
+    print(run_verify(image, key=key).summary())
+
+
 @task
 def checks(c):
     """List the boot test's checks (name, kind, the cells they run in by seed, summary)."""

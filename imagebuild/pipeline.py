@@ -17,19 +17,23 @@ from __future__ import annotations
 import shutil
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from . import customize as cz
 from .accel import choose_accel
+from .attest.outputs import check_signing_key, write_attestations
 from .boottest import validate_skips
 from .clean import clean_stale
+from .content_digest import content_sha256
 from .domain import firmware_files
 from .errors import ImageBuildError, PreflightError
 from .events import NULL_REPORTER, Reporter
 from .install.backends import installer_for
+from .install.bootstrap import apt_cache_dir
 from .manifest import write_manifest, write_sha256sums
-from .recipe import Recipe, load_recipe, to_data
+from .recipe import Backend, Recipe, load_recipe, to_data
 from .run import require_tools, signals_raise, tool_versions_of
 from .stagecache import CacheOptions, StageCacheUse
 from .stages import StageRunner
@@ -67,6 +71,8 @@ def validate(recipe: Recipe, reporter: Reporter = NULL_REPORTER, *, for_build: b
             firmware_files(cell.firmware)  # OVMF for the UEFI cells: named before anything starts
     installer.validate(recipe, reporter, for_build=for_build)
     cz.selected_steps(recipe)
+    if for_build:
+        check_signing_key()  # a configured key that cannot sign is named before anything starts
 
 
 def check_free_space(path: Path, gib: int, what: str) -> None:
@@ -147,15 +153,18 @@ def _begin(recipe: Recipe, steps: list[cz.Step], opts: CacheOptions, reporter: R
 
 
 def _finish(b: Build, run: StageRunner, steps: list[cz.Step]) -> None:
-    """The manifest (with each stage's time and cache record) and SHA256SUMS beside the artifact, then
-    the staging dir renamed into ``output/<recipe>/``."""
+    """The manifest (with each stage's time and cache record), SHA256SUMS, the SBOMs and the signed
+    statements (``attest``) beside the artifact, then the staging dir renamed into ``output/<recipe>/``."""
     assert b.accel is not None and run.info is not None
     reporter, t0 = b.reporter, b.notes["t0"]
     sc = b.stage_cache
+    info = run.info
+    if not info.content_sha256:  # an artifact cached before content digests were recorded
+        info = replace(info, content_sha256=content_sha256(run.artifact, "qcow2"))
     manifest = {
         "build_id": b.build_id, "started": b.notes["started"],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "recipe": to_data(b.recipe), "artifact": to_data(run.info), "boot_test": run.boot,
+        "recipe": to_data(b.recipe), "artifact": to_data(info), "boot_test": run.boot,
         "accelerator": str(b.accel.accel), "accelerator_reason": b.accel.reason,
         "stages": dict(reporter.stage_seconds), "cache": sc.record,
         "stages_beside": run.stages_beside,
@@ -167,7 +176,11 @@ def _finish(b: Build, run: StageRunner, steps: list[cz.Step]) -> None:
         "customize_steps": [s.name for s in steps],
     }
     write_manifest(b.staging, manifest)
-    write_sha256sums(b.staging, {b.artifact_name: run.info.sha256, "manifest.json": None})
+    write_sha256sums(b.staging, {b.artifact_name: info.sha256, "manifest.json": None})
+    write_attestations(b.staging, manifest, artifact=run.artifact, content_sha256=info.content_sha256,
+                       dpkg_status=run.dpkg_status.read_text() if run.dpkg_status else None,
+                       key=check_signing_key(), reporter=reporter,
+                       deb_cache=apt_cache_dir(b.recipe) if b.recipe.install.backend is Backend.BOOTSTRAP else None)
     reporter.info("stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in reporter.stage_seconds.items())
                   + f" ({time.monotonic() - t0:.0f}s in all"
                   + ("; sparsify beside the boot test)" if manifest["stages_beside"] else ")"))

@@ -35,6 +35,10 @@ VARIABLES = {
     "IMAGEBUILD_APPLIANCE_KERNEL": "pvh: libguestfs boots its kernel unpacked, 5-6 s faster under emulation; "
                                    "packaged: as shipped (default: pvh, or packaged where the kernel cannot)",
     "IMAGEBUILD_ROOT_PASSWORD": "the root password of VM installs (a secret: hashed, never stored)",
+    "IMAGEBUILD_SIGNING_KEY": "an ed25519 private key file (OpenSSH or PEM, unencrypted): builds sign their "
+                              "attestations and SHA256SUMS with it (docs/attest.md; default: unsigned)",
+    "IMAGEBUILD_VERIFY_KEY": "the public key `invoke verify` checks signatures with (default: the public half "
+                             "of IMAGEBUILD_SIGNING_KEY)",
 }
 ACCELS = ("kvm", "tcg")
 
@@ -49,6 +53,10 @@ def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser() for p in value.split(":") if p)
 
 
+def _file(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
 @dataclass(frozen=True)
 class Settings:
     output: Path
@@ -60,6 +68,8 @@ class Settings:
     mirrors: str
     cache_max: int = 20 * 1024**3       # bytes
     appliance_kernel: str = "pvh"       # appliance_kernel.KERNEL_CHOICES
+    signing_key: Path | None = None     # attest.outputs.check_signing_key reads it (before any VM starts)
+    verify_key: Path | None = None
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> Settings:
@@ -72,9 +82,11 @@ class Settings:
         accel = env.get("IMAGEBUILD_ACCEL", "")
         if accel not in ("", *ACCELS):
             problems.append(f"IMAGEBUILD_ACCEL={accel!r}: must be {' or '.join(ACCELS)} (or unset: probe)")
-        for name in ("IMAGEBUILD_OUTPUT", "IMAGEBUILD_WORK", "IMAGEBUILD_CACHE"):
+        for name in ("IMAGEBUILD_OUTPUT", "IMAGEBUILD_WORK", "IMAGEBUILD_CACHE", "IMAGEBUILD_SIGNING_KEY",
+                     "IMAGEBUILD_VERIFY_KEY"):
             if name in env and not env[name].strip():
-                problems.append(f"{name} is set but empty: unset it or name a directory")
+                problems.append(f"{name} is set but empty: unset it or name a "
+                            + ("file" if name.endswith("_KEY") else "directory"))
         appliance_kernel = env.get("IMAGEBUILD_APPLIANCE_KERNEL") or "pvh"
         if appliance_kernel not in ("pvh", "packaged"):
             problems.append(f"IMAGEBUILD_APPLIANCE_KERNEL={appliance_kernel!r}: must be pvh or packaged")
@@ -98,6 +110,8 @@ class Settings:
             mirrors=env.get("IMAGEBUILD_MIRRORS", ""),
             cache_max=cache_max,
             appliance_kernel=appliance_kernel,
+            signing_key=_file(env.get("IMAGEBUILD_SIGNING_KEY")),
+            verify_key=_file(env.get("IMAGEBUILD_VERIFY_KEY")),
         )
 
 

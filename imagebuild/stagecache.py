@@ -207,14 +207,18 @@ class StageCacheUse:
                           "installed disk: its unchanged clusters are taken, not compressed again")
         return dest
 
-    def store_artifact(self, b: Build, artifact: Path, info: ArtifactInfo, steps: list[cz.Step]) -> None:
+    def store_artifact(self, b: Build, artifact: Path, info: ArtifactInfo, steps: list[cz.Step],
+                       beside: dict[str, Path] | None = None) -> None:
+        """The artifact, with files read from the image that go with it (``beside``: its package
+        database, for the SBOM of a build that reuses it)."""
         for stage in ("customize", "sparsify"):
             self._built(stage, self.keys.key("artifact") if self.keys else None, self.artifact_miss)
         if self.cache is None or self.keys is None:
             return
         self.artifact_entry = self.cache.store(
             "artifact", self.keys.key("artifact"), inputs=self.keys.inputs["artifact"], build_id=b.build_id,
-            recipe=self.recipe.name, files={ARTIFACT: link_or_copy(artifact)},
+            recipe=self.recipe.name,
+            files={ARTIFACT: link_or_copy(artifact), **{n: link_or_copy(f) for n, f in (beside or {}).items()}},
             extra={"artifact": to_data(info), "build_inputs": b.inputs,
                    "customize_steps": [s.name for s in steps]}, known={ARTIFACT: info.sha256})
 

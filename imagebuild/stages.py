@@ -33,9 +33,13 @@ from .digest import sha256_file
 from .disklayout import ESP_MOUNT
 from .errors import BootTestFailed, ImageBuildError
 from .events import CellReporter
+from .recipe import Family
 from .sparsify import ArtifactInfo, CompressBeside, compress
 from .stagecache import StageCacheUse
 from .workspace import Build
+
+DPKG_STATUS = "/var/lib/dpkg/status"
+DPKG_STATUS_FILE = "dpkg-status"       # its copy in the work dir and beside a cached artifact
 
 
 class StageRunner:
@@ -53,6 +57,7 @@ class StageRunner:
         self.beside: CompressBeside | None = None   # sparsify running beside the boot test
         self._ahead: ApplianceAhead | None = None   # the appliance booting for customize
         self._earlier: recompress.EarlierIndex | None = None
+        self.dpkg_status: Path | None = None       # the image's package database, for its SBOM
 
     @property
     def stages_beside(self) -> dict[str, str]:
@@ -65,6 +70,9 @@ class StageRunner:
         if hit is None:
             return False
         self.info, self.b.inputs = hit
+        entry = self.sc.artifact_entry
+        if entry is not None and entry.file(DPKG_STATUS_FILE).is_file():
+            self.dpkg_status = entry.file(DPKG_STATUS_FILE)
         for stage in ("install", "customize", "sparsify"):
             with self.b.reporter.step(stage, stage=True):
                 self.b.reporter.info(self.sc.line(stage))
@@ -130,6 +138,9 @@ class StageRunner:
                 with rep.step("post-check"):
                     cz.post_check(guest, ctx, steps)
                 b.inputs["packages"] = ctx.notes.get("packages") or installed_packages(guest, b.recipe.image.family)
+                if b.recipe.image.family is Family.DEBIAN and guest.is_file(DPKG_STATUS):
+                    self.dpkg_status = b.work / DPKG_STATUS_FILE
+                    self.dpkg_status.write_bytes(guest.read_bytes(DPKG_STATUS))
                 with rep.step("discard free space"):
                     guest.call("fstrim", "/")
                     if guest.esp_device:
@@ -150,8 +161,11 @@ class StageRunner:
         with b.reporter.step("sparsify", stage=True):
             self._compressed(compress(b.disk, b.disk_format, self.artifact, compat=b.recipe.image.compat,
                                       reporter=b.reporter, reuse=self._earlier))
-            self.sc.store_artifact(b, self.artifact, self.info, self.steps)  # type: ignore[arg-type]
+            self.sc.store_artifact(b, self.artifact, self.info, self.steps, self._beside_artifact())  # type: ignore[arg-type]
         self.artifact_ready = time.monotonic()
+
+    def _beside_artifact(self) -> dict[str, Path]:
+        return {DPKG_STATUS_FILE: self.dpkg_status} if self.dpkg_status is not None else {}
 
     def _compressed(self, info: ArtifactInfo) -> None:
         b = self.b
@@ -190,7 +204,7 @@ class StageRunner:
         rep.stage_seconds["sparsify"] = round(self.beside.seconds, 2)
         self._compressed(info)
         self.artifact_ready = self.beside.finished_at
-        sc.store_artifact(b, self.artifact, info, self.steps)
+        sc.store_artifact(b, self.artifact, info, self.steps, self._beside_artifact())
         sc.reused_boot_test(info, str(b.accel.accel if b.accel else ""), b.staging)  # records why it ran
         sc.store_boot_test(self.boot, b.staging)
 

@@ -33,6 +33,12 @@ def invoke_env(tmp_path_factory):
     (base / "cache").mkdir()
     if (cache_root() / "accel.json").exists():
         (base / "cache" / "accel.json").write_text((cache_root() / "accel.json").read_text())
+    # the session's builds sign their attestations, as a CI job that publishes would (issue 23)
+    keys = base / "keys"
+    keys.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuild tests", "-f",
+                    str(keys / "signing")], check=True)
+    env["IMAGEBUILD_SIGNING_KEY"] = str(keys / "signing")
     return env
 
 

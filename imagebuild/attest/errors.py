@@ -24,3 +24,8 @@ class SigningKeyError(AttestationError):
 
 class SignatureInvalid(AttestationError):
     """A signature is corrupt, or what it signs was changed after signing."""
+
+
+class VerifyFailed(AttestationError):
+    """A build's output does not check out: a file missing or not what SHA256SUMS, the manifest or a
+    statement says (``imagebuild.verify``)."""
