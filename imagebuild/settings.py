@@ -39,6 +39,10 @@ VARIABLES = {
                               "attestations and SHA256SUMS with it (docs/attest.md; default: unsigned)",
     "IMAGEBUILD_VERIFY_KEY": "the public key `invoke verify` checks signatures with (default: the public half "
                              "of IMAGEBUILD_SIGNING_KEY)",
+    "IMAGEBUILD_GLANCE_SIGNING_KEY": "an RSA private key file (PEM or DER, unencrypted): publishing to Glance "
+                                     "signs the image with it (img_signature*, docs/publish.md; default: unsigned)",
+    "IMAGEBUILD_GLANCE_SIGNING_CERT": "the X.509 certificate of that key, as stored in Barbican (PEM or DER)",
+    "IMAGEBUILD_GLANCE_SIGNING_CERT_UUID": "that certificate's Barbican secret UUID (img_signature_certificate_uuid)",
 }
 ACCELS = ("kvm", "tcg")
 
@@ -70,6 +74,9 @@ class Settings:
     appliance_kernel: str = "pvh"       # appliance_kernel.KERNEL_CHOICES
     signing_key: Path | None = None     # attest.outputs.check_signing_key reads it (before any VM starts)
     verify_key: Path | None = None
+    glance_signing_key: Path | None = None    # publish.signing loads the three before anything is hashed
+    glance_signing_cert: Path | None = None
+    glance_signing_cert_uuid: str = ""
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> Settings:
@@ -83,10 +90,15 @@ class Settings:
         if accel not in ("", *ACCELS):
             problems.append(f"IMAGEBUILD_ACCEL={accel!r}: must be {' or '.join(ACCELS)} (or unset: probe)")
         for name in ("IMAGEBUILD_OUTPUT", "IMAGEBUILD_WORK", "IMAGEBUILD_CACHE", "IMAGEBUILD_SIGNING_KEY",
-                     "IMAGEBUILD_VERIFY_KEY"):
+                     "IMAGEBUILD_VERIFY_KEY", "IMAGEBUILD_GLANCE_SIGNING_KEY", "IMAGEBUILD_GLANCE_SIGNING_CERT"):
             if name in env and not env[name].strip():
                 problems.append(f"{name} is set but empty: unset it or name a "
-                            + ("file" if name.endswith("_KEY") else "directory"))
+                                + ("file" if name.endswith(("_KEY", "_CERT")) else "directory"))
+        glance_signing = [n for n in ("IMAGEBUILD_GLANCE_SIGNING_KEY", "IMAGEBUILD_GLANCE_SIGNING_CERT",
+                                      "IMAGEBUILD_GLANCE_SIGNING_CERT_UUID") if env.get(n, "").strip()]
+        if 0 < len(glance_signing) < 3:
+            problems.append(f"{', '.join(glance_signing)} set without the others: Glance signing needs the key, "
+                            "its certificate and the certificate's Barbican UUID")
         appliance_kernel = env.get("IMAGEBUILD_APPLIANCE_KERNEL") or "pvh"
         if appliance_kernel not in ("pvh", "packaged"):
             problems.append(f"IMAGEBUILD_APPLIANCE_KERNEL={appliance_kernel!r}: must be pvh or packaged")
@@ -112,6 +124,9 @@ class Settings:
             appliance_kernel=appliance_kernel,
             signing_key=_file(env.get("IMAGEBUILD_SIGNING_KEY")),
             verify_key=_file(env.get("IMAGEBUILD_VERIFY_KEY")),
+            glance_signing_key=_file(env.get("IMAGEBUILD_GLANCE_SIGNING_KEY")),
+            glance_signing_cert=_file(env.get("IMAGEBUILD_GLANCE_SIGNING_CERT")),
+            glance_signing_cert_uuid=env.get("IMAGEBUILD_GLANCE_SIGNING_CERT_UUID", "").strip(),
         )
 
 

@@ -20,9 +20,13 @@ from ..run import signals_raise
 from ..workspace import output_root
 from .artifact import Artifact, PublishResult, record_publish
 from .gate import load_published_artifact
+from .signing import ImageSigner, SigningConfig, configured_signing, load_signer
 
 __all__ = ["TARGETS", "Options", "Target", "publish", "parse_rate", "load_published_artifact",
-           "PublishResult"]
+           "PublishResult", "SigningConfig", "UNSIGNED"]
+
+# Options.signing: sign nothing, whatever the settings say
+UNSIGNED = SigningConfig(key=Path(), certificate=Path(), certificate_uuid="")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,9 @@ class Options:
     cloud: str | None = None           # Glance: a clouds.yaml entry; None = OS_CLOUD / OS_* variables
     ovirt_config: str | None = None    # oVirt: a section of ovirt.conf; None = OVIRT_* variables
     rate_limit: int | None = None      # bytes per second, None = as fast as it goes
+    # Glance image signatures: the key and certificate files and the certificate's Barbican UUID;
+    # None = the settings' (IMAGEBUILD_GLANCE_SIGNING_*), UNSIGNED = none
+    signing: SigningConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -40,17 +47,20 @@ class Target:
     # How this store hands a guest its user, key and hostname, as a boot-test cell's seed imitates it: a
     # cloud image goes to this store only if a cell with this seed passed.
     seed: SeedKind
-    send: Callable[[Artifact, Publish, Options, Reporter], PublishResult]
+    send: Callable[[Artifact, Publish, Options, Reporter, ImageSigner | None], PublishResult]
+    signs: bool = False                # carries OpenStack image signatures (img_signature*)
 
 
-def _glance(artifact: Artifact, settings: Publish, options: Options, reporter: Reporter) -> PublishResult:
+def _glance(artifact: Artifact, settings: Publish, options: Options, reporter: Reporter,
+            signer: ImageSigner | None) -> PublishResult:
     from .glance import publish_to_glance
 
     return publish_to_glance(artifact, settings.glance, cloud=options.cloud, reporter=reporter,
-                             rate_limit=options.rate_limit)
+                             rate_limit=options.rate_limit, signer=signer)
 
 
-def _ovirt(artifact: Artifact, settings: Publish, options: Options, reporter: Reporter) -> PublishResult:
+def _ovirt(artifact: Artifact, settings: Publish, options: Options, reporter: Reporter,
+           signer: ImageSigner | None) -> PublishResult:
     from .ovirt import publish_to_ovirt
 
     return publish_to_ovirt(artifact, settings.ovirt, config=options.ovirt_config, reporter=reporter,
@@ -81,7 +91,7 @@ def _register(*targets: Target) -> None:
 
 _register(
     Target("glance", "OpenStack Glance (Images API v2) via openstacksdk: clouds.yaml / OS_CLOUD / OS_*",
-           SeedKind.NOVA, _glance),
+           SeedKind.NOVA, _glance, signs=True),
     Target("ovirt", "oVirt / RHV storage domain via ovirt-engine-sdk and ovirt-imageio: ovirt.conf / OVIRT_*",
            SeedKind.OVIRT, _ovirt),
 )
@@ -111,14 +121,30 @@ def publish(recipe: Recipe | str, output_dir: Path | str | None = None, *, to: s
     # SIGTERM must unwind through the upload's cleanup like Ctrl-C does (callers may not have set it up).
     guard = signals_raise() if threading.current_thread() is threading.main_thread() else nullcontext()
     with guard, reporter.step(f"publish {recipe.name} to {to}", stage=True):
+        signer = _signer(options, target, reporter)  # before anything is hashed or sent
         artifact = load_published_artifact(output_dir, force=force, seed=target.seed, store=to,
                                            reporter=reporter)
         if artifact.recipe != recipe.name:
             raise PublishError(f"{output_dir} holds a build of '{artifact.recipe}', not '{recipe.name}'")
-        result = target.send(artifact, recipe.publish, options, reporter)
+        result = target.send(artifact, recipe.publish, options, reporter, signer)
         record_publish(artifact, result)
         reporter.event("published", **result.to_json())
-        verb = "published" if result.created else "already published"
+        verb = "published" if result.created else "already published (nothing sent)"
         reporter.info(f"{verb}: {result.name} ({result.image_id}) on {to}"
                       + (" [forced: boot test " + artifact.boot_test + "]" if artifact.forced else ""))
     return result
+
+
+def _signer(options: Options, target: Target, reporter: Reporter) -> ImageSigner | None:
+    """The image signer, loaded and checked (key, certificate, UUID) before the publish starts, for a
+    store that carries signatures; None when signing is not configured."""
+    config = options.signing if options.signing is not None else configured_signing()
+    if config is None or config == UNSIGNED:
+        return None
+    if not target.signs:
+        reporter.info(f"{target.name} has no image-signature properties: the signing certificate is for Glance")
+        return None
+    signer = load_signer(config)
+    reporter.info(f"signing the image for Glance: certificate {signer.certificate_uuid} "
+                  f"(sha256 fingerprint {signer.fingerprint[:16]}...), RSA-PSS over its sha256")
+    return signer

@@ -77,6 +77,10 @@ class Artifact:
     boot_test_accelerator: str = ""
     forced: bool = False               # published although the boot test did not pass
     publish_settings: dict[str, Any] = field(default_factory=dict)  # the recipe's [publish], as built
+    # The proof beside the artifact, "" in outputs from before it was written: the sha256 of the disk the
+    # guest sees (manifest artifact.content_sha256) and of the SLSA provenance (as SHA256SUMS lists it).
+    content_sha256: str = ""
+    provenance_sha256: str = ""
 
     @property
     def serial(self) -> str:
@@ -93,7 +97,11 @@ class Artifact:
         return max(1, math.ceil(self.virtual_size / GIB))
 
     def provenance(self) -> dict[str, str]:
-        """Properties that say where an image came from; stores attach them verbatim."""
+        """Properties that say where an image came from; stores attach them verbatim. The content and
+        provenance digests only when the build wrote them (an absent property, never an empty one)."""
+        proof = {name: value for name, value in (("imagebuild_content_sha256", self.content_sha256),
+                                                 ("imagebuild_provenance_sha256", self.provenance_sha256))
+                 if value}
         return {
             "imagebuild_recipe": self.recipe,
             "imagebuild_recipe_version": self.recipe_version,
@@ -103,6 +111,7 @@ class Artifact:
             "imagebuild_manifest_sha256": self.manifest_sha256,
             "imagebuild_boot_test": self.boot_test,
             "imagebuild_forced": "true" if self.forced else "false",
+            **proof,
         }
 
 
@@ -117,16 +126,21 @@ class PublishResult:
     method: str = ""                   # e.g. glance-direct, upload, imageio
     rotated: tuple[str, ...] = ()      # ids deleted by rotation
     extra: dict[str, str] = field(default_factory=dict)
+    sent_bytes: int = 0                # bytes this publish uploaded: 0 when it reused the store's copy
+    updated: tuple[str, ...] = ()      # properties this publish set on a reused copy (its proof completed)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["rotated"] = list(self.rotated)
+        data["updated"] = list(self.updated)
         return data
 
 
 def record_publish(artifact: Artifact, result: PublishResult) -> None:
-    """Append what was published (and whether it was forced) to the output folder's record."""
+    """Append what was published (and whether it was forced) to the output folder's record. ``reused``:
+    the store already held these bytes (another build's upload, or this one's), so nothing was sent."""
     entry = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "build_id": artifact.build_id,
-             "sha256": artifact.sha256, "boot_test": artifact.boot_test, **result.to_json()}
+             "sha256": artifact.sha256, "boot_test": artifact.boot_test, "reused": not result.created,
+             **result.to_json()}
     with open(artifact.output_dir / RECORD, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..digest import hash_file
+from ..digest import hash_file, sha256_file
 from ..errors import PublishError, ToolMissing
 from ..events import NULL_REPORTER, Reporter
 from ..recipe import SeedKind
@@ -82,6 +82,9 @@ def load_published_artifact(output_dir: Path | str, *, force: bool = False, seed
     for algo, value in want.items():
         if not _HEX[algo].match(value):
             raise PublishError(f"{manifest_path}: artifact.{algo} is not a {algo} hex digest")
+    content = art.get("content_sha256")
+    if content is not None and not (isinstance(content, str) and _HEX["sha256"].match(content)):
+        raise PublishError(f"{manifest_path}: artifact.content_sha256 is not a sha256 hex digest")
     virtual_size = _get(data, "artifact.virtual_size", int, manifest_path)
     recipe = _get(data, "recipe", dict, manifest_path)
     image = _get(data, "recipe.image", dict, manifest_path)
@@ -116,6 +119,8 @@ def load_published_artifact(output_dir: Path | str, *, force: bool = False, seed
         if info.get("virtual-size") != virtual_size:
             raise PublishError(f"{path}: virtual size {info.get('virtual-size')} differs from the "
                                f"manifest's {virtual_size}")
+
+    provenance_sha256 = _provenance_digest(out, file_name, got["sha256"])
 
     bt = data.get("boot_test")
     if bt is None:
@@ -166,4 +171,40 @@ def load_published_artifact(output_dir: Path | str, *, force: bool = False, seed
         virtual_size=virtual_size, file_size=file_size, sha256=got["sha256"], sha512=got["sha512"],
         manifest_sha256=hashlib.sha256(raw).hexdigest(), image=facts, boot_test=boot_test,
         boot_test_accelerator=str(bt.get("accelerator") or "") if isinstance(bt, dict) else "",
-        forced=forced, publish_settings=dict(recipe.get("publish") or {}))
+        forced=forced, publish_settings=dict(recipe.get("publish") or {}),
+        content_sha256=content or "", provenance_sha256=provenance_sha256)
+
+
+def _provenance_digest(out: Path, artifact_name: str, artifact_sha256: str) -> str:
+    """The sha256 of the build's provenance statement as ``SHA256SUMS`` lists it, after checking the file
+    still has it; "" for an output from before provenance was written. ``SHA256SUMS`` must agree with the
+    artifact, and a provenance file it does not list was added after the build: both refused."""
+    from ..attest.errors import AttestationError
+    from ..attest.outputs import PROVENANCE, SUMS, read_sums
+
+    sums_path, statement = out / SUMS, out / PROVENANCE
+    if not sums_path.exists():
+        if statement.exists():
+            raise PublishError(f"{statement}: there is no {SUMS} beside it to say it is the build's")
+        return ""
+    try:
+        sums = read_sums(sums_path)
+    except AttestationError as exc:
+        raise PublishError(str(exc)) from None
+    if sums.get(artifact_name, artifact_sha256) != artifact_sha256:
+        raise PublishError(f"{sums_path} lists {artifact_name} with sha256 {sums[artifact_name]}, the file has "
+                           f"{artifact_sha256}: not the output of one build")
+    listed = sums.get(PROVENANCE)
+    if listed is None:
+        if statement.exists():
+            raise PublishError(f"{statement}: not listed in {SUMS}: added after the build")
+        return ""
+    try:
+        actual = sha256_file(statement)
+    except FileNotFoundError:
+        raise PublishError(f"{statement}: listed in {SUMS} but missing") from None
+    except OSError as exc:
+        raise PublishError(f"cannot read {statement}: {exc.strerror}") from None
+    if actual != listed:
+        raise PublishError(f"{statement}: its sha256 is {actual}, {SUMS} lists {listed}: changed after the build")
+    return listed

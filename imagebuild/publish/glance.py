@@ -6,16 +6,21 @@ through imagebuild's arguments or logs.
 
 One publish, in order:
 1. find images carrying our ``imagebuild_sha256``: an ``active`` one whose ``os_hash_value`` is ours
-   makes this a no-op. An unfinished one (``queued``, ``saving``, ``uploading``, ``importing``) is
-   either another publish at work, which this one waits for, or the leftover of an upload killed too
-   hard to clean up, which is deleted. Its ``imagebuild_uploader`` (host/boot/pid/start) tells which
-   on this host; another host's upload counts as a leftover once ``stale_upload_minutes`` old;
+   makes this a no-op: nothing is sent, whichever build uploaded those bytes, so a rebuild that changed
+   nothing does not churn the store; the copy only gets the proof it lacks (our content digest, our
+   signature when one is configured). An unfinished one (``queued``, ``saving``, ``uploading``,
+   ``importing``) is either another publish at work, which this one waits for, or the leftover of an
+   upload killed too hard to clean up, which is deleted. Its ``imagebuild_uploader``
+   (host/boot/pid/start) tells which on this host; another host's upload counts as a leftover once
+   ``stale_upload_minutes`` old;
 2. create the image record (qcow2/bare, versioned name, os_*/hw_* properties, min_disk from the
-   virtual size, min_ram from the recipe, provenance properties). If another publish of the same
-   artifact created its record no later than ours, ours is deleted and this one waits (so two
+   virtual size, min_ram from the recipe, provenance properties, and the image signature when a signing
+   certificate is configured, which Glance verifies while it receives the bytes). If another publish of
+   the same artifact created its record no later than ours, ours is deleted and this one waits (so two
    simultaneous publishes make one image). Then send the bytes from disk in chunks, through the
    interoperable import (``glance-direct``) where the cloud offers it, a plain upload otherwise;
-3. wait for ``active`` and compare Glance's own ``size`` and ``os_hash_value`` (sha512) with ours;
+3. wait for ``active`` and compare Glance's own ``size`` and ``os_hash_value`` (sha512) with ours, and
+   the sha512 of the bytes sent with the gate's (taken in the same read as the sha256 that was signed);
 4. move the recipe's ``latest_tag`` to its newest image and rotate to the newest ``keep`` images.
 Any failure or interrupt in 2-3 deletes the image: nothing is left in queued/saving/importing.
 """
@@ -35,6 +40,8 @@ from ..recipe import Glance
 from .artifact import Artifact, PublishResult
 from .remote import describe_exception, undo_upload, wait_until
 from .rivals import Rival, Survey, find_or_upload, rival_at_work, yield_pause
+from .signing import CERT_UUID, ImageSigner
+from .signing import PROPERTIES as SIGNATURE_PROPERTIES
 from .stream import CHUNK_SIZE, Progress, UploadStream
 
 if TYPE_CHECKING:
@@ -45,10 +52,17 @@ if TYPE_CHECKING:
 UNFINISHED = ("queued", "saving", "uploading", "importing")
 FAILED = ("killed", "deleted", "pending_delete", "deactivated")
 UPLOADER = "imagebuild_uploader"  # the process_token of the publish that created the image
+CONTENT = "imagebuild_content_sha256"
 
 
-def glance_properties(artifact: Artifact, settings: Glance) -> dict[str, str]:
-    """The image properties: how Nova should run it, then the recipe's extras, then provenance."""
+def glance_properties(artifact: Artifact, settings: Glance, signer: ImageSigner | None = None) -> dict[str, str]:
+    """The image properties: how Nova should run it, then the recipe's extras, then provenance, then the
+    image signature over the artifact's bytes when ``signer`` is given."""
+    signing = sorted(set(settings.properties) & set(SIGNATURE_PROPERTIES))
+    if signing:
+        raise PublishError(f"{artifact.recipe}: publish.glance.properties sets {', '.join(signing)}: image "
+                           "signatures are made by the publish, over the bytes it sends (configure a signing "
+                           "certificate: docs/publish.md, Signing)")
     facts = artifact.image
     props = {
         "os_distro": facts.os_distro,
@@ -82,6 +96,9 @@ def glance_properties(artifact: Artifact, settings: Glance) -> dict[str, str]:
     if facts.secure_boot:
         props["os_secure_boot"] = "required"  # Nova: UEFI with Secure Boot enforced (q35, SMM)
     props.update(artifact.provenance())  # last: a recipe cannot fake provenance
+    if signer is not None:
+        # over the sha256 the gate computed from the file (the same read as the sha512 Glance must report)
+        props.update(signer.properties(artifact.sha256))
     return props
 
 
@@ -139,6 +156,7 @@ def _list_images(images: Images, **filters: str) -> Iterator[dict[str, Any]]:
 
 def _delete(images: Images, image_id: str, reporter: Reporter, why: str) -> None:
     """Delete an image and make sure it is gone; raise if it stays."""
+    from keystoneauth1 import exceptions as ks_exc
     from openstack import exceptions as os_exc
 
     reporter.info(f"deleting Glance image {image_id} ({why})")
@@ -149,11 +167,18 @@ def _delete(images: Images, image_id: str, reporter: Reporter, why: str) -> None
             img = images.get_image(image_id)
         except os_exc.NotFoundException:
             return True
+        except ks_exc.ConnectFailure:
+            return False  # as below: a connection Glance closed; look again
         return img.status in ("deleted", "pending_delete")
 
     def gone() -> bool:
         try:
             images.delete_image(image_id, ignore_missing=True)
+        except ks_exc.ConnectFailure:
+            # Glance refused an upload before reading its body (a signature it cannot check fails at
+            # once) and closed that connection; the pool's next request on it finds it closed. A new
+            # connection is made on the retry.
+            return False
         except os_exc.HttpException as exc:
             # 409 while an import task still holds the image; 5xx when Glance is busy failing the
             # interrupted upload itself (e.g. its database row is locked): both pass, so retry.
@@ -203,7 +228,7 @@ def _choose_method(settings: Glance, offered: list[str]) -> str:
     return "upload"
 
 
-def _wait_active(images: Images, image_id: str, method: str, timeout: float) -> Any:
+def _wait_active(images: Images, image_id: str, method: str, timeout: float, *, signed: bool = False) -> Any:
     def check() -> Any:
         img = images.get_image(image_id)
         if img.status == "active":
@@ -212,12 +237,30 @@ def _wait_active(images: Images, image_id: str, method: str, timeout: float) -> 
             raise PublishError(f"Glance image {image_id} went to '{img.status}' instead of active")
         props = img.properties or {}
         failed = props.get("os_glance_failed_import")
-        if method == "glance-direct" and img.status == "queued" and failed:
-            raise PublishError(f"Glance's import of image {image_id} failed (stores: {failed}); "
-                               "see the Glance API log for the reason")
+        # A failed import leaves the image queued, or importing with no store left to import to (e.g. a
+        # signature that does not verify): either way it will never become active.
+        if (method == "glance-direct" and failed and img.status in ("queued", "importing")
+                and not props.get("os_glance_importing_to_stores")):
+            hint = ("; the image is signed, and an import fails this way when Glance cannot verify the signature "
+                    "(its log says why)" if signed else "")
+            raise PublishError(f"Glance's import of image {image_id} failed (stores: {failed}): "
+                               f"{_import_failure(images, image_id)}{hint}")
         return None
 
     return wait_until(check, timeout=timeout, what=f"Glance image {image_id} to become active")
+
+
+def _import_failure(images: Images, image_id: str) -> str:
+    """Why an import failed, in Glance's words: the message of the image's last import task (Images API
+    2.12, ``GET /v2/images/{id}/tasks``), else a pointer to the log."""
+    try:
+        resp = images.get(f"/images/{image_id}/tasks")
+        tasks = resp.json().get("tasks", []) if resp.status_code == 200 else []
+    except Exception:  # an older Glance without the call: the log has it
+        tasks = []
+    messages = [str(t["message"]) for t in sorted(tasks, key=lambda t: str(t.get("updated_at") or ""))
+                if isinstance(t, dict) and t.get("message")]
+    return messages[-1][:300] if messages else "see the Glance API log for the reason"
 
 
 def _glance_time(value: str | None) -> float:
@@ -253,28 +296,67 @@ def _survey(images: Images, artifact: Artifact, settings: Glance, reporter: Repo
 
 
 def _publish_once(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
-                  rate_limit: int | None) -> tuple[Any, bool, str]:
+                  rate_limit: int | None, signer: ImageSigner | None) -> tuple[Any, bool, str]:
     """Find the artifact in Glance or upload it, never two copies: (image, created, method)."""
     result, created = find_or_upload(
         lambda: _survey(images, artifact, settings, reporter),
-        lambda: _upload(images, artifact, settings, reporter, rate_limit),
+        lambda: _upload(images, artifact, settings, reporter, rate_limit, signer),
         what="Glance image", timeout=settings.timeout_seconds, reporter=reporter)
     if not created:
         reporter.info(f"Glance already has this artifact as {result.name} ({result.id}): nothing to upload")
         return result, False, ""
     image, method = result
-    reporter.info(f"Glance image {image.id} is active; size and sha512 match")
+    reporter.info(f"Glance image {image.id} is active; size and sha512 match"
+                  + (f"; Glance verified its signature (certificate {signer.certificate_uuid})"
+                     if signer is not None else ""))
     return image, True, method
 
 
+def _complete_proof(images: Images, image: Any, artifact: Artifact, signer: ImageSigner | None,
+                    reporter: Reporter) -> tuple[str, ...]:
+    """On a copy this publish reuses (the same bytes: Glance's size and sha512 are ours), set the proof it
+    lacks, without sending a byte: our content digest when it has none, our signature when it carries none
+    by our certificate. Its own provenance stays (``imagebuild_build_id`` names the build that uploaded it,
+    whose provenance describes these same bytes). Returns the properties set."""
+    from openstack import exceptions as os_exc
+
+    resp = images.get(f"/images/{image.id}")
+    if resp.status_code != 200:
+        raise PublishError(f"reading Glance image {image.id} failed: HTTP {resp.status_code}")
+    props = resp.json()
+    theirs = props.get(CONTENT)
+    if artifact.content_sha256 and theirs and theirs != artifact.content_sha256:
+        raise PublishError(f"Glance image {image.id} holds these bytes but records content digest {theirs}; "
+                           f"{artifact.output_dir}/manifest.json says {artifact.content_sha256}: one of the two "
+                           "builds' manifests is wrong (invoke verify checks it)")
+    want: dict[str, str] = {}
+    if artifact.content_sha256 and not theirs:
+        want[CONTENT] = artifact.content_sha256
+    if signer is not None and props.get(CERT_UUID) != signer.certificate_uuid:
+        want.update(signer.properties(artifact.sha256))
+    if not want:
+        return ()
+    try:
+        images.update_image(image.id, **want)
+    except os_exc.HttpException as exc:
+        if exc.status_code in (403, 404):  # another project's copy that we may read but not change
+            reporter.info(f"⚠ Glance image {image.id} lacks {', '.join(sorted(want))} but cannot be changed "
+                          f"by this project: {describe_exception(exc)}")
+            return ()
+        raise
+    reporter.info(f"completed the proof of Glance image {image.id} (no bytes sent): {', '.join(sorted(want))}")
+    reporter.event("glance-proof", image_id=image.id, properties=sorted(want))
+    return tuple(sorted(want))
+
+
 def _upload(images: Images, artifact: Artifact, settings: Glance, reporter: Reporter,
-            rate_limit: int | None) -> tuple[Any, str] | None:
+            rate_limit: int | None, signer: ImageSigner | None = None) -> tuple[Any, str] | None:
     """Create the image and send the bytes: (image, method), or None when another publish of the
     same artifact turned out to have started first (ours is deleted again)."""
     from openstack import exceptions as os_exc
     from openstack.image.v2.image import Image
 
-    props = glance_properties(artifact, settings)
+    props = glance_properties(artifact, settings, signer)
     try:
         image = Image.new(name=artifact.versioned_name, disk_format="qcow2", container_format="bare",
                           visibility=settings.visibility, tags=list(settings.tags),
@@ -297,17 +379,26 @@ def _upload(images: Images, artifact: Artifact, settings: Glance, reporter: Repo
             return None
         progress = Progress(reporter, "upload", artifact.file_size)
         stream = UploadStream(artifact.path, progress, rate_limit=rate_limit)
-        if method == "glance-direct":
-            image.stage(images, data=stream, size=artifact.file_size)
-        else:
-            resp = image.upload(images, data=stream, size=artifact.file_size)
-            os_exc.raise_from_response(resp)
+        try:
+            if method == "glance-direct":
+                image.stage(images, data=stream, size=artifact.file_size)
+            else:
+                resp = image.upload(images, data=stream, size=artifact.file_size)
+                os_exc.raise_from_response(resp)
+        except os_exc.HttpException as exc:
+            if signer is not None and exc.status_code == 400 and "signature" in _glance_reason(exc).lower():
+                raise PublishError(f"Glance refused the image's signature: {_glance_reason(exc)}; it checks it "
+                                   f"with certificate {signer.certificate_uuid} from its key manager (Barbican): "
+                                   f"is that {signer.config.certificate}?") from None
+            raise
         progress.done()
         if method == "glance-direct":
             resp = image.import_image(images, method="glance-direct")
             os_exc.raise_from_response(resp)
-        img = _wait_active(images, image.id, method, settings.timeout_seconds)
+        img = _wait_active(images, image.id, method, settings.timeout_seconds, signed=signer is not None)
         ok, why = _hash_matches(img, artifact)
+        if ok and stream.sha512 != artifact.sha512:  # Glance may hash with another algorithm, read anew
+            ok, why = False, f"the bytes sent have sha512 {stream.sha512}, the verified file {artifact.sha512}"
         if not ok:
             if stream.sha512 != artifact.sha512:
                 why += " (the file changed while it was being sent)"
@@ -329,6 +420,15 @@ def _upload(images: Images, artifact: Artifact, settings: Glance, reporter: Repo
     finally:
         if stream is not None:
             stream.close()
+
+
+def _glance_reason(exc: Any) -> str:
+    """Glance's own words for a refused request: the last line of its error page (``400 Bad Request``,
+    then the explanation), never the request."""
+    response = getattr(exc, "response", None)
+    text = getattr(response, "text", "") or ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else describe_exception(exc)
 
 
 def _newest_first(images: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -368,7 +468,8 @@ def _tend_recipe(images: Images, artifact: Artifact, settings: Glance, image: An
 
 
 def publish_to_glance(artifact: Artifact, settings: Glance, *, cloud: str | None = None,
-                      reporter: Reporter, rate_limit: int | None = None) -> PublishResult:
+                      reporter: Reporter, rate_limit: int | None = None,
+                      signer: ImageSigner | None = None) -> PublishResult:
     from keystoneauth1 import exceptions as ks_exc
     from openstack import exceptions as os_exc
 
@@ -376,10 +477,13 @@ def publish_to_glance(artifact: Artifact, settings: Glance, *, cloud: str | None
     try:
         images = images_v2(conn)
         endpoint = images.get_endpoint() or ""
-        image, created, method = _publish_once(images, artifact, settings, reporter, rate_limit)
+        image, created, method = _publish_once(images, artifact, settings, reporter, rate_limit, signer)
+        updated = () if created else _complete_proof(images, image, artifact, signer, reporter)
         rotated = _tend_recipe(images, artifact, settings, image, reporter)
+        extra = {} if created else {"image_build_id": str((image.properties or {}).get("imagebuild_build_id", ""))}
         return PublishResult(target="glance", image_id=image.id, name=image.name, created=created,
-                             forced=artifact.forced, location=endpoint, method=method, rotated=rotated)
+                             forced=artifact.forced, location=endpoint, method=method, rotated=rotated,
+                             extra=extra, sent_bytes=artifact.file_size if created else 0, updated=updated)
     except (os_exc.SDKException, ks_exc.ClientException) as exc:
         raise PublishError(f"Glance: {describe_exception(exc)}") from None
     finally:

@@ -208,7 +208,8 @@ def publish_to_ovirt(artifact: Artifact, settings: Ovirt, *, config: str | None 
             extra["template_id"] = _make_template(system, types, disk.id, name, settings, reporter,
                                                   artifact.image.ovirt_bios_type, user)
         return PublishResult(target="ovirt", image_id=disk.id, name=name, created=True,
-                             forced=artifact.forced, location=engine.url, method="imageio", extra=extra)
+                             forced=artifact.forced, location=engine.url, method="imageio", extra=extra,
+                             sent_bytes=artifact.file_size)
     except sdk.Error as exc:
         raise PublishError(f"oVirt: {describe_exception(exc)}") from None
     finally:

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -100,11 +101,12 @@ def planned_cells(recipe: Recipe) -> list[str]:
 
 def write_manifest(out: Path, recipe: Recipe, qcow2: Path, *, boot_test: bool | None = True,
                    build_id: str | None = None, finished: str = "2026-11-27T07:30:00+00:00",
-                   cells: dict[str, bool] | None = None, seeded: bool = True) -> dict:
+                   cells: dict[str, bool] | None = None, seeded: bool = True, proof: bool = False) -> dict:
     """A manifest as a build writes it; ``cells`` ("bios/pc+nova" or "bios/pc" → passed) defaults to
     the cells the recipe's build boots, with the outcome ``boot_test``. Every cell runs ``CHECKS``.
     ``seeded=False``: as a build from before seeded cells wrote it (no ``seed`` key; its cells' seeds
-    are ignored)."""
+    are ignored). ``proof``: as builds write it now, with the artifact's content digest and a (plain,
+    unsigned) provenance statement listed in SHA256SUMS."""
     data = qcow2.read_bytes()
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2", str(qcow2)],
                                      check=True, capture_output=True, text=True).stdout)
@@ -129,8 +131,21 @@ def write_manifest(out: Path, recipe: Recipe, qcow2: Path, *, boot_test: bool | 
                 for cell, _, seed in [label.partition("+")]]},
         "accelerator": "tcg", "stages": {}, "inputs": {}, "tools": {},
     }
+    sums = {qcow2.name: manifest["artifact"]["sha256"]}
+    if proof:
+        from imagebuild.attest.outputs import PROVENANCE
+        from imagebuild.content_digest import content_sha256
+
+        manifest["artifact"]["content_sha256"] = content_sha256(qcow2, "qcow2")
+        statement = {"_type": "https://in-toto.io/Statement/v1", "predicateType": "https://slsa.dev/provenance/v1",
+                     "subject": [{"name": qcow2.name, "digest": {"sha256": manifest["artifact"]["sha256"]}}],
+                     "predicate": {"buildDefinition": {"externalParameters": {"build_id": build_id}}}}
+        text = json.dumps(statement, sort_keys=True) + "\n"
+        (out / PROVENANCE).write_text(text)
+        sums[PROVENANCE] = hashlib.sha256(text.encode()).hexdigest()
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    (out / "SHA256SUMS").write_text(f"{manifest['artifact']['sha256']}  {qcow2.name}\n")
+    sums["manifest.json"] = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
+    (out / "SHA256SUMS").write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
     return manifest
 
 
@@ -144,12 +159,19 @@ def make_build(tmp_path: Path) -> MakeBuild:
 
     def make(recipe: Recipe, *, data_mib: float = 0.25, virtual_mib: int = 1536,
              boot_test: bool | None = True, finished: str = "2026-11-27T07:30:00+00:00",
-             cells: dict[str, bool] | None = None, seeded: bool = True) -> Path:
+             cells: dict[str, bool] | None = None, seeded: bool = True, proof: bool = False,
+             same_bytes_as: Path | None = None) -> Path:
+        """``same_bytes_as``: another output whose artifact this build's is byte for byte (a rebuild
+        that changed nothing), with its own build id, time and manifest."""
         out = tmp_path / f"output-{next(counter)}" / recipe.name
         out.mkdir(parents=True)
         qcow2 = out / f"{recipe.name}.qcow2"
-        make_qcow2(qcow2, virtual_mib=virtual_mib, data_mib=data_mib)
-        write_manifest(out, recipe, qcow2, boot_test=boot_test, finished=finished, cells=cells, seeded=seeded)
+        if same_bytes_as is not None:
+            shutil.copyfile(same_bytes_as / qcow2.name, qcow2)
+        else:
+            make_qcow2(qcow2, virtual_mib=virtual_mib, data_mib=data_mib)
+        write_manifest(out, recipe, qcow2, boot_test=boot_test, finished=finished, cells=cells, seeded=seeded,
+                       proof=proof)
         return out
 
     return make

@@ -1,7 +1,8 @@
 """Real image-store servers on 127.0.0.1 for the publish tests (and for trying `invoke publish` by hand).
 
 - ``GlanceServer``: PyPI glance under gunicorn, sqlite, file store, the interoperable import enabled.
-  Identity comes from ``glance_test_identity`` (a stand-in for keystonemiddleware, see there).
+  Identity comes from ``glance_test_identity`` (a stand-in for keystonemiddleware, see there); the
+  certificates that image signatures are verified with, from ``glance_test_keymanager`` (Barbican's).
 - ``ImageioServer``: PyPI ovirt-imageio's daemon, TLS with a throw-away CA, tickets over a unix socket.
 
 Their venvs are made once by ``.ci/publish-setup`` under the same cache folder computed here.
@@ -117,6 +118,9 @@ filesystem_store_datadir = {d}/tasks
 connection = sqlite:///{d}/glance.sqlite
 [oslo_concurrency]
 lock_path = {d}/lock
+[key_manager]
+# Barbican's stand-in: certificates for image-signature verification from {d}/certs (see there)
+backend = glance_test_keymanager.DirectoryKeyManager
 [paste_deploy]
 # "keystone" as a real deployment has it, with the auth_token filter replaced (see glance-api-paste.ini)
 flavor = keystone
@@ -209,16 +213,26 @@ class GlanceServer(_Server):
     def staging_dir(self) -> Path:
         return self.dir / "staging"
 
+    @property
+    def certs_dir(self) -> Path:
+        """Where the test Glance's key manager finds certificates: ``<uuid>.pem`` (Barbican's stand-in)."""
+        return self.dir / "certs"
+
+    def store_certificate(self, uuid: str, pem: bytes) -> None:
+        """Keep a certificate as Barbican would, under ``uuid`` (``img_signature_certificate_uuid``)."""
+        (self.certs_dir / f"{uuid}.pem").write_bytes(pem)
+
     def start(self) -> GlanceServer:
         if not venv_ready(self.venv):
             raise RuntimeError(f"no Glance venv at {self.venv}: run .ci/publish-setup first")
         d = self.dir
-        for sub in ("images", "staging", "tasks", "lock"):
+        for sub in ("images", "staging", "tasks", "lock", "certs"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "glance-api.conf").write_text(GLANCE_CONF.format(d=d))
         (d / "glance-api-paste.ini").write_text(GLANCE_PASTE.format(d=d))
         env = {"PATH": f"{self.venv}/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(d),
-               "OS_GLANCE_CONFIG_DIR": str(d), "PYTHONPATH": str(HERE)}
+               "OS_GLANCE_CONFIG_DIR": str(d), "PYTHONPATH": str(HERE),
+               "GLANCE_TEST_CERTS": str(self.certs_dir)}
         subprocess.run([self.venv / "bin" / "glance-manage", "--config-file", d / "glance-api.conf",
                         "db_sync"], env=env, check=True, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=open(d / "db_sync.log", "wb"))  # noqa: SIM115
