@@ -15,6 +15,7 @@ filesystem, swap or LVM), ``invoke show`` prints it, and the boot test checks th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -87,9 +88,14 @@ class DiskLayout:
         """What the layout takes from the disk besides ``/`` (GPT keeps a backup table at the end)."""
         return self.root.start_mib + (1 if self.label == "gpt" else 0)
 
-    def sfdisk_script(self, disk_name: str) -> str:
-        """Input for ``sfdisk DISK``; partition numbers come from the ``NAMEn :`` prefixes."""
+    def sfdisk_script(self, disk_name: str, ids: Callable[[str], str] | None = None) -> str:
+        """Input for ``sfdisk DISK``; partition numbers come from the ``NAMEn :`` prefixes. ``ids(purpose)``
+        gives the disk's and each partition's identifier (a UUID; for a dos label its first 8 hex digits
+        are the disk id), so they are derived, not random (``reproducible``)."""
         lines = [f"label: {self.label}"]
+        if ids is not None:
+            disk_id = ids("disk-label")
+            lines.append(f"label-id: {disk_id.upper() if self.label == 'gpt' else '0x' + disk_id[:8]}")
         if self.label == "gpt":
             lines.append("first-lba: 2048")
         for p in self.partitions:
@@ -98,6 +104,8 @@ class DiskLayout:
                 fields.append(f"size={p.size_mib * MIB // SECTOR}")
             if self.label == "gpt":
                 fields += [f"type={GPT_TYPE[p.role]}", f'name="{p.role}"']
+                if ids is not None:
+                    fields.append(f"uuid={ids(f'partition-{p.role}').upper()}")
             else:
                 fields += [f"type={MBR_LINUX}", "bootable"]
             lines.append(f"{disk_name}{p.number} : " + ", ".join(fields))

@@ -14,6 +14,7 @@ keeps its logs in ``output/failed/<build id>/`` and nothing else.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from contextlib import ExitStack
@@ -128,6 +129,9 @@ def _begin(recipe: Recipe, steps: list[cz.Step], opts: CacheOptions, reporter: R
            keep_work: bool) -> Build:
     """Before any stage: stale leftovers removed, free space checked, the stage keys computed, the work
     and staging dirs made (each released by ``stack``), the log attached, the accelerator chosen."""
+    # what the build writes must not depend on who runs it: every file and every program it starts gets
+    # the same umask (the user's comes back at the end)
+    stack.callback(os.umask, os.umask(0o022))
     clean_stale(reporter)
     check_free_space(work_root(), WORK_SPACE_GIB, "the build's scratch space")
     check_free_space(output_root(), OUTPUT_SPACE_GIB, "the output")
@@ -161,6 +165,7 @@ def _finish(b: Build, run: StageRunner, steps: list[cz.Step]) -> None:
     info = run.info
     if not info.content_sha256:  # an artifact cached before content digests were recorded
         info = replace(info, content_sha256=content_sha256(run.artifact, "qcow2"))
+    derived: dict[str, Any] = {k: b.inputs[k] for k in ("seed", "source_date_epoch") if k in b.inputs}
     manifest = {
         "build_id": b.build_id, "started": b.notes["started"],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -173,6 +178,8 @@ def _finish(b: Build, run: StageRunner, steps: list[cz.Step]) -> None:
         "timeline": {"artifact_ready": round(run.artifact_ready - t0, 1) if run.artifact_ready else None,
                      "end": round(time.monotonic() - t0, 1)},
         "inputs": b.inputs, "tools": tool_versions(),
+        # what the image's identifiers and times were derived from (reproducible.py; bootstrap installs)
+        **derived,
         "customize_steps": [s.name for s in steps],
     }
     write_manifest(b.staging, manifest)

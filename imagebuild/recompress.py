@@ -62,6 +62,10 @@ class CannotReuse(ImageBuildError):
     """The earlier artifact is not one this module can take clusters from (the caller compresses anew)."""
 
 
+class Stopped(ImageBuildError):
+    """The caller asked ``recompress`` to stop (its partial file is the caller's to remove)."""
+
+
 @dataclass(frozen=True)
 class Earlier:
     """An earlier artifact's header cluster and, per guest cluster, its L2 entry (0: not allocated)."""
@@ -273,9 +277,11 @@ def mapped_source(chain: list[Path], extents: list[dict], size: int) -> Source:
 
 
 def recompress(source: Source, earlier: Earlier, dest: Path, *, workers: int = 2,
-               digests: Digests | None = None) -> Counts:
+               digests: Digests | None = None, stop: threading.Event | None = None) -> Counts:
     """Write ``dest`` (a compressed qcow2 of the disk ``source`` reads), reusing ``earlier``'s clusters
-    where they hold the same data (``digests``: from ``EarlierIndex``, so those are not decompressed)."""
+    where they hold the same data (``digests``: from ``EarlierIndex``, so those are not decompressed).
+    The clusters go out in guest order whatever order the workers finish in: the same disk and the
+    same ``earlier`` give the same bytes. ``stop`` set: ``Stopped`` at the next batch."""
     known = digests or {}
     size = source.size
     if size != earlier.size:
@@ -304,6 +310,8 @@ def recompress(source: Source, earlier: Earlier, dest: Path, *, workers: int = 2
                                [known.get(c) for c in batch])
 
             for batch, decided in zip(batches, _ahead(pool, work, batches, 2 * workers), strict=True):
+                if stop is not None and stop.is_set():
+                    raise Stopped(f"stopped writing {dest.name}: the boot test beside it failed or was interrupted")
                 for c, (kind, data) in zip(batch, decided, strict=True):
                     setattr(counts, kind, getattr(counts, kind) + 1)
                     if kind == "zero":

@@ -2,7 +2,10 @@
 
 Free space was already discarded inside the libguestfs session (``fstrim`` on a disk opened with
 discard), which is what ``virt-sparsify --in-place`` does without a second appliance launch; here
-``qemu-img convert`` skips the holes and compresses what is left.
+the holes are skipped and what is left is compressed, by ``recompress`` into an empty qcow2's header,
+clusters in guest order on both cores, so that one disk always gives one artifact, byte for byte
+(``qemu-img convert -W``, as fast, places clusters in the order its coroutines finish: three runs on one
+disk gave three files). ``qemu-img convert`` in order is the fallback (compat 0.10).
 
 Format: qcow2 compat 1.1 (readable by every QEMU since 1.1, OpenStack and oVirt; compat 0.10 only
 matters for RHEL 6-era hosts), zlib compression (zstd needs QEMU >= 5.1 on every consumer, and
@@ -15,7 +18,7 @@ compresses only the rest (``recompress``: 17 s → 1-1.5 s here, that artifact i
 appliance boots); the whole disk goes to qemu-img when that artifact cannot be used.
 
 When the boot test runs, the compression runs beside it (``CompressBeside``): the cells boot the
-uncompressed disk through their own overlays while ``qemu-img convert`` reads the same disk, and a
+uncompressed disk through their own overlays while the compression reads the same disk, and a
 compare of every cluster then proves the artifact holds the same guest data as the disk that booted
 (``recompress.first_difference`` on both cores, or ``qemu-img compare``). On two
 cores under TCG the two overlap by about half: a plain boot and the compression took 59 s one after the
@@ -65,18 +68,19 @@ def image_info(path: Path, fmt: str, reporter: Reporter) -> dict:
 
 
 def compress(src: Path, src_format: str, dest: Path, *, compat: str, reporter: Reporter,
-             reuse: recompress.EarlierIndex | None = None) -> ArtifactInfo:
-    """``reuse``: an earlier artifact of the same installed disk and compression settings (indexed in a
-    thread since the build found it), whose clusters are taken where the guest data is the same
-    (``recompress``); else, or where it cannot be, ``qemu-img convert -c``."""
+             reuse: recompress.EarlierIndex | None = None, stop: threading.Event | None = None) -> ArtifactInfo:
+    """Written by ``recompress``, in guest order on both cores, so the same disk always gives the same
+    bytes (``qemu-img convert -W`` places clusters in the order its coroutines finish); ``reuse``: an
+    earlier artifact of the same installed disk and compression settings (indexed in a thread since the
+    build found it), whose clusters are taken where the guest data is the same. Where ``recompress``
+    cannot write the format (compat 0.10), ``qemu-img convert -c``, in order for the same reason.
+    ``stop`` set: raise ``CompressionStopped`` at the next batch."""
     tmp = dest.with_name(f".{dest.name}.partial")
     tmp.unlink(missing_ok=True)
     try:
-        if reuse is None or not _recompressed(src, src_format, tmp, reuse, reporter):
-            # -W with coroutines: both cores compress at once (~40% faster here than the default; 8 of
-            # them keep both busy: 14.6 s against 16.0 s with 4 for the same disk).
+        if not _recompressed(src, src_format, tmp, reporter, reuse=reuse, compat=compat, stop=stop):
             run(["qemu-img", "convert", "-f", src_format, "-O", "qcow2", "-c",
-                 "-o", f"compat={compat},compression_type={COMPRESSION}", "-m", "8", "-W", str(src), str(tmp)],
+                 "-o", f"compat={compat},compression_type={COMPRESSION}", "-m", "8", str(src), str(tmp)],
                 reporter=reporter, purpose="write the compressed qcow2")
         # the guest-visible disk's digest (hashing ~10 GiB, mostly zeros: 4-6 s) beside the checks below
         with ThreadPoolExecutor(1, thread_name_prefix="content-digest") as pool:
@@ -97,15 +101,27 @@ def compress(src: Path, src_format: str, dest: Path, *, compat: str, reporter: R
                         sha256=digests["sha256"], sha512=digests["sha512"], content_sha256=content_digest)
 
 
-def _recompressed(src: Path, src_format: str, tmp: Path, reuse: recompress.EarlierIndex,
-                  reporter: Reporter) -> bool:
-    """``tmp`` written by ``recompress`` from ``reuse``; False (logged) where that cannot be done. A
-    qcow2 disk (a rebuild's overlay over the cached install) is read where ``qemu-img map`` places its
-    clusters; one it cannot place is read from a sparse raw copy."""
+def _recompressed(src: Path, src_format: str, tmp: Path, reporter: Reporter, *,
+                  reuse: recompress.EarlierIndex | None, compat: str, stop: threading.Event | None) -> bool:
+    """``tmp`` written by ``recompress``: from ``reuse``'s clusters where the guest data is the same, the
+    rest compressed; without ``reuse``, every cluster compressed, into the header of an empty qcow2 of
+    the same size. False (logged) where that cannot be done. A qcow2 disk (a rebuild's overlay over the
+    cached install) is read where ``qemu-img map`` places its clusters; one it cannot place is read from
+    a sparse raw copy."""
     raw = src.with_name(f".{src.name}.raw")
+    template = tmp.with_name(f"{tmp.name}.template")
     start = time.monotonic()
     try:
-        earlier, digests = reuse.result()
+        if reuse is not None:
+            earlier, digests = reuse.result()
+        elif compat != "1.1":
+            reporter.log(f"sparsify: qemu-img writes compat {compat} (recompress writes qcow2 version 3 only)")
+            return False
+        else:
+            size = image_info(src, src_format, reporter)["virtual-size"]
+            run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"compat=1.1,compression_type={COMPRESSION}",
+                 str(template), str(size)], reporter=reporter, purpose="the header the artifact is written into")
+            earlier, digests = recompress.read_earlier(template), None
         try:
             source = recompress.raw_source(src) if src_format == "raw" else _mapped(src, src_format, reporter)
         except recompress.CannotReuse as exc:
@@ -113,16 +129,22 @@ def _recompressed(src: Path, src_format: str, tmp: Path, reuse: recompress.Earli
             run(["qemu-img", "convert", "-f", src_format, "-O", "raw", str(src), str(raw)], reporter=reporter,
                 purpose="the disk's guest data as a sparse raw file, to compare with the earlier artifact's")
             source = recompress.raw_source(raw)
-        counts = recompress.recompress(source, earlier, tmp, digests=digests)
+        counts = recompress.recompress(source, earlier, tmp, digests=digests, stop=stop)
     except (recompress.CannotReuse, OSError, struct.error, zlib.error, KeyError, ValueError) as exc:
         tmp.unlink(missing_ok=True)
-        reporter.log(f"sparsify: compressing the whole disk, not reusing {reuse.path}: {exc}")
+        reporter.log("sparsify: compressing with qemu-img, not recompress"
+                     + (f" (not reusing {reuse.path})" if reuse is not None else "") + f": {exc}")
         return False
     finally:
         raw.unlink(missing_ok=True)
-    reporter.info(f"sparsify: {counts.reused + counts.kept} cluster(s) taken from the artifact built on the same "
-                  f"install, {counts.compressed + counts.stored} compressed anew, {counts.zero} now zero "
-                  f"({time.monotonic() - start:.1f}s)")
+        template.unlink(missing_ok=True)
+    if reuse is not None:
+        reporter.info(f"sparsify: {counts.reused + counts.kept} cluster(s) taken from the artifact built on the "
+                      f"same install, {counts.compressed + counts.stored} compressed anew, {counts.zero} now zero "
+                      f"({time.monotonic() - start:.1f}s)")
+    else:
+        reporter.info(f"sparsify: {counts.compressed + counts.stored} clusters compressed in guest order "
+                      f"({time.monotonic() - start:.1f}s)")
     return True
 
 
@@ -183,7 +205,7 @@ class CompressBeside:
         self.error: BaseException | None = None
         self.seconds = 0.0
         self.finished_at: float | None = None   # time.monotonic() when the artifact was ready
-        self._stopping = False
+        self._stopping = threading.Event()
         self._stamp = _stamp(src)
         self._thread = threading.Thread(target=self._work, name="compress", daemon=True)
         self._thread.start()
@@ -197,8 +219,9 @@ class CompressBeside:
         os.setpriority(os.PRIO_PROCESS, 0, NICE_BESIDE)
         try:
             with self.reporter.step("sparsify"):
-                info = compress(self.src, self.src_format, self.dest, compat=self.compat, reporter=self.reporter)
-                if self._stopping:
+                info = compress(self.src, self.src_format, self.dest, compat=self.compat, reporter=self.reporter,
+                                stop=self._stopping)
+                if self._stopping.is_set():
                     raise ImageBuildError("stopped: the boot test failed or was interrupted")
                 same_guest_data(self.src, self.src_format, self.dest, reporter=self.reporter)
             self.info = info
@@ -221,7 +244,7 @@ class CompressBeside:
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
-        self._stopping = True
+        self._stopping.set()
         ours = set(descendants())
         stop_processes([p for p in processes_mentioning(self.dest.name) if p in ours], grace=2)
         self._thread.join(timeout=30)

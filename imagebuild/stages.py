@@ -145,6 +145,7 @@ class StageRunner:
                     guest.call("fstrim", "/")
                     if guest.esp_device:
                         guest.call("fstrim", ESP_MOUNT)
+            installer.seal(b)  # each filesystem written once more from its tree: the same inputs, the same bytes
 
     # -- sparsify ------------------------------------------------------------------------------------------
     def sparsify(self) -> None:

@@ -48,3 +48,9 @@ class Installer(Protocol):
         """After the generalization steps (which may change the kernel command line): regenerate the
         boot loader's configuration from the image's settings."""
         ...
+
+    def seal(self, build: Build) -> None:
+        """After the libguestfs session: write each filesystem of ``build.disk`` once more from its tree,
+        so the same inputs give the same bytes (``install/reseal.py``); a no-op where the installer's
+        disks are not reproducible (a VM install)."""
+        ...

@@ -13,9 +13,6 @@ by the image's own ``grub-install`` in the libguestfs session, whose kernel moun
 
 from __future__ import annotations
 
-import json
-import secrets
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,10 +24,20 @@ from ..events import Reporter
 from ..guest import Guest
 from ..paths import cache_root
 from ..preflight import preflight
-from ..recipe import Backend, Firmware, Recipe
+from ..recipe import Backend, Firmware, Recipe, to_data
+from ..reproducible import (
+    build_seed,
+    clamp_tree_times,
+    derived_uuid,
+    ext4_time_commands,
+    source_date_epoch,
+    used_inodes,
+    vfat_id,
+)
 from ..run import run
 from ..workspace import Build, remove_tree, remove_tree_beside
 from . import grubcache, hostgrub, initramfs
+from .reseal import read_partitions, reseal
 
 # grub-efi-amd64's own settings for later upgrades: no NVRAM writes (a cloud guest's NVRAM is not
 # ours), and keep EFI/BOOT/BOOTX64.EFI current, the path a fresh NVRAM boots.
@@ -56,7 +63,10 @@ def initramfs_once(recipe: Recipe, staging: Path) -> str:
     (install/initramfs.py; its files staged under ``staging``) and makes the initramfs once."""
     policy = initramfs.copy_in(recipe.install.bootstrap.initramfs_modules, staging)
     return (f"--customize-hook={INITRAMFS_RESTORE}if {INITRAMFS_WHEN}; then "
-            f'{policy}chroot "$1" update-initramfs -c -k all; fi')
+            # SOURCE_DATE_EPOCH: mkinitramfs clamps the archive's times to it and writes it reproducibly
+            # (cpio --reproducible, single-threaded compression); the kernel's date is the initramfs's
+            f'{policy}SOURCE_DATE_EPOCH=$(stat -c %Y "$1"/boot/vmlinuz-* | sort -n | tail -n 1) '
+            f'chroot "$1" update-initramfs -c -k all; fi')
 
 GRUB_DEFAULTS = f"""\
 # Written by imagebuild: serial console for headless clouds and the boot test, short menu.
@@ -149,6 +159,7 @@ class _Disk:
     path: Path
     root_uuid: str
     esp_id: str                          # the ESP's vfat volume id ("" without an ESP)
+    seed: str = ""                       # what every identifier is derived from (reproducible.build_seed)
     parts: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
@@ -188,13 +199,17 @@ class BootstrapInstaller:
             return build.notes["disk"].path
         r, rep = build.recipe, build.reporter
         layout = layout_for(r.image.firmware)
-        disk = _Disk(build.work / "disk.raw", str(uuid.uuid4()),
-                     secrets.token_hex(4).upper() if layout.esp is not None else "")
+        # every identifier derived from the recipe (reproducible.py): the same recipe, the same bytes
+        seed = build_seed(to_data(r))
+        build.inputs["seed"] = seed
+        disk = _Disk(build.work / "disk.raw", derived_uuid(seed, "root-fs"),
+                     vfat_id(seed) if layout.esp is not None else "", seed)
         with rep.step("partition disk"):
             with open(disk.path, "wb") as f:
                 f.truncate(r.image.disk_gib * 1024**3)
             run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk.path)], reporter=rep,
-                input=layout.sfdisk_script(disk.path.name), purpose="write the partition table")
+                input=layout.sfdisk_script(disk.path.name, lambda purpose: derived_uuid(seed, purpose)),
+                purpose="write the partition table")
             disk.parts = self._read_table(disk.path, build)
             if layout.esp is not None:
                 esp_start, esp_size = disk.parts[layout.esp.number]
@@ -231,23 +246,53 @@ class BootstrapInstaller:
                              "sources": sources_list(r), "root_fs_uuid": disk.root_uuid,
                              "disk_layout": layout.describe()})
         with rep.step("write root filesystem"):
+            # one time for what the packages did not date: the newest file they ship
+            epoch = source_date_epoch(rootfs)
+            build.inputs["source_date_epoch"] = epoch
+            clamped = clamp_tree_times(rootfs, epoch)
+            rep.log(f"SOURCE_DATE_EPOCH {epoch}: {clamped} install-time mtimes clamped to it")
             start, size = disk.parts[layout.root.number]
+            fs = f"{disk.path}?offset={start * SECTOR}"
             run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), "-U", disk.root_uuid, "-L", "root",
-                 "-E", f"offset={start * SECTOR},root_owner=0:0", str(disk.path), f"{size * SECTOR // 1024}k"],
-                reporter=rep, purpose="write the root tree into the partition")
+                 "-E", f"offset={start * SECTOR},root_owner=0:0,hash_seed={derived_uuid(disk.seed, 'ext4-hash-seed')}",
+                 str(disk.path), f"{size * SECTOR // 1024}k"],
+                env={"E2FSPROGS_FAKE_TIME": str(epoch)}, reporter=rep,
+                purpose="write the root tree into the partition")
+            self._fix_times(fs, epoch, build)
             self._check_disk(disk.path, disk.root_uuid, disk.esp_id, disk.parts, build)
         remove_tree_beside(rootfs, build)  # nothing reads it once mkfs.ext4 wrote it into the disk
         build.disk, build.disk_format = disk.path, "raw"
 
+    def _fix_times(self, fs: str, epoch: int, build: Build) -> None:
+        """mke2fs 1.47.0 copies each file's ctime (the time of the install) from the tree: every used
+        inode's ctime and atime set to ``epoch`` with debugfs (``reproducible.ext4_time_commands``)."""
+        listing = run(["dumpe2fs", fs], reporter=build.reporter, log_output=False,
+                      purpose="list the used inodes").stdout
+        commands = build.work / "ext4-times.debugfs"
+        commands.write_text(ext4_time_commands(used_inodes(listing), epoch))
+        run(["debugfs", "-w", "-f", str(commands), fs], env={"E2FSPROGS_FAKE_TIME": str(epoch)},
+            reporter=build.reporter, log_output=False, purpose="date every inode SOURCE_DATE_EPOCH")
+
+    def seal(self, build: Build) -> None:
+        """Each filesystem written again from its finished tree (``reseal``), into a fresh raw disk that
+        becomes the build's disk: the identifiers derived from the recipe, every time the epoch's."""
+        assert build.disk is not None
+        seed, epoch = build.inputs.get("seed"), build.inputs.get("source_date_epoch")
+        if not seed or epoch is None:
+            build.reporter.info("not sealed: this install recorded no seed or SOURCE_DATE_EPOCH (a cached "
+                                "install made before reproducible builds); rebuild it with --rebuild install")
+            return
+        layout = layout_for(build.recipe.image.firmware)
+        with build.reporter.step("seal"):
+            build.disk = reseal(build.disk, build.disk_format, layout, root_uuid=derived_uuid(seed, "root-fs"),
+                                hash_seed=derived_uuid(seed, "ext4-hash-seed"),
+                                esp_id=vfat_id(seed) if layout.esp is not None else "", epoch=int(epoch),
+                                work=build.work, reporter=build.reporter)
+            build.disk_format, build.disk_from_cache = "raw", False
+
     def _read_table(self, disk: Path, build: Build) -> dict[int, tuple[int, int]]:
         """partition number → (start, size) in sectors, as sfdisk wrote them."""
-        out = run(["sfdisk", "--json", str(disk)], reporter=build.reporter,
-                  purpose="read back the partition table").stdout
-        table = json.loads(out)["partitiontable"]
-        parts = {}
-        for p in table.get("partitions", []):
-            parts[int(p["node"][len(str(disk)):])] = (int(p["start"]), int(p["size"]))
-        return parts
+        return read_partitions(disk, build.reporter)
 
     def _check_disk(self, disk: Path, root_uuid: str, esp_id: str, parts: dict[int, tuple[int, int]],
                     build: Build) -> None:

@@ -135,6 +135,10 @@ class VMInstaller:
                                 "missing from the disk")
         guest.remove(COMPLETION_FILE)
 
+    def seal(self, build: Build) -> None:
+        """A VM install's disk stays as its installer and the appliance left it: anaconda and d-i write
+        random identifiers and the times of the install (only bootstrap builds are reproducible)."""
+
     def boot_config(self, guest: Guest, build: Build) -> None:
         # The installer wrote the boot loader's configuration. On Debian the hotplug step adds kernel
         # arguments through /etc/default/grub.d, which only update-grub turns into grub.cfg; the EL
