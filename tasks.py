@@ -234,12 +234,22 @@ def vm(c, image, key=None, console=False):
 
 @task(help={"image": "a build's output directory, the qcow2 in one, or a recipe name (its build in output/RECIPE/)",
             "key": "the public key to check signatures with (default: IMAGEBUILD_VERIFY_KEY, else the public "
-                   "half of IMAGEBUILD_SIGNING_KEY)"})
+                   "half of IMAGEBUILD_SIGNING_KEY)",
+            "rebuild": "then build it again, cold, from the manifest's recipe and compare, byte for byte "
+                       "(bootstrap builds; docs/reproducible.md)"})
 @edge
-def verify(c, image, key=None):
-    """Check a build offline: signatures, SHA256SUMS, the artifact and its content digest, attestations, SBOMs."""
+def verify(c, image, key=None, rebuild=False):
+    """Check a build (signatures, sums, both digests, statements, SBOMs); --rebuild: build it again, compare."""
     from imagebuild.verify import verify as run_verify
-    print(run_verify(image, key=key).summary())
+    verified = run_verify(image, key=key)
+    print(verified.summary(), flush=True)
+    if rebuild:
+        from imagebuild.rebuild import rebuild_and_compare
+        from imagebuild.run import signals_raise
+        with signals_raise():
+            print("  " + rebuild_and_compare(verified, reporter=Reporter()).line())
+    else:
+        print("  not checked: a rebuild from the recorded inputs (--rebuild)")
 
 
 @task

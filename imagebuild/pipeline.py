@@ -103,10 +103,11 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def build(recipe_name: str, *, reporter: Reporter, run_boot_test: bool = True,
+def build(recipe_name: str | Recipe, *, reporter: Reporter, run_boot_test: bool = True,
           keep_work: bool = False, cache: CacheOptions | None = None) -> Path:
-    """Build ``recipe_name`` into ``output/<recipe>/``; returns that directory."""
-    recipe = load_recipe(recipe_name)
+    """Build ``recipe_name`` (or a recipe already resolved: ``verify --rebuild`` takes a manifest's) into
+    ``output/<recipe>/``; returns that directory."""
+    recipe = load_recipe(recipe_name) if isinstance(recipe_name, str) else recipe_name
     if recipe.abstract:
         raise ImageBuildError(f"recipe '{recipe.name}' is abstract (a base for others to extend); "
                               "build one that extends it")

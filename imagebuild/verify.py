@@ -14,8 +14,8 @@ The first thing that does not hold raises ``VerifyFailed`` (or ``SignatureInvali
 naming the file and what differs; nothing is written anywhere. With a key, a missing signature is a
 failure; without one, signed files cannot be checked and that is a failure too (never a silent pass),
 while an unsigned output checks out as "unsigned". ``verify`` returns ``Verified``, which carries the
-manifest: a rebuild from the recorded inputs and a comparison with this artifact (issue 23) is a further
-step after ``check_output`` that takes it.
+manifest, from which ``rebuild.rebuild_and_compare`` (``invoke verify --rebuild``) builds the image again
+and compares.
 """
 
 from __future__ import annotations
@@ -61,8 +61,7 @@ class Verified:
     def summary(self) -> str:
         how = (f"signed by key {self.keyid[:16]}" if self.keyid
                else "UNSIGNED: consistent, but anyone could have written it")
-        return "\n".join([f"{self.directory}: verified ({how})", *(f"  {line}" for line in self.checked),
-                          "  not checked: a rebuild from the recorded inputs (not implemented yet)"])
+        return "\n".join([f"{self.directory}: verified ({how})", *(f"  {line}" for line in self.checked)])
 
 
 def verify(target: Path | str, *, key: Path | str | None = None, reporter: Reporter = NULL_REPORTER) -> Verified:

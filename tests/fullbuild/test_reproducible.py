@@ -2,11 +2,12 @@
 make it, gives the same qcow2, byte for byte; on a mismatch the failure says where, from the top down
 (``imagediff``: qcow2 encoding, the guest's disk, which partition, which files and how).
 
-The default suite compares the session's build of debian12 (with its boot test, its compression beside
-it, the session's package cache) with one more cold build (``--no-cache --no-boot-test``: no stage or
-package cache) in another work and output directory, another time zone, umask, locale and host name
-(a UTS namespace). ``scripts/repro-check`` also pins one of the two to one CPU; the matrix tier does
-the same for debian13 (hybrid), debian13-uefi and debian12-bios."""
+The default suite has ``invoke verify --rebuild`` rebuild the session's build of debian12 (made with its
+boot test, its compression beside it, the session's package cache) cold (``--no-cache --no-boot-test``:
+no stage or package cache) in another work directory, time zone, umask, locale and host name (a UTS
+namespace), and catch a signed manifest that lies about one package. ``scripts/repro-check`` also pins
+one of two builds to one CPU; the matrix tier builds debian13 (hybrid), debian13-uefi and debian12-bios
+twice each, the second one pinned to one CPU."""
 
 from __future__ import annotations
 
@@ -50,10 +51,54 @@ def assert_same_image(first: Path, second: Path, recipe: str, work: Path) -> Non
     assert ma["artifact"]["content_sha256"] == mb["artifact"]["content_sha256"]
 
 
+def as_another_user(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``invoke ARGS`` with umask 077, another time zone and locale, host name ``repro-other-host``."""
+    argv = ["unshare", "--uts", "sh", "-c", 'hostname repro-other-host && exec "$@"', "sh",
+            sys.executable, "-m", "invoke", *args]
+    return subprocess.run(argv, cwd=ROOT, env={**env, **OTHER}, text=True, capture_output=True, umask=0o077,
+                          timeout=3600)
+
+
 @pytest.mark.build
-def test_a_second_cold_build_elsewhere_gives_the_same_bytes(built_debian12, invoke_env, tmp_path):
-    second = build_elsewhere("debian12", invoke_env, tmp_path / "elsewhere")
-    assert_same_image(built_debian12, second, "debian12", tmp_path / "compare")
+def test_verify_rebuilds_the_session_build_as_another_user_byte_for_byte(built_debian12, invoke_env, tmp_path):
+    """The issue's "done": ``invoke verify --rebuild output/debian12`` says identical after rebuilding,
+    cold, in another work dir, time zone, umask, locale and host name; its scratch is gone afterwards."""
+    work = tmp_path / "work"
+    res = as_another_user(["verify", str(built_debian12), "--key", invoke_env["IMAGEBUILD_SIGNING_KEY"] + ".pub",
+                           "--rebuild"], dict(invoke_env, IMAGEBUILD_WORK=str(work)))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    sha = json.loads((built_debian12 / "manifest.json").read_text())["artifact"]["sha256"]
+    assert f"rebuilt from the manifest's recipe: byte-identical (sha256 {sha[:16]}" in res.stdout, res.stdout
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.build
+def test_verify_rebuild_names_the_package_a_signed_manifest_lies_about(built_debian12, invoke_env, tmp_path):
+    """A manifest that says the recipe asked for one more package than the image holds, signed all the same
+    (the signer lied): the offline checks pass, the rebuild differs, and verify names the package and the
+    files it brings, and exits non-zero."""
+    from imagebuild.attest.outputs import write_attestations
+    from imagebuild.manifest import write_sha256sums
+
+    copy = tmp_path / "debian12"
+    subprocess.run(["cp", "-al", str(built_debian12), str(copy)], check=True)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["recipe"]["packages"]["extra"].append("telnet")
+    for name in [p.name for p in copy.iterdir() if p.suffix != ".qcow2" and not p.name.endswith(".log")]:
+        os.unlink(copy / name)  # new files: the build's own stay as they are
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_sha256sums(copy, {"debian12.qcow2": manifest["artifact"]["sha256"], "manifest.json": None})
+    # the SBOMs are not what this is about: none is written (verify checks those a build lists)
+    write_attestations(copy, manifest, artifact=copy / "debian12.qcow2", dpkg_status=None,
+                       content_sha256=manifest["artifact"]["content_sha256"],
+                       key=Path(invoke_env["IMAGEBUILD_SIGNING_KEY"]))
+    res = run_invoke(["verify", str(copy), "--key", invoke_env["IMAGEBUILD_SIGNING_KEY"] + ".pub", "--rebuild"],
+                     dict(invoke_env, IMAGEBUILD_WORK=str(tmp_path / "work")), timeout=3600)
+    assert res.returncode == 9, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"{copy}: verified (signed by key" in res.stdout  # the offline checks could not tell
+    assert "the rebuild from its recorded inputs differs" in res.stderr and "telnet (absent) → " in res.stderr
+    assert "partition 1 (ext4) differs" in res.stderr and "only in the second image" in res.stderr
+    assert "Traceback" not in res.stderr and list((tmp_path / "work").iterdir()) == []
 
 
 @pytest.mark.build
