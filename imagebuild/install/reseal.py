@@ -154,7 +154,7 @@ def _normalized(listing: str) -> str:
 def reseal(disk: Path, fmt: str, layout: DiskLayout, *, root_uuid: str, hash_seed: str, esp_id: str, epoch: int,
            work: Path, reporter: Reporter) -> Path:
     """Write ``disk`` (raw or qcow2) again as a raw disk with every filesystem made from its tree; returns
-    the new disk (``work/disk-sealed.raw``)."""
+    the new disk (``work/disk.raw``, in place of the old one)."""
     t0 = time.monotonic()
     scratch = work / "reseal"
     scratch.mkdir()
@@ -196,6 +196,8 @@ def reseal(disk: Path, fmt: str, layout: DiskLayout, *, root_uuid: str, hash_see
     run(["e2fsck", "-fn", fs], reporter=reporter, log_output=False, purpose="check the sealed root filesystem")
     disk.unlink()
     shutil.rmtree(scratch, ignore_errors=True)  # nothing is mounted there: the namespace ended
+    final = work / "disk.raw"  # the build's disk, by the name a raw install gives it
+    dest.replace(final)
     reporter.info(f"sealed: root filesystem ({old.count(chr(10))} entries, the same tree) and ESP ({esp_files} "
                   f"files) written again, dated {epoch} ({time.monotonic() - t0:.1f}s)")
-    return dest
+    return final
