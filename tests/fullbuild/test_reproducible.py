@@ -5,7 +5,7 @@ make it, gives the same qcow2, byte for byte; on a mismatch the failure says whe
 The default suite has ``invoke verify --rebuild`` rebuild the session's build of debian12 (made with its
 boot test, its compression beside it, the session's package cache) cold (``--no-cache --no-boot-test``:
 no stage or package cache) in another work directory, time zone, umask, locale and host name (a UTS
-namespace), and catch a signed manifest that lies about one package. ``scripts/repro-check`` also pins
+namespace). The matrix tier catches a signed manifest that lies about one package. ``scripts/repro-check`` also pins
 one of two builds to one CPU; the matrix tier builds debian13 (hybrid), debian13-uefi and debian12-bios
 twice each, the second one pinned to one CPU."""
 
@@ -73,6 +73,7 @@ def test_verify_rebuilds_the_session_build_as_another_user_byte_for_byte(built_d
 
 
 @pytest.mark.build
+@pytest.mark.matrix  # one more cold build: the default suite (42 min) has no room for it
 def test_verify_rebuild_names_the_package_a_signed_manifest_lies_about(built_debian12, invoke_env, tmp_path):
     """A manifest that says the recipe asked for one more package than the image holds, signed all the same
     (the signer lied): the offline checks pass, the rebuild differs, and verify names the package and the

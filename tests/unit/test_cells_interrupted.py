@@ -6,6 +6,7 @@ libvirt sweep is recorded instead of run here; the VM tier interrupts a real bui
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 from types import SimpleNamespace
@@ -39,9 +40,14 @@ def test_an_interrupt_stops_a_cell_that_had_not_started_its_guest(monkeypatch):
         finished[title] = time.monotonic()
 
     plan = SimpleNamespace(cell=SimpleNamespace(slug="bios-pc"), slug="bios-pc")
-    threading.Timer(0.3, _thread.interrupt_main).start()
-    with pytest.raises(KeyboardInterrupt):
-        matrix._side_by_side([("booted", plan), ("late", plan)], one, 2, "ib-test", NULL_REPORTER)
+    # Python's own SIGINT handler, whatever an earlier test in this process left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        with pytest.raises(KeyboardInterrupt):
+            matrix._side_by_side([("booted", plan), ("late", plan)], one, 2, "ib-test", NULL_REPORTER)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert started == []
     assert set(finished) == {"booted", "late"}
     assert sweeps and sweeps[-1] >= finished["late"]  # swept again after the late cell was done

@@ -17,13 +17,22 @@ pytestmark = pytest.mark.unit
 STAGES = ["validate", "install", "customize", "sparsify", "boot-test", "manifest"]
 
 
+@pytest.fixture
+def empty_cache_env(invoke_env, tmp_path):
+    """The session's environment with a stage cache of its own, empty: the session's builds fill the shared
+    one, and these tests read what an empty cache says."""
+    (tmp_path / "cache").mkdir()
+    return dict(invoke_env, IMAGEBUILD_CACHE=str(tmp_path / "cache"))
+
+
 def show(env: dict[str, str], *args: str) -> str:
     res = run_invoke(["show", *args, "--offline"], env)
     assert res.returncode == 0, res.stderr
     return res.stdout
 
 
-def test_debian12_summary_fits_a_screen_and_names_the_keys(invoke_env):
+def test_debian12_summary_fits_a_screen_and_names_the_keys(empty_cache_env):
+    invoke_env = empty_cache_env
     out = show(invoke_env, "debian12")
     lines = out.splitlines()
     assert len(lines) <= 40 and all(len(line) <= 100 for line in lines)
@@ -58,7 +67,8 @@ def test_rocky9_summary_says_its_install_is_not_cached(invoke_env):
     assert "  cache       vm installs are not cached" in text
 
 
-def test_json_keeps_the_whole_plan(invoke_env):
+def test_json_keeps_the_whole_plan(empty_cache_env):
+    invoke_env = empty_cache_env
     plan = json.loads(show(invoke_env, "debian12", "--json"))
     assert set(plan) == {"recipe", "stages", "cache"}
     assert [s["stage"] for s in plan["stages"]] == STAGES
