@@ -29,15 +29,13 @@ from ..reproducible import (
     build_seed,
     clamp_tree_times,
     derived_uuid,
-    ext4_time_commands,
     source_date_epoch,
-    used_inodes,
     vfat_id,
 )
 from ..run import run
 from ..workspace import Build, remove_tree, remove_tree_beside
 from . import grubcache, hostgrub, initramfs
-from .reseal import read_partitions, reseal
+from .reseal import date_inodes, read_partitions, reseal
 
 # grub-efi-amd64's own settings for later upgrades: no NVRAM writes (a cloud guest's NVRAM is not
 # ours), and keep EFI/BOOT/BOOTX64.EFI current, the path a fresh NVRAM boots.
@@ -258,20 +256,10 @@ class BootstrapInstaller:
                  str(disk.path), f"{size * SECTOR // 1024}k"],
                 env={"E2FSPROGS_FAKE_TIME": str(epoch)}, reporter=rep,
                 purpose="write the root tree into the partition")
-            self._fix_times(fs, epoch, build)
+            date_inodes(fs, epoch, build.work / "ext4-times.debugfs", rep)
             self._check_disk(disk.path, disk.root_uuid, disk.esp_id, disk.parts, build)
         remove_tree_beside(rootfs, build)  # nothing reads it once mkfs.ext4 wrote it into the disk
         build.disk, build.disk_format = disk.path, "raw"
-
-    def _fix_times(self, fs: str, epoch: int, build: Build) -> None:
-        """mke2fs 1.47.0 copies each file's ctime (the time of the install) from the tree: every used
-        inode's ctime and atime set to ``epoch`` with debugfs (``reproducible.ext4_time_commands``)."""
-        listing = run(["dumpe2fs", fs], reporter=build.reporter, log_output=False,
-                      purpose="list the used inodes").stdout
-        commands = build.work / "ext4-times.debugfs"
-        commands.write_text(ext4_time_commands(used_inodes(listing), epoch))
-        run(["debugfs", "-w", "-f", str(commands), fs], env={"E2FSPROGS_FAKE_TIME": str(epoch)},
-            reporter=build.reporter, log_output=False, purpose="date every inode SOURCE_DATE_EPOCH")
 
     def seal(self, build: Build) -> None:
         """Each filesystem written again from its finished tree (``reseal``), into a fresh raw disk that

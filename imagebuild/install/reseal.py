@@ -47,6 +47,15 @@ def read_partitions(disk: Path, reporter: Reporter) -> dict[int, tuple[int, int]
     return {int(p["node"][len(str(disk)):]): (int(p["start"]), int(p["size"])) for p in table.get("partitions", [])}
 
 
+def date_inodes(fs: str, epoch: int, commands: Path, reporter: Reporter) -> None:
+    """Every used inode of the ext4 filesystem ``fs`` (``FILE?offset=N``) gets ``epoch`` as its ctime and
+    atime: mke2fs 1.47.0 copies ctime from the tree it writes (``reproducible.ext4_time_commands``)."""
+    listing = run(["dumpe2fs", fs], reporter=reporter, log_output=False, purpose="list the used inodes").stdout
+    commands.write_text(ext4_time_commands(used_inodes(listing), epoch))
+    run(["debugfs", "-w", "-f", str(commands), fs], env={"E2FSPROGS_FAKE_TIME": str(epoch)}, reporter=reporter,
+        log_output=False, purpose="date every inode SOURCE_DATE_EPOCH")
+
+
 def _copy_ranges(src: Path, dest: Path, ranges: list[tuple[int, int]]) -> None:
     """Copy ``(start, end)`` byte ranges of ``src`` into ``dest`` at the same offsets, skipping holes."""
     with open(src, "rb") as fi, open(dest, "r+b") as fo:
@@ -188,11 +197,7 @@ def reseal(disk: Path, fmt: str, layout: DiskLayout, *, root_uuid: str, hash_see
         raise InstallFailed(f"the sealed root filesystem does not hold the tree it was made from: first "
                             f"difference {first[0]!r} against {first[1]!r}")
     fs = f"{dest}?offset={start}"
-    listing = run(["dumpe2fs", fs], reporter=reporter, log_output=False, purpose="list the used inodes").stdout
-    commands = scratch / "times.debugfs"
-    commands.write_text(ext4_time_commands(used_inodes(listing), epoch))
-    run(["debugfs", "-w", "-f", str(commands), fs], env={"E2FSPROGS_FAKE_TIME": str(epoch)}, reporter=reporter,
-        log_output=False, purpose="date every inode SOURCE_DATE_EPOCH")
+    date_inodes(fs, epoch, scratch / "times.debugfs", reporter)
     run(["e2fsck", "-fn", fs], reporter=reporter, log_output=False, purpose="check the sealed root filesystem")
     disk.unlink()
     shutil.rmtree(scratch, ignore_errors=True)  # nothing is mounted there: the namespace ended
