@@ -160,9 +160,10 @@ class StageRunner:
             b.stack.callback(self.beside.stop)  # a failed or interrupted boot test stops the compression
             return
         with b.reporter.step("sparsify", stage=True):
-            self._compressed(compress(b.disk, b.disk_format, self.artifact, compat=b.recipe.image.compat,
-                                      reporter=b.reporter, reuse=self._earlier))
-            self.sc.store_artifact(b, self.artifact, self.info, self.steps, self._beside_artifact())  # type: ignore[arg-type]
+            info = compress(b.disk, b.disk_format, self.artifact, compat=b.recipe.image.compat,
+                            reporter=b.reporter, reuse=self._earlier)
+            self._compressed(info)
+            self.sc.store_artifact(b, self.artifact, info, self.steps, self._beside_artifact())
         self.artifact_ready = time.monotonic()
 
     def _beside_artifact(self) -> dict[str, Path]:

@@ -27,7 +27,6 @@ from ..preflight import preflight
 from ..recipe import Backend, Firmware, Recipe, to_data
 from ..reproducible import (
     build_seed,
-    clamp_tree_times,
     derived_uuid,
     source_date_epoch,
     vfat_id,
@@ -35,7 +34,7 @@ from ..reproducible import (
 from ..run import run
 from ..workspace import Build, remove_tree, remove_tree_beside
 from . import grubcache, hostgrub, initramfs
-from .reseal import date_inodes, read_partitions, reseal
+from .reseal import read_partitions, reseal
 
 # grub-efi-amd64's own settings for later upgrades: no NVRAM writes (a cloud guest's NVRAM is not
 # ours), and keep EFI/BOOT/BOOTX64.EFI current, the path a fresh NVRAM boots.
@@ -244,19 +243,17 @@ class BootstrapInstaller:
                              "sources": sources_list(r), "root_fs_uuid": disk.root_uuid,
                              "disk_layout": layout.describe()})
         with rep.step("write root filesystem"):
-            # one time for what the packages did not date: the newest file they ship
+            # one time for what the packages did not date (the newest package's): the seal, after
+            # customize, clamps every later time to it and dates every inode with it (``reseal``), so
+            # this filesystem, written again there, needs no clamping of its own
             epoch = source_date_epoch(rootfs)
             build.inputs["source_date_epoch"] = epoch
-            clamped = clamp_tree_times(rootfs, epoch)
-            rep.log(f"SOURCE_DATE_EPOCH {epoch}: {clamped} install-time mtimes clamped to it")
             start, size = disk.parts[layout.root.number]
-            fs = f"{disk.path}?offset={start * SECTOR}"
             run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), "-U", disk.root_uuid, "-L", "root",
                  "-E", f"offset={start * SECTOR},root_owner=0:0,hash_seed={derived_uuid(disk.seed, 'ext4-hash-seed')}",
                  str(disk.path), f"{size * SECTOR // 1024}k"],
                 env={"E2FSPROGS_FAKE_TIME": str(epoch)}, reporter=rep,
                 purpose="write the root tree into the partition")
-            date_inodes(fs, epoch, build.work / "ext4-times.debugfs", rep)
             self._check_disk(disk.path, disk.root_uuid, disk.esp_id, disk.parts, build)
         remove_tree_beside(rootfs, build)  # nothing reads it once mkfs.ext4 wrote it into the disk
         build.disk, build.disk_format = disk.path, "raw"

@@ -45,8 +45,7 @@ def test_the_partition_table_carries_derived_ids():
     gpt = layout_for(Firmware.HYBRID).sfdisk_script("disk.raw", ids)
     assert f"label-id: {ids('disk-label').upper()}" in gpt and f"uuid={ids('partition-root').upper()}" in gpt
     dos = layout_for(Firmware.BIOS).sfdisk_script("disk.raw", ids)
-    if "label: dos" in dos:
-        assert f"label-id: 0x{ids('disk-label')[:8]}" in dos
+    assert "label: dos" in dos and f"label-id: 0x{ids('disk-label')[:8]}" in dos
 
 
 def _tree(root: Path) -> Path:
