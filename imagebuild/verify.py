@@ -29,6 +29,7 @@ from typing import Any
 from .attest.dsse import keyid, load_public_key, verify_file, verify_statement
 from .attest.errors import VerifyFailed
 from .attest.outputs import BOOT_TEST, CYCLONEDX, PROVENANCE, SIGNATURE, SPDX, SUMS, read_sums, statement_of
+from .attest.sbom import validate_sbom
 from .attest.statement import SLSA_PROVENANCE, STATEMENT_TYPE, boot_test
 from .content_digest import UnreadableImage, content_sha256
 from .digest import hash_file
@@ -202,7 +203,8 @@ def check_output(directory: Path, manifest: Mapping[str, Any], image: Path, *, p
         for name in (SPDX, CYCLONEDX):
             if (directory / name).exists():
                 _check_sbom(directory / name, name, actual[image.name], packages)
-                done(f"{name}: names the artifact by its sha256 and lists the manifest's {len(packages)} packages")
+                done(f"{name}: valid {'SPDX 2.3' if name == SPDX else 'CycloneDX 1.6'}, names the artifact by its "
+                     f"sha256 and lists the manifest's {len(packages)} packages")
     elif public_key is not None:
         raise VerifyFailed("not found: a key was given, but the build wrote no attestations",
                            file=directory / PROVENANCE)
@@ -295,6 +297,7 @@ def _check_sbom(path: Path, name: str, sha256: str, packages: set[tuple[str, str
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise VerifyFailed(f"cannot read it as JSON: {exc}", file=path) from None
+    validate_sbom(path, name, error=VerifyFailed)  # the format's own check (the build does not run it: sbom.py)
     if name == SPDX:
         image_ids = {r.get("relatedSpdxElement") for r in doc.get("relationships", [])
                      if r.get("relationshipType") == "DESCRIBES"}

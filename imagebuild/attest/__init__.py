@@ -17,13 +17,13 @@ from .dsse import (
     verify_statement,
 )
 from .errors import AttestationError, SignatureInvalid, SigningKeyError, VerifyFailed
-from .sbom import cached_deb_sha256, created_time, cyclonedx_json, purl, spdx_json
+from .sbom import cached_deb_sha256, created_time, cyclonedx_json, purl, spdx_json, validate_sbom
 from .statement import boot_test, provenance, statement_bytes, subjects
 
 __all__ = [
     "AttestationError", "DebPackage", "SignatureInvalid", "SigningKeyError", "VerifyFailed", "boot_test",
     "cached_deb_sha256", "created_time", "cyclonedx_json", "installed_packages", "keyid", "load_private_key",
     "load_public_key", "pae", "provenance", "public_key_openssh", "purl", "sign_envelope", "sign_file",
-    "sign_statement", "spdx_json", "statement_bytes", "subjects", "verify_envelope", "verify_file",
-    "verify_statement",
+    "sign_statement", "spdx_json", "statement_bytes", "subjects", "validate_sbom", "verify_envelope",
+    "verify_file", "verify_statement",
 ]

@@ -121,7 +121,7 @@ def _root_script(src: Path, dest: Path, start: int, size: int, *, uuid: str, has
                  work: Path) -> str:
     """Shell for a private mount namespace: the old root filesystem mounted from a loop device (detached
     on every exit), its mtimes clamped, written again into ``dest`` by mkfs.ext4, the new one mounted
-    read-only, and both listed for the caller to compare."""
+    read-only, and both listed (side by side) for the caller to compare."""
     q = shlex.quote
     old, new = work / "root-old", work / "root-new"
     old.mkdir()
@@ -144,8 +144,10 @@ def _root_script(src: Path, dest: Path, start: int, size: int, *, uuid: str, has
         f"e=$(losetup --find --show --read-only --offset {start} --sizelimit {size} {q(str(dest))})",
         'DEVS="$DEVS $e"',
         f'mount -t ext4 -o ro,noload "$e" {q(str(new))}',
-        listing.format(m=q(str(old)), out=q(str(work / "old.list"))),
-        listing.format(m=q(str(new)), out=q(str(work / "new.list"))),
+        # both trees listed at once, one per core
+        listing.format(m=q(str(old)), out=q(str(work / "old.list"))) + " & a=$!",
+        listing.format(m=q(str(new)), out=q(str(work / "new.list"))) + " & b=$!",
+        'wait "$a"; wait "$b"',
     ]) + "\n"
 
 

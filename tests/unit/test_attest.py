@@ -33,6 +33,7 @@ from imagebuild.attest import (
     sign_file,
     sign_statement,
     spdx_json,
+    validate_sbom,
     verify_envelope,
     verify_file,
     verify_statement,
@@ -223,6 +224,28 @@ def test_spdx_is_valid_for_spdx_tools_own_parser_and_validator(tmp_path):
     path = tmp_path / "debian12.spdx.json"
     path.write_text(spdx_json(make_manifest(), DPKG_STATUS, created=EPOCH))
     assert validate_full_spdx_document(parse_file(str(path)), "SPDX-2.3") == []
+
+
+@pytest.mark.parametrize("name", ["sbom.spdx.json", "sbom.cdx.json"])
+def test_validate_sbom_passes_ours_and_names_the_file_of_a_broken_one(name, tmp_path):
+    make = spdx_json if name.endswith(".spdx.json") else cyclonedx_json
+    good = tmp_path / name
+    good.write_text(make(make_manifest(), DPKG_STATUS, created=EPOCH, deb_sha256=DEB_SHA256))
+    validate_sbom(good, name)
+    doc = json.loads(good.read_text())
+    if name.endswith(".spdx.json"):
+        doc["packages"][1]["SPDXID"] = "not an spdx id"
+    else:
+        doc["components"][0]["type"] = "not-a-type"
+    bad = tmp_path / "bad" / name
+    bad.parent.mkdir()
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(AttestationError, match=rf"^{bad}: does not validate .*not") as err:
+        validate_sbom(bad, name)
+    assert "Traceback" not in str(err.value)
+    bad.write_text("{}")
+    with pytest.raises(AttestationError, match=str(bad)):
+        validate_sbom(bad, name)
 
 
 def test_cyclonedx_validates_against_the_1_6_schema_and_names_every_package():
