@@ -253,6 +253,7 @@ def test_early_poweroff_is_a_failed_install(scripted_env):
 
 
 @pytest.mark.build
+@pytest.mark.matrix  # another medium for the same installer: no room in the default run (46 min in a slow hour)
 def test_scripted_install_from_an_iso(scripted_env, tree, payload):
     """The installer boots the kernel and initrd read out of a pinned ISO and installs from the same
     ISO attached as its CD-ROM (kickstart `cdrom`, `inst.repo=cdrom`), with no install tree at all."""
