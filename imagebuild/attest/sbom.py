@@ -275,5 +275,5 @@ def validate_sbom(path: Path | str, name: str, *, error: type[AttestationError] 
         raise error(f"is not an SPDX document: {exc}", file=path) from None
     problems = validate_full_spdx_document(document, "SPDX-2.3")
     if problems:
-        raise error("does not validate as SPDX 2.3: "
-                               + "; ".join(p.validation_message for p in problems[:5]), file=path)
+        raise error("does not validate as SPDX 2.3: " + "; ".join(p.validation_message for p in problems[:5]),
+                    file=path)
