@@ -32,8 +32,7 @@ def show(env: dict[str, str], *args: str) -> str:
 
 
 def test_debian12_summary_fits_a_screen_and_names_the_keys(empty_cache_env):
-    invoke_env = empty_cache_env
-    out = show(invoke_env, "debian12")
+    out = show(empty_cache_env, "debian12")
     lines = out.splitlines()
     assert len(lines) <= 40 and all(len(line) <= 100 for line in lines)
     assert lines[0] == "debian12: Debian 12 (bookworm) golden image"
@@ -68,14 +67,13 @@ def test_rocky9_summary_says_its_install_is_not_cached(invoke_env):
 
 
 def test_json_keeps_the_whole_plan(empty_cache_env):
-    invoke_env = empty_cache_env
-    plan = json.loads(show(invoke_env, "debian12", "--json"))
+    plan = json.loads(show(empty_cache_env, "debian12", "--json"))
     assert set(plan) == {"recipe", "stages", "cache"}
     assert [s["stage"] for s in plan["stages"]] == STAGES
     assert plan["recipe"]["name"] == "debian12"
     assert set(plan["cache"]) == {"install", "artifact"}
     assert {"key", "cached", "miss"} <= set(plan["cache"]["install"]) and len(plan["cache"]["install"]["key"]) == 64
-    assert set(json.loads(show(invoke_env, "rocky9", "--json"))["cache"]) == {"not_cached"}
+    assert set(json.loads(show(empty_cache_env, "rocky9", "--json"))["cache"]) == {"not_cached"}
 
 
 def test_a_cached_stage_says_which_build_made_it():
