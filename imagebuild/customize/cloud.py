@@ -24,7 +24,7 @@ import yaml
 
 from ..guest import Guest
 from ..recipe import Family, Recipe, Renderer
-from . import StepContext, register
+from . import StepContext, register, ssh_hostkeys
 from .layout import fstab_entries
 
 DROP_IN = "/etc/cloud/cloud.cfg.d/95_imagebuild.cfg"
@@ -97,8 +97,10 @@ def drop_in_data(recipe: Recipe) -> dict[str, Any]:
         "disable_root": True,
         "preserve_hostname": False,
         # cloud-init 22.4 (Debian 12) also makes a DSA host key, which OpenSSH 9 no longer loads: under
-        # emulation its key generation was most of the 12.9 s its ssh module took on the first boot
-        "ssh_genkeytypes": ["rsa", "ecdsa", "ed25519"],
+        # emulation its key generation was most of the 12.9 s its ssh module took on the first boot. On
+        # Debian the RSA key is made after sshd starts, by a unit of ours (customize/ssh_hostkeys.py).
+        "ssh_genkeytypes": list(ssh_hostkeys.EARLY_TYPES) if family is Family.DEBIAN
+        else ["rsa", *ssh_hostkeys.EARLY_TYPES],
     }
     if family is Family.DEBIAN and "locales" not in recipe.all_packages:
         # A minbase image has no `locales` package: cloud-init's locale module would run update-locale,

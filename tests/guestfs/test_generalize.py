@@ -74,8 +74,11 @@ def test_every_marker_is_removed_and_the_post_check_passes(marked_disk, accel):
     assert not exists(disk, "/var/lib/systemd/random-seed")
     assert [n for n in listdir(disk, "/etc/ssh") if n.startswith("ssh_host_")] == []
     unit = read_file(disk, "/etc/systemd/system/imagebuild-ssh-hostkeys.service")
-    assert "ssh-keygen -A" in unit
-    assert exists(disk, "/etc/systemd/system/multi-user.target.wants/imagebuild-ssh-hostkeys.service")
+    assert "ssh-keygen -q -t ed25519" in unit and "Before=ssh.service" in unit and "-t rsa" not in unit
+    rsa = read_file(disk, "/etc/systemd/system/imagebuild-ssh-rsa-hostkey.service")
+    assert "ssh-keygen -q -t rsa" in rsa and "After=ssh.service" in rsa and "reload" in rsa
+    for name in ("imagebuild-ssh-hostkeys.service", "imagebuild-ssh-rsa-hostkey.service"):
+        assert exists(disk, f"/etc/systemd/system/multi-user.target.wants/{name}")
     assert read_file(disk, "/etc/hostname").strip() == "localhost"
     assert "10.1.2.3" not in (read_file(disk, "/etc/resolv.conf") or "")
     fstab = read_file(disk, "/etc/fstab")
