@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import customize as cz
+from . import recompress
 from .boottest import cell_checks, plan_cells, validate_skips
 from .cache import key_of
 from .codeversion import code_version
@@ -37,7 +38,8 @@ def make_plan(recipe: Recipe) -> dict[str, Any]:
              "steps": [{"name": s.name, "summary": s.summary} for s in steps],
              "then": ["post-check of every step", "fstrim / (discard free space)"]},
             {"stage": "sparsify", "output": f"{recipe.name}.qcow2", "format": "qcow2",
-             "compat": recipe.image.compat, "compression": COMPRESSION},
+             "compat": recipe.image.compat, "compression": COMPRESSION,
+             "compression_level": recompress.LEVEL},
             {"stage": "boot-test", "enabled": bt.enabled, "memory_mib": bt.memory_mib, "vcpus": bt.vcpus,
              "timeout_seconds": {"kvm": bt.timeout_seconds, "tcg": bt.timeout_seconds * bt.tcg_factor},
              "accelerator": "KVM if a bounded probe boots a kernel under it, else TCG (decided at build)",
@@ -130,6 +132,7 @@ def stage_keys(recipe: Recipe, steps: list[cz.Step], *, archive: dict[str, str] 
                             "firmware": str(recipe.image.firmware)},
                  "steps": [s.name for s in steps], "code": code_version(STAGE_CODE["customize"])}
     artifact = {"recipe": {"compat": recipe.image.compat}, "compression": COMPRESSION,
+                "compression_level": recompress.LEVEL,
                 "tools": {"qemu-img": qemu_img}, "code": code_version(STAGE_CODE["artifact"])}
     return StageKeys({"install": {"install": install},
                       "customize": {"install": install, "customize": customize},

@@ -6,7 +6,7 @@ A customize-only rebuild changes a few megabytes of a 1.1 GB disk, and ``qemu-im
 the same output. Here every guest cluster of the new disk is read, and where the earlier artifact holds
 a cluster at the same guest offset, that cluster is decompressed and compared byte for byte: equal,
 its compressed bytes are copied; different (or new), the new data is compressed as QEMU does it (raw
-deflate, a 4 KiB window, QEMU's default level), and stored uncompressed where that does not make it
+deflate, a 4 KiB window) at level ``LEVEL``, and stored uncompressed where that does not make it
 smaller, as QEMU does too. Clusters of zeros are left unallocated. The comparison is the proof: no
 cluster is copied that was not seen to decompress to the new disk's bytes.
 
@@ -55,6 +55,10 @@ L2_ENTRIES = CLUSTER // 8
 REFCOUNT_BITS = 16
 REFCOUNTS_PER_BLOCK = CLUSTER * 8 // REFCOUNT_BITS
 ZERO = bytes(CLUSTER)
+# zlib's level: 4, not QEMU's default 6. On debian12's 15,086 clusters with data (one thread, 2026-12-06):
+# level 6 26.3 s and 323.6 MiB, 5 20.6 s 325.3, 4 17.1 s 328.4, 3 16.4 s 336.8, 1 14.2 s 344.9: 4 takes a
+# third off the compression for 1.5% more bytes. Any level decompresses alike (qcow2 names no level).
+LEVEL = 4
 BATCH = 64  # clusters per task of the thread pool (zlib lets go of the GIL); 4 MiB of disk each
 
 
@@ -122,7 +126,7 @@ def _stored_bytes(f_fd: int, entry: int) -> tuple[bool, bytes]:
 
 
 def _compress(data: bytes) -> bytes:
-    c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9)
+    c = zlib.compressobj(LEVEL, zlib.DEFLATED, -12, 9)
     return c.compress(data) + c.flush()
 
 

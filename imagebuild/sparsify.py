@@ -9,8 +9,10 @@ disk gave three files). ``qemu-img convert`` in order is the fallback (compat 0.
 
 Format: qcow2 compat 1.1 (readable by every QEMU since 1.1, OpenStack and oVirt; compat 0.10 only
 matters for RHEL 6-era hosts), zlib compression (zstd needs QEMU >= 5.1 on every consumer, and
-compressed clusters are read-only-decompressed on first write anyway). Written under a temporary name,
-checked with ``qemu-img check`` and for the absence of a backing file, then renamed.
+compressed clusters are read-only-decompressed on first write anyway) at level 4 (``recompress.LEVEL``:
+a third less time than QEMU's 6 for 1.5% more bytes; the qemu-img fallback writes QEMU's 6). Written
+under a temporary name, checked with ``qemu-img check`` and for the absence of a backing file, then
+renamed.
 
 A build on a cached install (a customize-only rebuild) takes the compressed clusters of the artifact
 built earlier on the same installed disk wherever the guest data is the same, each compared first, and

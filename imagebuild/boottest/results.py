@@ -33,7 +33,7 @@ class CellResult:
     stalled: list[str] = field(default_factory=list)  # attempts whose console went silent before the agent
     seed: str = "none"                 # the cloud-init seed the cell attached (nova, ovirt, nocloud, none)
     # what the checks measured beside their verdicts: seconds_to_ssh_banner, seconds_to_login (from
-    # power-on), cloud_init_stages (cloud-init analyze), host_key (the ed25519 fingerprint)
+    # power-on), cloud_init_stages (each stage's seconds, from status.json), host_key (the ed25519 fingerprint)
     facts: dict[str, Any] = field(default_factory=dict)
 
     def to_data(self) -> dict[str, Any]:
