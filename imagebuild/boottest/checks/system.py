@@ -126,11 +126,11 @@ def check_ssh_hostkeys(agent: Agent, ctx: CheckContext) -> Check:
     fingerprint = fp.split()[1] if len(fp.split()) > 1 else "?"
     ctx.facts["host_key"] = fingerprint
     made = f"regenerated: {' '.join(k.rsplit('/', 1)[-1] for k in keys)}; {key.rsplit('/', 1)[-1]} {fingerprint}"
-    _, pubs, _ = agent.exec(["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"])
-    files = {ln.split()[1]: ln.split()[0] for ln in pubs.splitlines() if len(ln.split()) >= 2}
-    rsa = next((blob for blob, kind in files.items() if kind == "ssh-rsa"), None)
-    if rsa is None:
+    rsa_key = next((k for k in keys if k.endswith("_rsa_key")), None)
+    if rsa_key is None:
         return Check("ssh-hostkeys", True, made)
+    _, pub, _ = agent.exec(["cat", rsa_key + ".pub"])
+    rsa = pub.split()[1] if len(pub.split()) > 1 else "?"
     # one key exchange under emulation is ~1.5 s: only the RSA key, the one made after sshd started, is read
     # back (the SSH login reads the others)
     rc, scan, _ = agent.exec(["sh", "-c", "command -v ssh-keyscan >/dev/null || exit 127; "
