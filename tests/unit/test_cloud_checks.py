@@ -79,3 +79,6 @@ def test_datasource_reads_the_instance_id_query_would_print() -> None:
     files[INSTANCE_DATA] = {"v1": {"instance_id": "iid-datasource-none"}}
     check = CHECKS["datasource"].run(FilesGuest(files), ctx())
     assert not check.ok and f"carries ConfigDrive, {IID}" in check.detail
+    del files[INSTANCE_DATA]  # the file missing is named, not just a '?'
+    check = CHECKS["datasource"].run(FilesGuest(files), ctx())
+    assert not check.ok and f"{INSTANCE_DATA}: cat:" in check.detail, check.detail

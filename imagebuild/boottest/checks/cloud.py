@@ -72,12 +72,13 @@ def check_cloud_init_status(agent: Agent, ctx: CheckContext) -> Check:
                                               f"nothing waited)" if ok else f"no seed, yet status {status!r}, "
                                               f"{tracebacks} traceback(s) in /var/log/cloud-init.log")
     result, why = _read_json(agent, RESULT_JSON)
-    errors = result.get("v1", {}).get("errors", ["no result.json"]) if not why else [why]
-    status_data, why = _read_json(agent, STATUS_JSON)
+    errors = [why] if why else list(result.get("v1", {}).get("errors", [f"{RESULT_JSON} has no v1.errors"]))
+    status_data, why = _read_json(agent, STATUS_JSON)  # {} when unreadable: no stages, no stage errors
     stages = _stages(status_data)
-    errors += [why] if why else [e for name in STAGES
-                                 for e in (status_data.get("v1", {}).get(name) or {}).get("errors", [])
-                                 if e not in errors]
+    if why:
+        errors.append(why)
+    for name in STAGES:
+        errors += [e for e in (status_data.get("v1", {}).get(name) or {}).get("errors", []) if e not in errors]
     ctx.facts["cloud_init_stages"] = stages
     ok = status == "done" and not errors and tracebacks == 0
     took = ", ".join(f"{k} {v:.1f}s" for k, v in stages.items())
@@ -89,14 +90,15 @@ def check_cloud_init_status(agent: Agent, ctx: CheckContext) -> Check:
           "instance-data.json, which cloud-init query renders)",
           order=210, kind=CheckKind.CLOUD, seeds=SEEDED)
 def check_datasource(agent: Agent, ctx: CheckContext) -> Check:
-    result, _ = _read_json(agent, RESULT_JSON)
+    result, why_ds = _read_json(agent, RESULT_JSON)
     ds = str(result.get("v1", {}).get("datasource", ""))
-    data, _ = _read_json(agent, INSTANCE_DATA)
+    data, why_iid = _read_json(agent, INSTANCE_DATA)
     iid = str(data.get("v1", {}).get("instance_id", ""))
     want_ds, want_iid = DATASOURCE[ctx.seed], ctx.seed_request.instance_id
-    ok = want_ds in ds and iid.strip() == want_iid
-    return Check("datasource", ok, f"datasource {ds or '?'}, instance id {iid.strip() or '?'}"
-                 + ("" if ok else f"; the {ctx.seed} seed carries {want_ds}, {want_iid}"))
+    ok = want_ds in ds and iid == want_iid
+    return Check("datasource", ok, f"datasource {ds or '?'}, instance id {iid or '?'}"
+                 + ("" if ok else f"; the {ctx.seed} seed carries {want_ds}, {want_iid}")
+                 + "".join(f"; {why}" for why in (why_ds, why_iid) if why))
 
 
 @register("hostname", "the guest calls itself by the metadata's hostname", order=220, kind=CheckKind.CLOUD,
