@@ -12,10 +12,13 @@ ROTATED = re.compile(r"(\.\d+|\.gz|\.xz|\.bz2|\.old|-\d{8})$")
 HISTORIES = ("/root/.bash_history", "/root/.sh_history", "/root/.zsh_history", "/root/.python_history",
              "/root/.lesshst", "/root/.viminfo", "/root/.wget-hsts", "/home/*/.bash_history",
              "/home/*/.python_history", "/home/*/.lesshst", "/home/*/.viminfo")
-# Answer files hold the root password hash and the build network; d-i keeps its whole debconf db.
+# Answer files hold the root password hash and the build network; d-i keeps its whole debconf db;
+# mmdebstrap's build-time apt and dpkg settings (force-unsafe-io: install/bootstrap.py's BUILD_ONLY_CONFIG,
+# which the install removes: the check here holds every backend to it).
 INSTALLER_FILES = ("/root/anaconda-ks.cfg", "/root/original-ks.cfg", "/root/install.log",
                    "/root/install.log.syslog", "/var/log/anaconda", "/var/log/installer",
-                   "/root/preseed.cfg", "/preseed.cfg", "/ks.cfg", "/imagebuild-install-complete")
+                   "/root/preseed.cfg", "/preseed.cfg", "/ks.cfg", "/imagebuild-install-complete",
+                   "/etc/apt/apt.conf.d/99mmdebstrap", "/etc/dpkg/dpkg.cfg.d/99mmdebstrap")
 CACHES = ("/var/cache/apt/archives/*.deb", "/var/cache/apt/*.bin", "/var/lib/apt/lists/*_*",
           "/var/cache/yum/*", "/var/cache/dnf/*", "/var/lib/yum/uuid")
 TMP_DIRS = ("/tmp", "/var/tmp")
@@ -56,8 +59,8 @@ def logfiles(guest: Guest, ctx: StepContext) -> None:
 
 register_removal("shell-history", "Remove shell, editor and pager histories of root and users",
                  order=900, paths=lambda guest: _expand(guest, HISTORIES))
-register_removal("installer-files", "Remove copies of the answer file and installer logs "
-                 "(anaconda-ks.cfg, original-ks.cfg, /var/log/installer)", order=900,
+register_removal("installer-files", "Remove answer files, installer logs and the installer's build-time "
+                 "apt/dpkg settings (anaconda-ks.cfg, /var/log/installer, 99mmdebstrap)", order=900,
                  paths=existing(*INSTALLER_FILES))
 register_removal("package-cache", "Empty the apt/yum/dnf caches and package lists", order=900,
                  paths=lambda guest: _expand(guest, CACHES))

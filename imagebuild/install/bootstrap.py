@@ -67,6 +67,12 @@ def initramfs_once(recipe: Recipe, staging: Path) -> str:
             f'{policy}SOURCE_DATE_EPOCH=$(stat -c %Y "$1"/boot/vmlinuz-* | sort -n | tail -n 1) '
             f'ZSTD_NBTHREADS=2 chroot "$1" update-initramfs -c -k all; fi')
 
+# What mmdebstrap's --aptopt and --dpkgopt leave in the tree, for good (its manual: "permanently added"):
+# Acquire::Retries for the build's downloads, and force-unsafe-io, dpkg without fsync, which on a running
+# system risks empty files after a power cut in the middle of an upgrade. They served the build only:
+# ``_configure`` removes them, and the customize step installer-files checks that they are gone.
+BUILD_ONLY_CONFIG = ("/etc/apt/apt.conf.d/99mmdebstrap", "/etc/dpkg/dpkg.cfg.d/99mmdebstrap")
+
 GRUB_DEFAULTS = f"""\
 # Written by imagebuild: serial console for headless clouds and the boot test, short menu.
 GRUB_TIMEOUT=1
@@ -330,6 +336,8 @@ class BootstrapInstaller:
         no_initrd = [k for k in kernels if not (root / f"boot/initrd.img-{k}").exists()]
         if no_initrd and (root / "usr/sbin/update-initramfs").exists():
             raise InstallFailed(f"the tree has no initramfs for kernel {', '.join(no_initrd)}")
+        for path in BUILD_ONLY_CONFIG:
+            (root / path.lstrip("/")).unlink(missing_ok=True)
         fstab = f"# <fs> <mount> <type> <options> <dump> <pass>\nUUID={root_uuid} / ext4 errors=remount-ro 0 1\n"
         if esp_id:
             # umask=0077: the ESP holds boot code; nofail keeps a guest booting if a cloud drops it

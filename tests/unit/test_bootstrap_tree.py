@@ -9,10 +9,17 @@ from types import SimpleNamespace
 
 import pytest
 
+from imagebuild.customize.logs import INSTALLER_FILES
 from imagebuild.errors import InstallFailed
 from imagebuild.events import NULL_REPORTER
 from imagebuild.install import initramfs
-from imagebuild.install.bootstrap import INITRAMFS_HOLD, BootstrapInstaller, initramfs_staging, mmdebstrap_argv
+from imagebuild.install.bootstrap import (
+    BUILD_ONLY_CONFIG,
+    INITRAMFS_HOLD,
+    BootstrapInstaller,
+    initramfs_staging,
+    mmdebstrap_argv,
+)
 from imagebuild.recipe import load_recipe
 
 from .test_firmware import recipe_file
@@ -111,3 +118,23 @@ def test_an_unknown_initramfs_policy_names_the_key(tmp_path):
         load_recipe(str(path))
     assert (e.value.file, e.value.key) == (str(path), "install.bootstrap.initramfs_modules")
     assert "must be one of disk, most, not 'dep'" in str(e.value)
+
+
+def test_mmdebstrap_s_build_time_settings_do_not_stay_in_the_image(tmp_path):
+    # --dpkgopt=force-unsafe-io and --aptopt land in 99mmdebstrap files for good (mmdebstrap's manual);
+    # dpkg without fsync is for the build, not for the upgrades of a running guest
+    root = tree(tmp_path)
+    argv = mmdebstrap_argv(load_recipe("debian12"), Path("/w/rootfs"))
+    assert "--dpkgopt=force-unsafe-io" in argv
+    for path in BUILD_ONLY_CONFIG:
+        (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / path.lstrip("/")).write_text("force-unsafe-io\n")
+    (root / "etc/dpkg/dpkg.cfg.d/excludes").write_text("path-exclude=/usr/share/doc/*\n")  # not ours
+    unit = root / "lib/systemd/system/systemd-networkd.service"   # what configure enables (systemctl --root)
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n")
+    configure(root)
+    assert not any((root / p.lstrip("/")).exists() for p in BUILD_ONLY_CONFIG)
+    assert (root / "etc/dpkg/dpkg.cfg.d/excludes").exists()
+    # and the customize post-check holds every image to it (installer-files)
+    assert set(BUILD_ONLY_CONFIG) <= set(INSTALLER_FILES)
