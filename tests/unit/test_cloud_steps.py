@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from imagebuild.customize import STEPS, StepContext, all_steps, customize, post_check, selected_steps
-from imagebuild.customize.cloud import DROP_IN, add_growfs, holds_seed, wanted_by
+from imagebuild.customize.cloud import DROP_IN, add_growfs, drop_in_data, holds_seed, wanted_by
 from imagebuild.dirguest import DirGuest
 from imagebuild.errors import CustomizeFailed
 from imagebuild.recipe import Recipe, load_recipe
@@ -80,6 +80,14 @@ def test_the_drop_in_says_what_the_recipe_asks(tmp_path: Path, recipe, renderer,
     assert (tmp_path / DROP_IN.lstrip("/")).read_text() == text
     # it sorts after the package's drop-in, which cloud-init reads first (later files win)
     assert sorted(p.name for p in (tmp_path / "etc/cloud/cloud.cfg.d").glob("*.cfg"))[-1] == "95_imagebuild.cfg"
+
+
+@pytest.mark.parametrize("name,grub_dpkg", [("debian12", {"enabled": False}), ("debian12-bios", None),
+                                             ("rocky9", None)])
+def test_grub_dpkg_is_off_where_the_image_has_no_grub_pc(name: str, grub_dpkg) -> None:
+    # the hybrid layout's grub-cloud-amd64 finds its disk with grub-probe; grub-pc (bios) reads the
+    # debconf answer cloud-init's grub_dpkg writes; EL's cloud-init does not run the module
+    assert drop_in_data(load_recipe(name)).get("grub_dpkg") == grub_dpkg
 
 
 def test_sysconfig_has_no_activator_and_none_goes_last(tmp_path: Path) -> None:
