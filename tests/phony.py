@@ -65,6 +65,7 @@ MARKED = {
     "/var/log/installer/cdebconf/questions.dat": "passwd/root-password-crypted $6$x",
     "/root/.bash_history": "echo secret\n", "/home/alice/.bash_history": "ls\n",
     "/root/anaconda-ks.cfg": "rootpw --iscrypted $6$x\n", "/root/original-ks.cfg": "rootpw --iscrypted $6$x\n",
+    "/etc/dpkg/dpkg.cfg.d/99mmdebstrap": "force-unsafe-io\n",
     "/var/cache/apt/archives/vim_9.0_amd64.deb": "deb", "/var/cache/apt/pkgcache.bin": "bin",
     "/var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease": "lists",
     "/tmp/build-junk": "junk", "/var/tmp/more-junk": "junk",

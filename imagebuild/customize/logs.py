@@ -6,6 +6,7 @@ import posixpath
 import re
 
 from ..guest import Guest
+from ..install.bootstrap import BUILD_ONLY_CONFIG
 from . import StepContext, existing, register, register_removal
 
 ROTATED = re.compile(r"(\.\d+|\.gz|\.xz|\.bz2|\.old|-\d{8})$")
@@ -13,12 +14,12 @@ HISTORIES = ("/root/.bash_history", "/root/.sh_history", "/root/.zsh_history", "
              "/root/.lesshst", "/root/.viminfo", "/root/.wget-hsts", "/home/*/.bash_history",
              "/home/*/.python_history", "/home/*/.lesshst", "/home/*/.viminfo")
 # Answer files hold the root password hash and the build network; d-i keeps its whole debconf db;
-# mmdebstrap's build-time apt and dpkg settings (force-unsafe-io: install/bootstrap.py's BUILD_ONLY_CONFIG,
-# which the install removes: the check here holds every backend to it).
+# mmdebstrap's build-time apt and dpkg settings (force-unsafe-io), which the install removes: the check
+# here holds every image to it.
 INSTALLER_FILES = ("/root/anaconda-ks.cfg", "/root/original-ks.cfg", "/root/install.log",
                    "/root/install.log.syslog", "/var/log/anaconda", "/var/log/installer",
                    "/root/preseed.cfg", "/preseed.cfg", "/ks.cfg", "/imagebuild-install-complete",
-                   "/etc/apt/apt.conf.d/99mmdebstrap", "/etc/dpkg/dpkg.cfg.d/99mmdebstrap")
+                   *BUILD_ONLY_CONFIG)
 CACHES = ("/var/cache/apt/archives/*.deb", "/var/cache/apt/*.bin", "/var/lib/apt/lists/*_*",
           "/var/cache/yum/*", "/var/cache/dnf/*", "/var/lib/yum/uuid")
 TMP_DIRS = ("/tmp", "/var/tmp")

@@ -56,6 +56,7 @@ def test_all_steps_then_read_the_tree_on_the_host(tree: Path) -> None:
     assert MAC.upper() not in (tree / "etc/NetworkManager/system-connections/eth0.nmconnection").read_text()
     assert not (tree / "swapfile").exists() and "swap" not in (tree / "etc/fstab").read_text()
     assert not (tree / "root/anaconda-ks.cfg").exists() and not (tree / "root/.bash_history").exists()
+    assert not (tree / "etc/dpkg/dpkg.cfg.d/99mmdebstrap").exists()   # dpkg's fsync back on
     assert os.listdir(tree / "tmp") == [] and (tree / "var/log/syslog").read_text() == ""
 
 
