@@ -22,14 +22,12 @@ from typing import Any
 
 import yaml
 
-from ..disklayout import BOOT_PACKAGES
 from ..guest import Guest
-from ..recipe import Family, Recipe, Renderer
+from ..recipe import Family, Firmware, Recipe, Renderer
 from . import StepContext, register, ssh_hostkeys
 from .layout import fstab_entries
 
 DROP_IN = "/etc/cloud/cloud.cfg.d/95_imagebuild.cfg"
-GRUB_CLOUD = "grub-cloud-amd64"   # the hybrid layout's boot loader package (disklayout.BOOT_PACKAGES)
 CLOUD_INIT = "/usr/bin/cloud-init"
 DISABLED = "/etc/cloud/cloud-init.disabled"
 
@@ -104,10 +102,11 @@ def drop_in_data(recipe: Recipe) -> dict[str, Any]:
         "ssh_genkeytypes": list(ssh_hostkeys.EARLY_TYPES) if family is Family.DEBIAN
         else ["rsa", *ssh_hostkeys.EARLY_TYPES],
     }
-    if family is Family.DEBIAN and GRUB_CLOUD in BOOT_PACKAGES[recipe.image.firmware]:
+    if family is Family.DEBIAN and recipe.image.firmware is Firmware.HYBRID:
         # cloud-init's grub_dpkg module writes grub-pc's debconf answer (install_devices) at each
         # instance's first boot: 2.9 s of cloud-config under emulation (debian12, cloud-init analyze). A
-        # hybrid image has no grub-pc: grub-cloud-amd64 finds the disk with grub-probe at each upgrade.
+        # hybrid image has no grub-pc: its grub-cloud-amd64 (disklayout.BOOT_PACKAGES) finds the disk
+        # with grub-probe at each upgrade.
         data["grub_dpkg"] = {"enabled": False}
     if family is Family.DEBIAN and "locales" not in recipe.all_packages:
         # A minbase image has no `locales` package: cloud-init's locale module would run update-locale,
