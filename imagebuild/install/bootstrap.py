@@ -33,7 +33,7 @@ from ..reproducible import (
 )
 from ..run import run
 from ..workspace import Build, remove_tree, remove_tree_beside
-from . import grubcache, hostgrub, initramfs
+from . import grubcache, hostgrub, initramfs, initramfs_beside
 from .reseal import read_partitions, reseal
 
 # grub-efi-amd64's own settings for later upgrades: no NVRAM writes (a cloud guest's NVRAM is not
@@ -41,32 +41,6 @@ from .reseal import read_partitions, reseal
 UEFI_DEBCONF = ("grub-efi-amd64 grub2/update_nvram boolean false\n"
                 "grub-efi-amd64 grub2/force_efi_extra_removable boolean true\n")
 SERIAL_CMDLINE = "console=tty0 console=ttyS0,115200n8"
-# The initramfs is made once, when every package is in (15-20 s; install/initramfs.py says what it
-# holds). Left alone, Debian makes it twice: when the kernel is configured, and again in
-# initramfs-tools' trigger once udev, kmod and e2fsprogs are in, which doubles the install's longest
-# step. So update-initramfs is diverted to a no-op before the packages go in (after the essential
-# ones), and restored before it runs once, with the recipe's initramfs policy put in first.
-INITRAMFS_HOLD = ('--essential-hook=chroot "$1" dpkg-divert --quiet --local --rename '
-                  '--divert /usr/sbin/update-initramfs.imagebuild --add /usr/sbin/update-initramfs && '
-                  'printf "#!/bin/sh\\n# imagebuild: made once at the end of the install\\nexit 0\\n" '
-                  '> "$1/usr/sbin/update-initramfs" && chmod 755 "$1/usr/sbin/update-initramfs"')
-INITRAMFS_RESTORE = ('rm -f "$1/usr/sbin/update-initramfs" && '
-                     'chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && ')
-INITRAMFS_WHEN = '[ -x "$1/usr/sbin/update-initramfs" ] && ls "$1"/boot/vmlinuz-* >/dev/null 2>&1'
-
-
-def initramfs_once(recipe: Recipe, staging: Path) -> str:
-    """The customize-hook that restores update-initramfs, puts the recipe's initramfs policy in
-    (install/initramfs.py; its files staged under ``staging``) and makes the initramfs once."""
-    policy = initramfs.copy_in(recipe.install.bootstrap.initramfs_modules, staging)
-    return (f"--customize-hook={INITRAMFS_RESTORE}if {INITRAMFS_WHEN}; then "
-            # SOURCE_DATE_EPOCH: mkinitramfs clamps the archive's times to it and writes it reproducibly
-            # (cpio --reproducible, and zstd without -T0, whose output would follow the CPU count); the
-            # kernel's date is the initramfs's. ZSTD_NBTHREADS=2, a fixed count: zstd's output is the
-            # same for any count of workers (the same bytes as one, measured), in 1.2 s instead of 1.9.
-            f'{policy}SOURCE_DATE_EPOCH=$(stat -c %Y "$1"/boot/vmlinuz-* | sort -n | tail -n 1) '
-            f'ZSTD_NBTHREADS=2 chroot "$1" update-initramfs -c -k all; fi')
-
 # What mmdebstrap's --aptopt and --dpkgopt leave in the tree, for good (its manual: "permanently added"):
 # Acquire::Retries for the build's downloads, and force-unsafe-io, dpkg without fsync, which on a running
 # system risks empty files after a power cut in the middle of an upgrade. They served the build only:
@@ -114,6 +88,7 @@ def initramfs_staging(target: Path) -> Path:
 def mmdebstrap_argv(recipe: Recipe, target: Path, apt_cache: Path | None = None) -> list[str]:
     b = recipe.install.bootstrap
     packages = list(dict.fromkeys(b.include + BOOT_PACKAGES[recipe.image.firmware] + recipe.all_packages))
+    policy, staging = b.initramfs_modules, initramfs_staging(target)
     cache: list[str] = []
     if apt_cache is not None:
         # mmdebstrap's own package-cache recipe (its manual, EXAMPLES): the cached .debs go into the
@@ -129,8 +104,10 @@ def mmdebstrap_argv(recipe: Recipe, target: Path, apt_cache: Path | None = None)
     return ["unshare", "--mount", "--propagation", "private",
             "mmdebstrap", "--mode=root", f"--variant={b.variant}",
             f"--components={','.join(b.components)}", f"--include={','.join(packages)}",
-            "--aptopt=Acquire::Retries \"3\"", "--dpkgopt=force-unsafe-io", INITRAMFS_HOLD,
-            initramfs_once(recipe, initramfs_staging(target)), *cache,
+            "--aptopt=Acquire::Retries \"3\"", "--dpkgopt=force-unsafe-io",
+            # the initramfs made once, beside the packages that do not feed it (initramfs_beside.py)
+            initramfs_beside.HOLD, initramfs_beside.start_hook(packages, policy, staging, target),
+            initramfs_beside.wait_hook(policy, staging, target), *cache,
             b.suite, str(target), *sources_list(recipe)]
 
 
@@ -242,6 +219,9 @@ class BootstrapInstaller:
         initramfs.stage(r.install.bootstrap.initramfs_modules, initramfs_staging(rootfs))
         with rep.step("mmdebstrap"):
             run(mmdebstrap_argv(r, rootfs, cache), reporter=rep, purpose="build the root tree")
+        if reasons := initramfs_beside.reasons_to_remake(rootfs, rootfs):
+            with rep.step("initramfs again"):
+                initramfs_beside.remake(rootfs, reasons, rep)
         if cache is not None:
             build.inputs["package_cache"] = tend_apt_cache(cache, rootfs, cached_before, rep)
         layout = layout_for(r.image.firmware)
