@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..events import Reporter
@@ -58,17 +59,19 @@ APT = ('APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-get -q -o Dir::Bin::dpkg=env -o 
 # what mkinitramfs reads whatever its hooks say (paths without a leading /usr)
 READ_TREES = ("/lib/modules/", "/lib/firmware/", "/lib/modprobe.d/", "/etc/modprobe.d/", "/lib/initramfs-tools/",
               "/share/initramfs-tools/", "/etc/initramfs-tools/")
-# what a hook copies by name: binaries, libraries, udev rules and helpers
-NAMED_TREES = ("/bin/", "/sbin/", "/lib/x86_64-linux-gnu/", "/lib/udev/", "/etc/udev/")
+# what a hook copies by name: udev rules and helpers (in a list: "for rules in 71-seat.rules ..."),
+# libraries; a program by its path ("copy_exec /sbin/dmsetup") or as "command -v NAME"
+NAMED_TREES = ("/lib/udev/", "/etc/udev/", "/lib/x86_64-linux-gnu/")
+PROGRAM_TREES = ("/bin/", "/sbin/")
 # the code that runs when the initramfs is made (its scripts run at boot, and are read whole anyway)
 HOOK_TEXTS = ("usr/share/initramfs-tools/hooks", "etc/initramfs-tools/hooks",
               "usr/share/initramfs-tools/hook-functions", "usr/sbin/mkinitramfs")
 
 
-def feeders(packages: list[str]) -> list[str]:
-    """The recipe's packages that go in first, because the initramfs is made of them."""
-    return [p for p in packages
-            if any(p.startswith(f) if f.endswith("-") else p == f for f in FEEDS)]
+def feed_pattern() -> str:
+    """``FEEDS`` as one extended regular expression for a whole package name (grep -xE, re.fullmatch)."""
+    names = [f.replace(".", "\\.").replace("+", "\\+") for f in FEEDS]
+    return "|".join(f"{n}.*" if n.endswith("-") else n for n in names)
 
 
 def work_dir(target: Path) -> Path:
@@ -78,14 +81,18 @@ def work_dir(target: Path) -> Path:
 
 
 def start_hook(packages: list[str], policy: str, staging: Path, target: Path) -> str:
-    """The essential-hook: the policy's files (``initramfs.copy_in``), the feeding packages, then
-    update-initramfs started in the background (only if a kernel and initramfs-tools are in by then)."""
+    """The essential-hook: the policy's files (``initramfs.copy_in``); the packages that feed the
+    initramfs among all that apt will install for ``packages`` (its simulation: ``dmsetup`` comes with
+    systemd on Debian 12 and with grub on 13), marked as installed automatically (mmdebstrap's own
+    install then marks the recipe's as manual, as one install of them all would); then update-initramfs
+    started in the background, if a kernel and initramfs-tools are in by then."""
     w = work_dir(target)
     q = shlex.quote
-    feed = feeders(packages)
     return ("--essential-hook=" + initramfs.copy_in(policy, staging)
-            + (f"{APT} {shlex.join(feed)} && " if feed else "")
-            + f'mkdir -p {q(str(w))} && rm -f "$1{CALLS}" && '
+            + f"feed=$({APT} -s {shlex.join(packages)} | sed -n 's/^Inst \\([^ :]*\\).*/\\1/p' "
+            f"| grep -xE {q(feed_pattern())} | tr '\\n' ' ') && "
+            f'if [ -n "$feed" ]; then {APT} --mark-auto $feed; fi && '
+            f'mkdir -p {q(str(w))} && rm -f "$1{CALLS}" && '
             f'cp "$1/var/lib/dpkg/status" {q(str(w / "status-before"))} && '
             f'if [ -x "$1/usr/sbin/update-initramfs.imagebuild" ] && {KERNEL}; then '
             f': > {q(str(w / "started"))} && exec 9> {q(str(w / "lock"))} && flock 9 && '
@@ -116,15 +123,34 @@ def _installed(status: str) -> set[str]:
     return names
 
 
-def _hook_words(root: Path) -> set[str]:
-    """Every name written in initramfs-tools' hooks, hook-functions and mkinitramfs."""
-    words: set[str] = set()
-    for rel in HOOK_TEXTS:
-        top = root / rel
-        texts = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
-        for f in texts:
-            words.update(re.findall(r"[\w.+-]+", f.read_text(errors="replace")))
-    return words
+@dataclass
+class HookNames:
+    """What initramfs-tools' hooks, hook-functions and mkinitramfs name (paths without a leading /usr)."""
+
+    words: set[str] = field(default_factory=set)
+    paths: set[str] = field(default_factory=set)
+    commands: set[str] = field(default_factory=set)     # command -v NAME
+    prefixes: set[str] = field(default_factory=set)     # command -v "fsck.${type}": fsck.
+
+    @classmethod
+    def read(cls, root: Path) -> HookNames:
+        names = cls()
+        for rel in HOOK_TEXTS:
+            top = root / rel
+            for f in [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]:
+                text = f.read_text(errors="replace")
+                names.words.update(re.findall(r"[\w.+-]+", text))
+                names.paths.update(_bare(p) for p in re.findall(r"/[\w.+/-]*[\w+-]", text))
+                for name, variable in re.findall(r'command -v "?([\w.+-]*)(\$?)', text):
+                    if variable and name:
+                        names.prefixes.add(name)
+                    elif not variable and name:
+                        names.commands.add(name)
+        return names
+
+
+def _bare(path: str) -> str:
+    return path[4:] if path.startswith("/usr/") else path
 
 
 def _files(root: Path, package: str) -> list[str]:
@@ -133,15 +159,17 @@ def _files(root: Path, package: str) -> list[str]:
     return [line for f in lists if f.is_file() for line in f.read_text().splitlines() if line.startswith("/")]
 
 
-def feeds(path: str, hook_words: set[str], root: Path) -> bool:
+def feeds(path: str, names: HookNames, root: Path) -> bool:
     """Whether the file ``path`` (as dpkg lists it) is read into an initramfs."""
     target = root / path.lstrip("/")
     if target.is_dir() and not target.is_symlink():
         return False
-    bare = path[4:] if path.startswith("/usr/") else path
+    bare, base = _bare(path), path.rsplit("/", 1)[-1]
     if bare.startswith(READ_TREES):
         return True
-    return bare.startswith(NAMED_TREES) and path.rsplit("/", 1)[-1] in hook_words
+    if bare.startswith(PROGRAM_TREES):
+        return bare in names.paths or base in names.commands or base.startswith(tuple(names.prefixes))
+    return bare.startswith(NAMED_TREES) and base in names.words
 
 
 def reasons_to_remake(root: Path, target: Path) -> list[str]:
@@ -155,9 +183,9 @@ def reasons_to_remake(root: Path, target: Path) -> list[str]:
                for line in (w / "calls").read_text().splitlines()] if (w / "calls").exists() else []
     later = _installed((root / "var/lib/dpkg/status").read_text()) - \
         _installed((w / "status-before").read_text())
-    words = _hook_words(root)
+    names = HookNames.read(root)
     reasons += [f"{package} brought {path}" for package in sorted(later)
-                for path in _files(root, package) if feeds(path, words, root)]
+                for path in _files(root, package) if feeds(path, names, root)]
     return reasons
 
 

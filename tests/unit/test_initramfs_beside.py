@@ -7,6 +7,7 @@ leaves them. A full build (tests/fullbuild) makes the real one and boots it."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -20,7 +21,7 @@ from imagebuild.install.bootstrap import initramfs_staging, mmdebstrap_argv
 from imagebuild.install.initramfs_beside import (
     CALLS,
     HOLD,
-    feeders,
+    feed_pattern,
     reasons_to_remake,
     remake,
     start_hook,
@@ -44,7 +45,12 @@ dpkg-divert*--remove*) mv "$root/usr/sbin/update-initramfs.imagebuild" "$root/us
 *) cmd=$1; shift; FAKE_ROOT=$root exec "$root/usr/sbin/$cmd" "$@" ;;
 esac
 """
-APT_GET = '#!/bin/sh\necho "$@" > "$FAKE_LOG/apt-get.args"\n'
+APT_GET = """#!/bin/sh
+case " $* " in
+*" -s "*) printf 'Inst %s (1 Debian:12/stable [amd64])\\n' $FAKE_WILL_INSTALL ;;
+*) echo "$@" > "$FAKE_LOG/apt-get.args" ;;
+esac
+"""
 # the tree's update-initramfs (under its diverted name): slow enough to be seen running in the background
 UPDATE_INITRAMFS = """#!/bin/sh
 sleep 1
@@ -71,6 +77,7 @@ def fake_tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         (shims / name).write_text(text)
         (shims / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "FAKE_LOG": str(tmp_path),
+           "FAKE_WILL_INSTALL": "linux-image-6.1.0-57-amd64 linux-image-amd64 vim-runtime vim dmsetup udev",
            "MMDEBSTRAP_APT_CONFIG": str(tmp_path / "apt.conf")}
     return root, env
 
@@ -83,17 +90,21 @@ def hook(arg: str, root: Path, env: dict[str, str]) -> subprocess.CompletedProce
 
 
 def test_the_packages_that_feed_the_initramfs_go_in_first():
+    feeds = re.compile(feed_pattern())
+    will_install = ["linux-image-6.1.0-57-amd64", "linux-image-amd64", "systemd", "systemd-sysv", "udev", "kmod",
+                    "e2fsprogs", "zstd", "dmsetup", "cloud-guest-utils", "cloud-initramfs-growroot",
+                    "initramfs-tools", "firmware-misc-nonfree", "busybox"]
+    assert all(feeds.fullmatch(p) for p in will_install)
+    assert not any(feeds.fullmatch(p) for p in ("cloud-init", "openssh-server", "grub-cloud-amd64", "vim",
+                                                "systemd-resolved", "libudev1", "linux-base", "udevil"))
     r = load_recipe("debian12")
     argv = mmdebstrap_argv(r, Path("/w/rootfs"))
     include = next(a for a in argv if a.startswith("--include=")).removeprefix("--include=").split(",")
-    first = feeders(include)
-    assert {"linux-image-amd64", "systemd-sysv", "udev", "kmod", "e2fsprogs", "zstd", "cloud-guest-utils",
-            "cloud-initramfs-growroot"} <= set(first)
-    assert not {"cloud-init", "openssh-server", "grub-cloud-amd64", "vim", "sudo"} & set(first)
     # the hold before the start, the start before the wait, all before the suite
-    hold, start = argv.index(HOLD), next(i for i, a in enumerate(argv) if "install linux-image-amd64" in a)
+    hold, start = argv.index(HOLD), next(i for i, a in enumerate(argv) if "--mark-auto" in a)
     wait = next(i for i, a in enumerate(argv) if "flock" in a and a.startswith("--customize-hook="))
     assert argv[start].startswith("--essential-hook=") and hold < start < wait < argv.index("bookworm")
+    assert f"install -s {' '.join(include)} |" in argv[start]   # what apt would install for all of them
     # the policy's files are in the tree before the feeding packages are configured
     staged = initramfs_staging(Path("/w/rootfs"))
     assert argv[start].index(f"cp -p {staged}{initramfs.CONF}") < argv[start].index("apt-get")
@@ -123,7 +134,9 @@ def test_the_initramfs_is_made_in_the_background_and_waited_for(tmp_path):
     started = hook(start_hook(["linux-image-amd64", "udev", "vim"], "disk", staging, target), root, env)
     assert started.returncode == 0, started.stderr
     assert time.monotonic() - t0 < 0.9              # it did not wait for update-initramfs (1 s)
-    assert (tmp_path / "apt-get.args").read_text().split()[-2:] == ["linux-image-amd64", "udev"]
+    # of what apt would install, the packages that feed the initramfs, marked as dependencies
+    assert (tmp_path / "apt-get.args").read_text().split()[-5:] == [
+        "--mark-auto", "linux-image-6.1.0-57-amd64", "linux-image-amd64", "dmsetup", "udev"]
     assert (root / initramfs.HOOK.lstrip("/")).is_file()  # the policy, before the packages
     assert not (root / f"boot/initrd.img-{KERNEL}").exists()
     (root / CALLS.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +190,9 @@ def dpkg_tree(tmp_path: Path, later: dict[str, list[str]]) -> Path:
     hooks = root / "usr/share/initramfs-tools/hooks"
     hooks.mkdir(parents=True)
     (hooks / "udev").write_text("for rules in 50-udev-default.rules 71-seat.rules; do cp -p $rules; done\n"
-                                "copy_exec /sbin/dmsetup\n")
+                                "copy_exec /usr/sbin/dmsetup\nlocal devlink\n")
+    (hooks / "fsck").write_text('if prog="$(command -v "fsck.${type}")"; then copy_exec "$prog"; fi\n'
+                                "command -v zstd >/dev/null\n")
     (root / "usr/share/initramfs-tools/scripts").mkdir()
     (root / "usr/share/initramfs-tools/scripts/functions").write_text("ip= less top\n")  # boot-time code
     for package, paths in later.items():
@@ -199,7 +214,8 @@ def dpkg_tree(tmp_path: Path, later: dict[str, list[str]]) -> Path:
 def test_packages_that_bring_nothing_it_reads_leave_it_as_made(tmp_path):
     root = dpkg_tree(tmp_path, {
         "cloud-init": ["/lib/udev/rules.d/", "/lib/udev/rules.d/66-azure-ephemeral.rules", "/usr/bin/cloud-init"],
-        "iproute2": ["/bin/ip", "/sbin/ip"], "procps": ["/usr/bin/top"], "less": ["/usr/bin/less"]})
+        "iproute2": ["/bin/ip", "/sbin/ip", "/usr/sbin/devlink"], "procps": ["/usr/bin/top"],
+        "less": ["/usr/bin/less"]})   # devlink: a variable's name in hook-functions, not a program it copies
     assert reasons_to_remake(root, root) == []
 
 
@@ -209,13 +225,15 @@ def test_each_file_that_feeds_it_is_named(tmp_path):
         "dmsetup": ["/sbin/dmsetup", "/usr/share/initramfs-tools/hooks/dmsetup"],
         "firmware-misc-nonfree": ["/lib/firmware/", "/lib/firmware/foo.bin"],
         "some-dkms-module": ["/usr/lib/modules/6.1.0-57-amd64/updates/x.ko"],
-        "keyboard": ["/etc/initramfs-tools/conf.d/keymap"]})
+        "keyboard": ["/etc/initramfs-tools/conf.d/keymap"],
+        "xfsprogs": ["/usr/sbin/fsck.xfs", "/usr/sbin/xfs_repair"], "zstd": ["/usr/bin/zstd", "/usr/bin/zstdcat"]})
     assert reasons_to_remake(root, root) == [
         "dmsetup brought /sbin/dmsetup", "dmsetup brought /usr/share/initramfs-tools/hooks/dmsetup",
         "firmware-misc-nonfree brought /lib/firmware/foo.bin",
         "keyboard brought /etc/initramfs-tools/conf.d/keymap",
         "some-dkms-module brought /usr/lib/modules/6.1.0-57-amd64/updates/x.ko",
-        "systemd brought /lib/modprobe.d/systemd.conf", "systemd brought /lib/udev/rules.d/71-seat.rules"]
+        "systemd brought /lib/modprobe.d/systemd.conf", "systemd brought /lib/udev/rules.d/71-seat.rules",
+        "xfsprogs brought /usr/sbin/fsck.xfs", "zstd brought /usr/bin/zstd"]
 
 
 def test_a_multiarch_package_s_file_list_is_read(tmp_path):
