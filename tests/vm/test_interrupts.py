@@ -76,10 +76,23 @@ def _wait_for_mmdebstrap(env: dict[str, str]) -> None:
     time.sleep(5)  # let it get into package extraction, where it has mounts and files open
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_during_install_cleans_up(fresh_env, sig):
+def _wait_for_the_initramfs_beside(env: dict[str, str]) -> None:
+    """Until update-initramfs runs in the background while mmdebstrap installs the other packages
+    (install/initramfs_beside.py): a process the hooks started, in the tree's chroot and mounts."""
+    work = Path(env["IMAGEBUILD_WORK"])
+    wait_for(lambda: any(work.glob("*/initramfs-beside/started")), 300, "the initramfs to start beside the packages")
+    time.sleep(3)
+    assert any("mkinitramfs" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+               for p in processes_mentioning("/boot/initrd.img-") if Path(f"/proc/{p}").exists())
+
+
+@pytest.mark.parametrize(("sig", "moment"), [(signal.SIGTERM, "extracting"), (signal.SIGINT, "initramfs")])
+def test_signal_during_install_cleans_up(fresh_env, sig, moment):
     p = start_invoke(["build", "debian12", "--rebuild", "install"], fresh_env)  # never the cached install
-    _wait_for_mmdebstrap(fresh_env)
+    if moment == "initramfs":
+        _wait_for_the_initramfs_beside(fresh_env)
+    else:
+        _wait_for_mmdebstrap(fresh_env)
     t = time.monotonic()
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
@@ -87,6 +100,8 @@ def test_signal_during_install_cleans_up(fresh_env, sig):
     assert time.monotonic() - t < 30
     assert "interrupted by" in err
     assert_nothing_left(fresh_env, "debian12")
+    # chrooted, the background update-initramfs names no work dir: asked for by what it runs
+    assert processes_mentioning("/boot/initrd.img-") == processes_mentioning("update-initramfs") == []
     failed = list((Path(fresh_env["IMAGEBUILD_OUTPUT"]) / "failed").glob("debian12-*/build.log"))
     assert len(failed) == 1 and "mmdebstrap" in failed[0].read_text()
 
