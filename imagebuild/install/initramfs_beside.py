@@ -2,26 +2,29 @@
 
 mkinitramfs is one shell loop of ~9,600 short processes (12-15 s here), and it used to run alone at the
 end of the install, one core busy and the other idle. What goes into it comes from a few packages only:
-the kernel, initramfs-tools, udev, kmod, systemd (a udev rule, a modprobe.d file, and dmsetup through
-libcryptsetup), the filesystems' tools and the growroot hook. So the install goes in two steps:
+the kernel, initramfs-tools, udev, kmod, systemd (a udev rule and a modprobe.d file), dmsetup (which
+apt brings with systemd on Debian 12 and with grub on 13), the filesystems' tools and the growroot hook.
+So the install goes in two steps:
 
-1. **The packages that feed it** (``FEEDS`` among the recipe's packages, with whatever they pull in) are
-   installed right after the essential set, by the host's apt-get with the tree's dpkg, as mmdebstrap
-   itself installs (``start_hook``, an essential-hook). ``update-initramfs -c -k all`` then starts in
-   the background, holding a lock.
+1. **The packages that feed it** (those of ``FEEDS`` among all that apt would install for the recipe:
+   its simulation) are installed right after the essential set, by the host's apt-get with the tree's
+   dpkg, as mmdebstrap itself installs, and marked as installed automatically (mmdebstrap's own install
+   then marks the recipe's packages manual, as one install of them all does). ``update-initramfs -c -k
+   all`` then starts in the background, holding a lock (``start_hook``, an essential-hook).
 2. **mmdebstrap installs the rest meanwhile** (cloud-init and its Python, sshd, grub, the tools), and
    ``wait_hook`` (a customize-hook) waits for the lock, fails the install if update-initramfs failed,
    and puts update-initramfs back from its diversion (``HOLD``, which turned it into a no-op that
    records who called it).
 
 Then ``reasons_to_remake`` proves on the tree that the rest fed nothing in: no package asked for an
-initramfs after it was started (the no-op's record), and none ships a file mkinitramfs reads
-(initramfs-tools' own directories, kernel modules, firmware, modprobe.d) or a binary, library or udev
-rule that a hook names. Anything found is logged and the initramfs is made again, alone (``remake``).
+initramfs after it was started (the no-op's record), and none brought a file mkinitramfs reads
+(initramfs-tools' own directories, kernel modules, firmware, modprobe.d), a udev rule, helper or
+library that a hook names, or a program a hook copies by its path or finds with ``command -v``.
+Anything found is logged and the initramfs is made again, after every package (``remake``).
 
-The result is the same file, byte for byte, as the initramfs made after every package (debian12,
-measured); a recipe that leaves ``systemd-sysv`` out of the first step loses 71-seat.rules and dmsetup
-from it, which is what the check is for (``tests/unit/test_initramfs_beside.py``).
+The result is the same file, byte for byte, as the initramfs made after every package (debian12 and
+debian13, measured). Without dmsetup and systemd in the first step it lacks 71-seat.rules, systemd's
+modprobe.d file and dmsetup, which is what the check is for (``tests/unit/test_initramfs_beside.py``).
 """
 
 from __future__ import annotations
