@@ -58,8 +58,8 @@ def make_plan(recipe: Recipe) -> dict[str, Any]:
 
 # The code whose behaviour shapes each stage's output: a change to it is a new key.
 STAGE_CODE = {
-    "install": ("install/bootstrap.py", "disklayout.py"),
-    "customize": ("customize", "guest.py", "install/bootstrap.py", "install/hostgrub.py"),
+    "install": ("install/bootstrap.py", "install/initramfs.py", "install/initramfs_beside.py", "disklayout.py"),
+    "customize": ("customize", "guest.py", "install/bootstrap.py", "install/hostgrub.py", "install/reseal.py"),
     "artifact": ("sparsify.py", "recompress.py"),
     "boot-test": ("boottest", "domain.py"),
 }

@@ -219,7 +219,7 @@ class BootstrapInstaller:
         initramfs.stage(r.install.bootstrap.initramfs_modules, initramfs_staging(rootfs))
         with rep.step("mmdebstrap"):
             run(mmdebstrap_argv(r, rootfs, cache), reporter=rep, purpose="build the root tree")
-        if reasons := initramfs_beside.reasons_to_remake(rootfs, rootfs):
+        if reasons := initramfs_beside.reasons_to_remake(rootfs):
             with rep.step("initramfs again"):
                 initramfs_beside.remake(rootfs, reasons, rep)
         if cache is not None:

@@ -175,11 +175,11 @@ def feeds(path: str, names: HookNames, root: Path) -> bool:
     return bare.startswith(NAMED_TREES) and base in names.words
 
 
-def reasons_to_remake(root: Path, target: Path) -> list[str]:
-    """Why the initramfs made beside the other packages may differ from one made after them: a call of
-    update-initramfs after it started, and each file those packages brought that feeds it. Empty: it
-    is the same."""
-    w = work_dir(target)
+def reasons_to_remake(root: Path) -> list[str]:
+    """Why the initramfs made beside the other packages of the tree ``root`` may differ from one made
+    after them: a call of update-initramfs after it started, and each file those packages brought that
+    feeds it. Empty: it is the same."""
+    w = work_dir(root)
     if not (w / "started").exists():
         return []
     reasons = [f"a package ran update-initramfs {' '.join(line.split())}".rstrip()

@@ -150,7 +150,7 @@ def test_the_initramfs_is_made_in_the_background_and_waited_for(tmp_path):
     assert (w / "calls").read_text() == "-u\n" and not (root / CALLS.lstrip("/")).exists()
     assert (root / "usr/sbin/update-initramfs").read_text() == UPDATE_INITRAMFS  # back from its diversion
     assert (w / "status-before").read_text().startswith("Package: udev")
-    assert reasons_to_remake(root, target) == ["a package ran update-initramfs -u"]
+    assert reasons_to_remake(root) == ["a package ran update-initramfs -u"]
 
 
 def test_a_failed_update_initramfs_fails_the_install_with_its_output(tmp_path):
@@ -175,7 +175,7 @@ def test_without_a_kernel_by_then_it_is_made_after_every_package(tmp_path):
     waited = hook(wait_hook("most", staging, root), root, env)
     assert waited.returncode == 0, waited.stderr
     assert (root / f"boot/initrd.img-{KERNEL}").read_text() == "made -c -k all at 1700000001 by 2\n"
-    assert reasons_to_remake(root, root) == []   # none was made beside: nothing to prove
+    assert reasons_to_remake(root) == []   # none was made beside: nothing to prove
 
 
 # --- the check: what the packages installed after it brought ------------------------------------------
@@ -216,7 +216,7 @@ def test_packages_that_bring_nothing_it_reads_leave_it_as_made(tmp_path):
         "cloud-init": ["/lib/udev/rules.d/", "/lib/udev/rules.d/66-azure-ephemeral.rules", "/usr/bin/cloud-init"],
         "iproute2": ["/bin/ip", "/sbin/ip", "/usr/sbin/devlink"], "procps": ["/usr/bin/top"],
         "less": ["/usr/bin/less"]})   # devlink: a variable's name in hook-functions, not a program it copies
-    assert reasons_to_remake(root, root) == []
+    assert reasons_to_remake(root) == []
 
 
 def test_each_file_that_feeds_it_is_named(tmp_path):
@@ -227,7 +227,7 @@ def test_each_file_that_feeds_it_is_named(tmp_path):
         "some-dkms-module": ["/usr/lib/modules/6.1.0-57-amd64/updates/x.ko"],
         "keyboard": ["/etc/initramfs-tools/conf.d/keymap"],
         "xfsprogs": ["/usr/sbin/fsck.xfs", "/usr/sbin/xfs_repair"], "zstd": ["/usr/bin/zstd", "/usr/bin/zstdcat"]})
-    assert reasons_to_remake(root, root) == [
+    assert reasons_to_remake(root) == [
         "dmsetup brought /sbin/dmsetup", "dmsetup brought /usr/share/initramfs-tools/hooks/dmsetup",
         "firmware-misc-nonfree brought /lib/firmware/foo.bin",
         "keyboard brought /etc/initramfs-tools/conf.d/keymap",
@@ -242,7 +242,7 @@ def test_a_multiarch_package_s_file_list_is_read(tmp_path):
     (root / "var/lib/dpkg/status").write_text(
         "Package: udev\nStatus: install ok installed\n\nPackage: libfoo1\nStatus: install ok installed\n")
     (info / "libfoo1:amd64.list").write_text("/lib/modprobe.d/foo.conf\n")
-    assert reasons_to_remake(root, root) == ["libfoo1 brought /lib/modprobe.d/foo.conf"]
+    assert reasons_to_remake(root) == ["libfoo1 brought /lib/modprobe.d/foo.conf"]
 
 
 def test_remake_runs_update_initramfs_in_a_chroot_of_the_tree(tmp_path):
