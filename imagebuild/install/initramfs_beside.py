@@ -1,7 +1,10 @@
 """The initramfs made beside the packages that do not feed it (mmdebstrap's hooks, then a check).
 
-mkinitramfs is one shell loop of ~9,600 short processes (12-15 s here), and it used to run alone at the
-end of the install, one core busy and the other idle. What goes into it comes from a few packages only:
+Left alone, Debian makes the initramfs twice (when the kernel is configured, and again in
+initramfs-tools' trigger once udev, kmod and e2fsprogs are in), so update-initramfs is diverted to a
+no-op while the packages go in (``HOLD``) and made once. mkinitramfs is one shell loop of ~9,600 short
+processes (12-15 s here), and it used to run alone at the end of the install, one core busy and the
+other idle. What goes into it comes from a few packages only:
 the kernel, initramfs-tools, udev, kmod, systemd (a udev rule and a modprobe.d file), dmsetup (which
 apt brings with systemd on Debian 12 and with grub on 13), the filesystems' tools and the growroot hook.
 So the install goes in two steps:
