@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..attest.dpkg import installed_packages
 from ..codeversion import code_version
 from ..disklayout import BOOT_PACKAGES, ESP_LABEL, ESP_MOUNT, SECTOR, DiskLayout, layout_for
 from ..errors import InstallFailed
@@ -113,13 +114,7 @@ def mmdebstrap_argv(recipe: Recipe, target: Path, apt_cache: Path | None = None)
 
 def installed_debs(dpkg_status: str) -> set[str]:
     """The archive file names (as apt names them in /var/cache/apt/archives) of the installed packages."""
-    names = set()
-    for stanza in dpkg_status.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " ")
-        if "install ok installed" in fields.get("Status", "") and "Package" in fields:
-            version = fields.get("Version", "").replace(":", "%3a")
-            names.add(f"{fields['Package']}_{version}_{fields.get('Architecture', 'all')}.deb")
-    return names
+    return {p.deb_file for p in installed_packages(dpkg_status)}
 
 
 def tend_apt_cache(cache: Path, rootfs: Path, cached_before: set[str], reporter: Reporter) -> dict[str, Any]:

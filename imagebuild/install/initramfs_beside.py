@@ -37,6 +37,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..attest.dpkg import installed_packages
 from ..events import Reporter
 from ..run import run
 from . import initramfs
@@ -120,13 +121,8 @@ def wait_hook(policy: str, staging: Path, target: Path) -> str:
             f'{initramfs.copy_in(policy, staging)}{EPOCH} chroot "$1" update-initramfs -c -k all; fi')
 
 
-def _installed(status: str) -> set[str]:
-    names = set()
-    for stanza in status.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " ")
-        if "install ok installed" in fields.get("Status", "") and "Package" in fields:
-            names.add(fields["Package"])
-    return names
+def _installed(status: Path) -> set[str]:
+    return {p.name for p in installed_packages(status.read_text(), what=str(status))}
 
 
 @dataclass
@@ -187,8 +183,7 @@ def reasons_to_remake(root: Path) -> list[str]:
         return []
     reasons = [f"a package ran update-initramfs {' '.join(line.split())}".rstrip()
                for line in (w / "calls").read_text().splitlines()] if (w / "calls").exists() else []
-    later = _installed((root / "var/lib/dpkg/status").read_text()) - \
-        _installed((w / "status-before").read_text())
+    later = _installed(root / "var/lib/dpkg/status") - _installed(w / "status-before")
     names = HookNames.read(root)
     reasons += [f"{package} brought {path}" for package in sorted(later)
                 for path in _files(root, package) if feeds(path, names, root)]

@@ -33,6 +33,7 @@ from imagebuild.recipe import load_recipe
 pytestmark = pytest.mark.unit
 
 KERNEL = "6.1.0-57-amd64"
+STANZA = "Package: {}\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.0-1\n"
 # stand-ins on PATH: chroot runs the tree's own program (a bare name from its /usr/sbin) or moves the
 # diversion's file as dpkg-divert --rename would; apt-get records its arguments
 CHROOT = """#!/bin/sh
@@ -66,7 +67,7 @@ def fake_tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         (root / d).mkdir(parents=True)
     (root / f"boot/vmlinuz-{KERNEL}").write_bytes(b"k")
     os.utime(root / f"boot/vmlinuz-{KERNEL}", (1700000000, 1700000000))
-    (root / "var/lib/dpkg/status").write_text("Package: udev\nStatus: install ok installed\n")
+    (root / "var/lib/dpkg/status").write_text(STANZA.format("udev"))
     real = root / "usr/sbin/update-initramfs.imagebuild"   # as dpkg leaves it under the diversion
     real.write_text(UPDATE_INITRAMFS)
     real.chmod(0o755)
@@ -185,8 +186,7 @@ def dpkg_tree(tmp_path: Path, later: dict[str, list[str]]) -> Path:
     root = tmp_path / "rootfs"
     info = root / "var/lib/dpkg/info"
     info.mkdir(parents=True)
-    stanza = "Package: {}\nStatus: install ok installed\nArchitecture: amd64\n"
-    (root / "var/lib/dpkg/status").write_text("\n".join(stanza.format(p) for p in ["udev", *later]))
+    (root / "var/lib/dpkg/status").write_text("\n".join(STANZA.format(p) for p in ["udev", *later]))
     hooks = root / "usr/share/initramfs-tools/hooks"
     hooks.mkdir(parents=True)
     (hooks / "udev").write_text("for rules in 50-udev-default.rules 71-seat.rules; do cp -p $rules; done\n"
@@ -207,7 +207,7 @@ def dpkg_tree(tmp_path: Path, later: dict[str, list[str]]) -> Path:
     w = work_dir(root)
     w.mkdir()
     (w / "started").touch()
-    (w / "status-before").write_text(stanza.format("udev"))
+    (w / "status-before").write_text(STANZA.format("udev"))
     return root
 
 
@@ -239,8 +239,7 @@ def test_each_file_that_feeds_it_is_named(tmp_path):
 def test_a_multiarch_package_s_file_list_is_read(tmp_path):
     root = dpkg_tree(tmp_path, {})
     info = root / "var/lib/dpkg/info"
-    (root / "var/lib/dpkg/status").write_text(
-        "Package: udev\nStatus: install ok installed\n\nPackage: libfoo1\nStatus: install ok installed\n")
+    (root / "var/lib/dpkg/status").write_text(STANZA.format("udev") + "\n" + STANZA.format("libfoo1"))
     (info / "libfoo1:amd64.list").write_text("/lib/modprobe.d/foo.conf\n")
     assert reasons_to_remake(root) == ["libfoo1 brought /lib/modprobe.d/foo.conf"]
 
