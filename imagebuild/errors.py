@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 
@@ -108,8 +109,6 @@ class BuildInterrupted(ImageBuildError):
     """SIGINT or SIGTERM arrived; everything the build owned has been released."""
 
     def __init__(self, signum: int) -> None:
-        import signal
-
         self.signum = signum
         self.exit_code = 128 + signum
         super().__init__(f"interrupted by {signal.Signals(signum).name}; cleaned up")

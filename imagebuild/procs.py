@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 
@@ -74,7 +75,6 @@ def processes_mentioning(text: str) -> list[int]:
 
 def stop_processes(pids: list[int], grace: float = 10.0) -> None:
     """SIGTERM, wait up to ``grace`` seconds, then SIGKILL what is left."""
-    import time
     for p in pids:
         try:
             os.kill(p, signal.SIGTERM)

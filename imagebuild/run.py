@@ -9,6 +9,7 @@ Children run in their own session, so an interrupt reaches them only through us:
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import shlex
@@ -116,7 +117,6 @@ def _die_with_parent() -> None:
     """In the child, before exec: get SIGTERM if the build process dies (even by SIGKILL), so no tool
     outlives a killed build. (PR_SET_PDEATHSIG = 1; tied to the forking thread: run() from the main
     thread.)"""
-    import ctypes
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
 
 

@@ -13,6 +13,7 @@ by default ``IMAGEBUILD_ROOT_PASSWORD``) is read only where the answer file is m
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,5 +143,4 @@ def configure(settings: Settings | None) -> None:
 def current() -> Settings:
     if _configured is not None:
         return _configured
-    import os
     return Settings.from_environ(os.environ)

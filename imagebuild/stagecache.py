@@ -15,6 +15,7 @@ and the manifest records the same per stage, so a published image's provenance s
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
 import threading
@@ -382,8 +383,6 @@ def _with_archive(keys: StageKeys, archive: dict[str, str]) -> StageKeys:
 
 def cache_status(recipe: Recipe, *, offline: bool = False) -> dict[str, Any]:
     """For ``invoke show``: each cached stage's key and whether the cache holds it (nothing is built)."""
-    import io
-
     try:
         use = StageCacheUse.open(recipe, cz.selected_steps(recipe), CacheOptions(offline=offline),
                                  Reporter(io.StringIO()))

@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .accel import AccelChoice
+from .domain import DomainError, connect, dom_exists, libvirt
 from .errors import ImageBuildError, PreflightError
 from .events import Reporter
 from .procs import pid_alive, proc_start_time
@@ -83,7 +85,6 @@ class Build:
 
 
 def socket_dir_for(build_id: str) -> Path:
-    import tempfile
     return Path(tempfile.gettempdir()) / f"imagebuild-{build_id}"
 
 
@@ -153,7 +154,6 @@ def destroy_domains(prefix: str, reporter: Reporter) -> list[str]:
     """Destroy (and undefine) every libvirt domain whose name starts with ``prefix``. A domain that goes
     away meanwhile is fine: a transient domain is gone once destroyed, and a boot test's cells destroy
     their own while this runs for all of them (an interrupt of cells side by side)."""
-    from .domain import DomainError, connect, dom_exists, libvirt
     names: list[str] = []
     try:
         conn = connect()

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import SignatureInvalid, SigningKeyError
+from .statement import statement_bytes
 
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 MAX_KEY_BYTES = 64 << 10
@@ -124,8 +125,6 @@ def sign_envelope(payload: bytes, key_path: Path | str, *,
 
 def sign_statement(statement: Mapping[str, Any], key_path: Path | str) -> str:
     """The statement signed into a DSSE envelope, as JSON text for a ``*.intoto.jsonl``-style file."""
-    from .statement import statement_bytes
-
     return json.dumps(sign_envelope(statement_bytes(statement), key_path), sort_keys=True) + "\n"
 
 

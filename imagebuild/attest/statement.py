@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from .dpkg import DebPackage, installed_packages
@@ -156,8 +157,6 @@ def statement_bytes(statement: Mapping[str, Any]) -> bytes:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("imagebuild")
     except PackageNotFoundError:

@@ -24,8 +24,9 @@ import yaml
 
 from ..guest import Guest
 from ..recipe import Family, Firmware, Recipe, Renderer
-from . import StepContext, register, ssh_hostkeys
+from . import ssh_hostkeys
 from .layout import fstab_entries
+from .registry import StepContext, register
 
 DROP_IN = "/etc/cloud/cloud.cfg.d/95_imagebuild.cfg"
 CLOUD_INIT = "/usr/bin/cloud-init"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..guest import Guest
 from ..recipe import Family
-from . import StepContext, existing, register, register_removal
+from .registry import StepContext, existing, register, register_removal
 
 MACHINE_ID = "/etc/machine-id"
 DBUS_MACHINE_ID = "/var/lib/dbus/machine-id"

@@ -33,7 +33,7 @@ from pathlib import Path
 from ..guest import Guest
 from ..recipe import Family
 from ..run import run
-from . import StepContext, register
+from .registry import StepContext, register
 
 RULES = "/etc/udev/rules.d/80-imagebuild-hotplug.rules"
 CPU_RULE = 'SUBSYSTEM=="cpu", ACTION=="add", TEST=="online", ATTR{online}=="0", ATTR{online}="1"\n'

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..disklayout import ESP_MOUNT, layout_for
 from ..guest import Guest
-from . import StepContext, register
+from .registry import StepContext, register
 
 PSEUDO_FS = {"proc", "sysfs", "tmpfs", "devpts", "devtmpfs", "securityfs", "cgroup", "cgroup2",
              "debugfs", "efivarfs", "none", "hugetlbfs", "mqueue", "binfmt_misc"}

@@ -7,7 +7,7 @@ import re
 
 from ..guest import Guest
 from ..install.bootstrap import BUILD_ONLY_CONFIG
-from . import StepContext, existing, register, register_removal
+from .registry import StepContext, existing, register, register_removal
 
 ROTATED = re.compile(r"(\.\d+|\.gz|\.xz|\.bz2|\.old|-\d{8})$")
 HISTORIES = ("/root/.bash_history", "/root/.sh_history", "/root/.zsh_history", "/root/.python_history",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ..guest import Guest
-from . import StepContext, existing, register, register_removal
+from .registry import StepContext, existing, register, register_removal
 
 IFCFG = "/etc/sysconfig/network-scripts/ifcfg-*"
 NM_DIR = "/etc/NetworkManager/system-connections"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import CustomizeFailed
 from ..guest import Guest
 from ..recipe import Family
-from . import StepContext, register
+from .registry import StepContext, register
 
 # libguestfs' appliance network is qemu user networking: its resolver is 10.0.2.3.
 APPLIANCE_RESOLVER = "nameserver 10.0.2.3\n"

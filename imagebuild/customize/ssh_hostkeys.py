@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..guest import Guest
 from ..recipe import Family
-from . import StepContext, register
+from .registry import StepContext, register
 
 KEYS = "/etc/ssh/ssh_host_*"
 RSA_KEY = "/etc/ssh/ssh_host_rsa_key"

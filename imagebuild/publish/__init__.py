@@ -8,6 +8,7 @@ against its manifest (and its boot test), hand it to the target, record the resu
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -20,6 +21,8 @@ from ..run import signals_raise
 from ..workspace import output_root
 from .artifact import Artifact, PublishResult, record_publish
 from .gate import load_published_artifact
+from .glance import publish_to_glance
+from .ovirt import publish_to_ovirt
 from .signing import ImageSigner, SigningConfig, configured_signing, load_signer
 
 __all__ = ["TARGETS", "Options", "Target", "publish", "parse_rate", "load_published_artifact",
@@ -53,16 +56,12 @@ class Target:
 
 def _glance(artifact: Artifact, settings: Publish, options: Options, reporter: Reporter,
             signer: ImageSigner | None) -> PublishResult:
-    from .glance import publish_to_glance
-
     return publish_to_glance(artifact, settings.glance, cloud=options.cloud, reporter=reporter,
                              rate_limit=options.rate_limit, signer=signer)
 
 
 def _ovirt(artifact: Artifact, settings: Publish, options: Options, reporter: Reporter,
            signer: ImageSigner | None) -> PublishResult:
-    from .ovirt import publish_to_ovirt
-
     return publish_to_ovirt(artifact, settings.ovirt, config=options.ovirt_config, reporter=reporter,
                             rate_limit=options.rate_limit)
 
@@ -106,8 +105,6 @@ def publish(recipe: Recipe | str, output_dir: Path | str | None = None, *, to: s
     for ``Options(cloud=...)``. The recipe's current ``[publish]`` settings apply; the image facts
     (os_*, hw_*, sizes) come from the manifest, i.e. from what was built and tested.
     """
-    import threading
-
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
     if output_dir is None:

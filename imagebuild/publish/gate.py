@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..attest.errors import AttestationError
+from ..attest.outputs import PROVENANCE, SUMS, read_sums
 from ..digest import hash_file, sha256_file
 from ..errors import PublishError, ToolMissing
 from ..events import NULL_REPORTER, Reporter
@@ -179,9 +181,6 @@ def _provenance_digest(out: Path, artifact_name: str, artifact_sha256: str) -> s
     """The sha256 of the build's provenance statement as ``SHA256SUMS`` lists it, after checking the file
     still has it; "" for an output from before provenance was written. ``SHA256SUMS`` must agree with the
     artifact, and a provenance file it does not list was added after the build: both refused."""
-    from ..attest.errors import AttestationError
-    from ..attest.outputs import PROVENANCE, SUMS, read_sums
-
     sums_path, statement = out / SUMS, out / PROVENANCE
     if not sums_path.exists():
         if statement.exists():

@@ -15,17 +15,6 @@ pytestmark = pytest.mark.unit
 
 PACKAGE = ROOT / "imagebuild"
 
-# The only imports allowed to run back up, each with its reason: a registry loading its own members (its
-# ``_load_all`` imports the submodules, which import the package for its ``register``). Lazy imports of
-# heavy optional dependencies (guestfs, libvirt, openstacksdk, the oVirt SDK) need no entry: they are
-# not imagebuild modules.
-REGISTRY_LOADER = "_load_all"
-REGISTRIES = {
-    "imagebuild.customize": "the generalization steps register themselves when their module is imported",
-    "imagebuild.boottest.checks": "the boot test's checks register themselves when their module is imported",
-}
-
-
 def _modules() -> dict[str, Path]:
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -45,9 +34,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     here = name if path.name == "__init__.py" else name.rpartition(".")[0]
     edges: set[str] = set()
 
-    def visit(node: ast.AST, function: str | None) -> None:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            function = node.name
+    def visit(node: ast.AST) -> None:
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
@@ -59,14 +46,13 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             # `from pkg import name`: an edge to pkg.name when that is a module, else to pkg itself
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
         for target in targets:
-            loads_member = name in REGISTRIES and function == REGISTRY_LOADER and target.startswith(name + ".")
-            if target in modules and not loads_member:
+            if target in modules:
                 edges.add(target)
                 edges.update(_parents(target) - _parents(name) - {name})
         for child in ast.iter_child_nodes(node):
-            visit(child, function)
+            visit(child)
 
-    visit(ast.parse(path.read_text(), str(path)), None)
+    visit(ast.parse(path.read_text(), str(path)))
     return edges
 
 
@@ -115,9 +101,10 @@ def test_the_graph_sees_every_import():
     assert "imagebuild.install.vm" in graph["imagebuild.install.backends"]
     # a submodule's package runs first: importing imagebuild.install.media imports imagebuild.install
     assert {"imagebuild.install", "imagebuild.install.media"} <= graph["imagebuild.preflight"]
-    # ...but a registry loading its own members is no edge
-    assert "imagebuild.customize.packages" not in graph["imagebuild.customize"]
-    assert set(REGISTRIES) <= set(graph)
+    # a registry imports its members at its top, and they import its registry module, not the package
+    assert "imagebuild.customize.packages" in graph["imagebuild.customize"]
+    assert "imagebuild.customize.registry" in graph["imagebuild.customize.packages"]
+    assert "imagebuild.boottest.checks.cloud" in graph["imagebuild.boottest.checks"]
     assert _cycles({"a": {"b"}, "b": {"a", "d"}, "c": {"c"}, "d": set()}) == [["a", "b"], ["c"]]
 
 

@@ -17,7 +17,7 @@ import time
 from ...recipe import SeedKind
 from ..agent import Agent
 from ..results import Check
-from . import CheckContext, CheckKind, register
+from .registry import CheckContext, CheckKind, register
 
 SEEDED = (SeedKind.NOVA, SeedKind.OVIRT, SeedKind.NOCLOUD)
 # The datasource cloud-init must report for each seed (/run/cloud-init/result.json).

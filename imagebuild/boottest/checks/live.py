@@ -11,7 +11,7 @@ from ...errors import BootTestFailed
 from ...run import tool_version
 from ..agent import Agent
 from ..results import Check
-from . import CheckContext, CheckKind, register
+from .registry import CheckContext, CheckKind, register
 
 LIVE_WAIT_SECONDS = 90                 # for a change to show in the guest (TCG; seconds under KVM)
 

@@ -12,7 +12,7 @@ from ...disklayout import ESP_MOUNT, layout_for
 from ...recipe import BootFirmware, Family, Machine
 from ..agent import Agent
 from ..results import Check
-from . import CheckContext, CheckKind, register, system_wait_argv
+from .registry import CheckContext, CheckKind, register, system_wait_argv
 
 
 @register("multi-user", "systemd finished the first boot (running or degraded), no failed unit",

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...answerfile import AnswerFileKind, answer_file_kind
 from ...mirrors import rewrite_url
 from ...recipe import Recipe
 from .errors import MediaError
@@ -23,7 +24,6 @@ DEBIAN_ISO_KERNEL = "install.amd/vmlinuz"   # on a debian-cd netinst/DVD image
 DEBIAN_ISO_INITRD = "install.amd/initrd.gz"
 def tree_index(recipe: Recipe) -> str:
     """The tree's checksum index follows the installer: anaconda trees have .treeinfo, d-i SHA256SUMS."""
-    from ...answerfile import AnswerFileKind, answer_file_kind
     return ".treeinfo" if answer_file_kind(recipe) is AnswerFileKind.KICKSTART else "SHA256SUMS"
 
 
