@@ -52,7 +52,7 @@ from .workspace import (
 COMMON_TOOLS = {"qemu-img": "convert, check and overlay images",
                 "qemu-system-x86_64": "run guests (boot test, KVM probe, libguestfs appliance)",
                 "rm": "remove scratch trees", "umount": "release leftover mounts",
-                "lsinitramfs": "check the image's initramfs holds the virtio drivers (initramfs-tools)"}
+                "zstd": "read the image's initramfs (initramfs-tools' default compression) in the post-check"}
 # the seeded cells of a cloud image's boot test
 SEED_TOOLS = {"xorriso": "write the cloud-init seeds (config drives, NoCloud)",
               "ssh": "log in to the seeded cells as a cloud user", "ssh-keygen": "a key only a cell's seed carries"}

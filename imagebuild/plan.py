@@ -59,7 +59,8 @@ def make_plan(recipe: Recipe) -> dict[str, Any]:
 # The code whose behaviour shapes each stage's output: a change to it is a new key.
 STAGE_CODE = {
     "install": ("install/bootstrap.py", "install/initramfs.py", "install/initramfs_beside.py", "disklayout.py"),
-    "customize": ("customize", "guest.py", "install/bootstrap.py", "install/hostgrub.py", "install/reseal.py"),
+    "customize": ("customize", "guest.py", "initramfs_files.py", "install/bootstrap.py", "install/hostgrub.py",
+                  "install/reseal.py"),
     "artifact": ("sparsify.py", "recompress.py"),
     "boot-test": ("boottest", "domain.py"),
 }

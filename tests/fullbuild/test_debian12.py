@@ -13,6 +13,7 @@ import pytest
 from imagebuild.appliance import open_guest
 from imagebuild.customize.hotplug import CLOUD_DISK_DRIVERS
 from imagebuild.disklayout import GPT_TYPE, Role
+from imagebuild.initramfs_files import initramfs_names
 from imagebuild.install import initramfs
 from imagebuild.recipe import Firmware
 
@@ -189,6 +190,8 @@ def test_finished_image_is_generalized(built_debian12, accel, tmp_path):
                                                                       ["lock", "partial"])
     listed = subprocess.run(["lsinitramfs", str(tmp_path / "initrd.img")], check=True, capture_output=True,
                             text=True).stdout
+    # the post-check's own reader (initramfs_files) lists the real initramfs as lsinitramfs does
+    assert initramfs_names(tmp_path / "initrd.img") == listed.splitlines()
     modules = {ln.rsplit("/", 1)[1].removesuffix(".ko") for ln in listed.splitlines() if ln.endswith(".ko")}
     assert {*CLOUD_DISK_DRIVERS, *initramfs.CLOUD_NICS, "virtio_blk", "virtio_scsi"} <= modules
     assert not {"e1000e", "igb", "r8169", "tg3", "mlx5_core"} & modules  # physical NICs: Debian's "most" only

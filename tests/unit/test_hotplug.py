@@ -102,4 +102,8 @@ def test_hotplug_step_and_its_check_on_a_tree(tmp_path: Path) -> None:
                         "vmw_pvscsi, mptspi, ext4: a cloud's disk or virtio NIC may not be found at boot"], problems
     _initrd(root / "boot/initrd.img-6.1.0-1-amd64", ("virtio_blk", "virtio_scsi", "virtio_net", *CLOUD_DISK_DRIVERS))
     assert step.check(guest, ctx) == []
+    # an initramfs the reader cannot list fails the check, saying why
+    (root / "boot/initrd.img-6.1.0-1-amd64").write_bytes(b"PK\x03\x04 not an initramfs")
+    assert step.check(guest, ctx) == ["/boot/initrd.img-6.1.0-1-amd64 cannot be read: byte 0 starts neither a cpio "
+                                      "archive nor a compressed stream the kernel unpacks (504b0304206e)"]
     assert (root / "etc/udev/rules.d/80-imagebuild-hotplug.rules").read_text() == _rules(Family.DEBIAN)
