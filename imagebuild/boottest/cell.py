@@ -145,19 +145,89 @@ def _power_off(dom: Any, deadline: float) -> bool:
     return False
 
 
+def _seed(recipe: Recipe, plan: CellPlan, seed_dir: Path, mac: str, instance_uuid: str,
+          reporter: Reporter) -> tuple[SshEndpoint | None, SeedRequest | None, Path | None]:
+    """A seeded cell's SSH endpoint (a key only its seed carries, a free loopback port), what its seed says
+    and the seed's ISO; ``(None, None, None)`` for a cell without one."""
+    if plan.seed is SeedKind.NONE:
+        return None, None, None
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    key, public = make_key(seed_dir, reporter)
+    ssh = SshEndpoint(free_port(), key, recipe.cloud.default_user, seed_dir)
+    # Nova's instance uuid is the domain's (and so the DMI system) UUID; oVirt's meta_data carries a fresh
+    # one at every Initial Run; NoCloud's instance-id is any string
+    iid = {SeedKind.NOVA: instance_uuid, SeedKind.OVIRT: str(uuid.uuid4())}.get(
+        plan.seed, f"iid-imagebuild-{instance_uuid[:8]}")
+    request = SeedRequest(plan.seed, iid, f"ib-{plan.slug}-{secrets.token_hex(2)}", public, mac,
+                          recipe.cloud.default_user)
+    return ssh, request, write_seed(request, seed_dir / "seed.iso", reporter=reporter)
+
+
+def _fresh_clone(image: Path, image_format: str, overlay: Path, nvram: Path, recipe: Recipe, cell: Cell,
+                 reporter: Reporter) -> None:
+    """A throwaway overlay on the image (grown for a cloud image: / must grow into it) and, for OVMF, a
+    fresh NVRAM with no boot entries, as a new cloud guest has."""
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format, "-b", str(image.resolve()), str(overlay)]
+    if recipe.cloud.enabled:
+        argv.append(f"{recipe.boot_test.grow_gib}G")
+    run(argv, reporter=reporter, purpose="a throwaway overlay, so the artifact is never written")
+    if cell.firmware is not BootFirmware.BIOS:
+        shutil.copyfile(firmware_files(cell.firmware)[1], nvram)
+
+
+def _first_boot(spec: DomainSpec, ctx: CheckContext, plan: CellPlan, accel: AccelChoice, checks: list[Check],
+                console_log: Path, logs: Path, seed_iso: Path | None, reporter: Reporter, *,
+                may_stall: bool) -> tuple[float | None, BootStalled | None, bool]:
+    """The clone booted, the agent awaited, the first boot's checks run into ``checks``; a failure's
+    evidence kept; the guest powered off when a second boot is due. Returns the seconds to the agent, the
+    stall when the guest stalled and ``may_stall`` (the cell may boot again), and whether the second boot
+    is due (every check passed and the guest is off)."""
+    bt = ctx.recipe.boot_test
+    started = ctx.facts["started"]
+    to_agent: float | None = None
+    stall: BootStalled | None = None
+    with transient_domain(spec, reporter) as dom, _watching(ctx.ssh, started, ctx.deadline, reporter) as watch:
+        agent = Agent(dom)
+        ctx.dom, ctx.login_watch = dom, watch
+        try:
+            try:
+                wait_for_agent(dom, agent, ctx.deadline, console_log, stall_seconds=bt.stall_seconds)
+            except BootStalled as exc:
+                if not may_stall:
+                    raise
+                return None, exc, False
+            to_agent = time.monotonic() - started
+            reporter.info(f"guest agent answered after {to_agent:.0f}s; running checks in the guest")
+            _run_checks(agent, ctx, plan, accel, checks, console_log, reporter)
+        except BootTestFailed as exc:
+            checks.append(Check("boot", False, str(exc)))
+        passed = bool(checks) and all(c.ok for c in checks)
+        if not passed and dom.isActive():
+            screenshot(dom, logs / f"boot-screen-{plan.slug}.ppm")
+            _keep_evidence(agent, plan, logs, seed_iso)
+        if not passed or not cell_checks(ctx.recipe, plan.seed, second_boot=True):
+            return to_agent, stall, False
+        reporter.info("powering the guest off for its second boot (seed still attached)")
+        if not _power_off(dom, time.monotonic() + SHUTDOWN_SECONDS):
+            checks.append(Check("second-boot", False, f"the guest did not power off within {SHUTDOWN_SECONDS}s"))
+            return to_agent, stall, False
+    return to_agent, stall, True
+
+
 def boot_cell(image: Path, recipe: Recipe, plan: CellPlan, *, accel: AccelChoice, work: Path, name: str,
               logs: Path, reporter: Reporter, image_format: str = "qcow2", label: str = "",
               stop: threading.Event | None = None) -> CellResult:
     """One cell: a fresh overlay, MAC, VARS copy and seed, the root disk on the plan's bus; the checks (the
     live operations after the image's own, the cloud contract last); a Nova cell's second boot;
-    everything but the logs removed. Once ``stop`` is set (the boot test was interrupted while this cell
-    ran beside another) no guest of this cell is started any more."""
+    everything but the logs removed. A guest that stalls (an emulation stall, ``agent.BootStalled``) is
+    destroyed and the cell boots again on a fresh overlay and MAC, up to ``boot_test.stall_retries``
+    times. Once ``stop`` is set (the boot test was interrupted while this cell ran beside another) no
+    guest of this cell is started any more."""
     bt, cell = recipe.boot_test, plan.cell
     timeout = bt.timeout_seconds * (bt.tcg_factor if accel.accel is Accel.TCG else 1)
     overlay = work / f"{name}-overlay.qcow2"
     nvram = work / f"{name}-VARS.fd"
     seed_dir = work / f"{name}-seed"
-    seed_iso: Path | None = None
     console_log = logs / f"boot-console-{plan.slug}.log"
     mac = random_mac()
     start = time.monotonic()
@@ -165,33 +235,13 @@ def boot_cell(image: Path, recipe: Recipe, plan: CellPlan, *, accel: AccelChoice
     checks: list[Check] = []
     stalled: list[str] = []
     facts: dict[str, Any] = {}
-    cloud = recipe.cloud.enabled
     layout = layout_for(recipe.image.firmware)
     root_bytes = (recipe.image.disk_gib * 1024 - layout.overhead_mib) * MIB
     try:
-        ssh: SshEndpoint | None = None
-        request: SeedRequest | None = None
         instance_uuid = str(uuid.uuid4())
-        if plan.seed is not SeedKind.NONE:
-            seed_dir.mkdir(parents=True, exist_ok=True)
-            key, public = make_key(seed_dir, reporter)
-            ssh = SshEndpoint(free_port(), key, recipe.cloud.default_user, seed_dir)
-            # Nova's instance uuid is the domain's (and so the DMI system) UUID; oVirt's meta_data carries a
-            # fresh one at every Initial Run; NoCloud's instance-id is any string
-            iid = {SeedKind.NOVA: instance_uuid, SeedKind.OVIRT: str(uuid.uuid4())}.get(
-                plan.seed, f"iid-imagebuild-{instance_uuid[:8]}")
-            request = SeedRequest(plan.seed, iid, f"ib-{plan.slug}-{secrets.token_hex(2)}", public, mac,
-                                  recipe.cloud.default_user)
-            seed_iso = write_seed(request, seed_dir / "seed.iso", reporter=reporter)
+        ssh, request, seed_iso = _seed(recipe, plan, seed_dir, mac, instance_uuid, reporter)
         for attempt in range(1, bt.stall_retries + 2):
-            argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format, "-b", str(image.resolve()),
-                    str(overlay)]
-            if cloud:
-                argv.append(f"{bt.grow_gib}G")  # a larger disk than the image: / must grow into it
-            run(argv, reporter=reporter, purpose="a throwaway overlay, so the artifact is never written")
-            if cell.firmware is not BootFirmware.BIOS:
-                # a fresh NVRAM: no boot entries, as a new cloud guest has
-                shutil.copyfile(firmware_files(cell.firmware)[1], nvram)
+            _fresh_clone(image, image_format, overlay, nvram, recipe, cell, reporter)
             _not_stopped(stop)
             spec = cell_spec(recipe, cell, name=name, accel=accel.accel, overlay=overlay, nvram=nvram,
                              console_log=console_log, mac=mac, disk_bus=plan.disk_bus, seed_iso=seed_iso,
@@ -200,38 +250,12 @@ def boot_cell(image: Path, recipe: Recipe, plan: CellPlan, *, accel: AccelChoice
                           + (f", {plan.seed} seed, ssh on 127.0.0.1:{ssh.port}" if ssh else "")
                           + f" (timeout {timeout}s)")
             attempt_start = time.monotonic()
-            deadline = attempt_start + timeout
-            stall: BootStalled | None = None
-            ctx = CheckContext(recipe, mac, deadline, cell, None, plan.disk_bus, seed=plan.seed,
+            ctx = CheckContext(recipe, mac, attempt_start + timeout, cell, None, plan.disk_bus, seed=plan.seed,
                                seed_request=request, ssh=ssh, original_root_bytes=root_bytes,
                                facts={"started": attempt_start})
-            with transient_domain(spec, reporter) as dom, _watching(ssh, attempt_start, deadline, reporter) as watch:
-                agent = Agent(dom)
-                ctx.dom, ctx.login_watch = dom, watch
-                try:
-                    try:
-                        wait_for_agent(dom, agent, deadline, console_log, stall_seconds=bt.stall_seconds)
-                    except BootStalled as exc:
-                        if attempt > bt.stall_retries:
-                            raise
-                        stall = exc
-                    else:
-                        to_agent = time.monotonic() - attempt_start
-                        reporter.info(f"guest agent answered after {to_agent:.0f}s; running checks in the guest")
-                        _run_checks(agent, ctx, plan, accel, checks, console_log, reporter)
-                except BootTestFailed as exc:
-                    checks.append(Check("boot", False, str(exc)))
-                if stall is None and not all(c.ok for c in checks) and dom.isActive():
-                    screenshot(dom, logs / f"boot-screen-{plan.slug}.ppm")
-                    _keep_evidence(agent, plan, logs, seed_iso)
-                second = cell_checks(recipe, plan.seed, second_boot=True)
-                if stall is None and second and checks and all(c.ok for c in checks):
-                    reporter.info("powering the guest off for its second boot (seed still attached)")
-                    if not _power_off(dom, time.monotonic() + SHUTDOWN_SECONDS):
-                        checks.append(Check("second-boot", False, f"the guest did not power off within "
-                                                                  f"{SHUTDOWN_SECONDS}s"))
-                        second = []
-            if stall is None and second and checks and all(c.ok for c in checks):
+            to_agent, stall, second_due = _first_boot(spec, ctx, plan, accel, checks, console_log, logs, seed_iso,
+                                                      reporter, may_stall=attempt <= bt.stall_retries)
+            if second_due:
                 _not_stopped(stop)
                 _second_boot(spec, ctx, plan, accel, checks, console_log, logs, seed_iso, reporter, timeout)
             if stall is None:
