@@ -144,10 +144,13 @@ def _align4(n: int) -> int:
 
 def fixed_appliance(guestfs_handle: Any, *, cache: Path, choice: str, reporter: Reporter) -> Path | None:
     """The fixed appliance directory to ``set_path`` to, made once per process (and once per supermin
-    build on the host); None: boot libguestfs' own appliance (the log says why)."""
+    build on the host); None: boot libguestfs' own appliance (the log says why). The one this process
+    chose is made again when it is gone: another process that found supermin's appliance rebuilt made
+    its own and removed the older ones (``_prepare``), and libguestfs would find nothing to boot there."""
     key = (str(cache), choice)
     with _lock:
-        if key not in _chosen:
+        chosen = _chosen.get(key)
+        if key not in _chosen or (chosen is not None and not (chosen / "README.fixed").is_file()):
             _chosen[key] = _choose(guestfs_handle, cache, choice, reporter)
         return _chosen[key]
 
