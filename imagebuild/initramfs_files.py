@@ -24,7 +24,7 @@ import lzma
 import tempfile
 from pathlib import Path
 
-from .errors import ImageBuildError
+from .errors import CommandFailed, ImageBuildError
 from .events import NULL_REPORTER, Reporter
 from .run import run
 
@@ -46,7 +46,7 @@ class UnreadableInitramfs(ImageBuildError):
     file."""
 
     def __init__(self, message: str, *, file: Path | str) -> None:
-        self.file = str(file)
+        self.file, self.reason = str(file), message
         super().__init__(f"{self.file}: {message}")
 
 
@@ -93,8 +93,11 @@ def _decompress(kind: str, stream: bytes, file: Path, reporter: Reporter) -> byt
     with tempfile.TemporaryDirectory(prefix="imagebuild-initramfs-") as tmp:
         src, out = Path(tmp) / f"main.{kind}", Path(tmp) / "main.cpio"
         src.write_bytes(stream)
-        run([a.format(src=src, out=out) for a in COMMANDS[kind]], reporter=reporter, log_output=False,
-            purpose=f"decompress the initramfs's main archive ({kind})")
+        try:
+            run([a.format(src=src, out=out) for a in COMMANDS[kind]], reporter=reporter, log_output=False,
+                purpose=f"decompress the initramfs's main archive ({kind})")
+        except CommandFailed as exc:
+            raise UnreadableInitramfs(f"its {kind} stream does not decompress: {exc}", file=file) from None
         return out.read_bytes()
 
 

@@ -72,7 +72,7 @@ def _initramfs_listing(guest: Guest, family: Family) -> tuple[dict[str, str], li
             try:
                 out[img] = "\n".join(initramfs_names(local, guest.reporter)) + "\n"
             except UnreadableInitramfs as exc:
-                unreadable.append(f"{img} cannot be read: {str(exc).removeprefix(str(local) + ': ')}")
+                unreadable.append(f"{img} cannot be read: {exc.reason}")
             local.unlink()
     return out, unreadable
 

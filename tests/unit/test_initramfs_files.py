@@ -107,6 +107,12 @@ def test_refuses_what_it_does_not_know(tmp_path):
     truncated.write_bytes(data[:early_end] + data[early_end:-40])
     with pytest.raises(UnreadableInitramfs, match=f"^{truncated}: its gzip stream does not decompress"):
         initramfs_names(truncated)
+    (tmp_path / "z").mkdir()
+    zstd = _initramfs(tmp_path / "z", "zstd")
+    damaged_zstd = tmp_path / "damaged-zstd"
+    damaged_zstd.write_bytes(zstd.read_bytes()[:-40])   # the tool's own failure, reported the same way
+    with pytest.raises(UnreadableInitramfs, match=f"^{damaged_zstd}: its zstd stream does not decompress: "):
+        initramfs_names(damaged_zstd)
     short = tmp_path / "short"
     short.write_bytes(data[:200])
     with pytest.raises(UnreadableInitramfs, match=f"^{short}: "):
