@@ -54,11 +54,11 @@ def _align4(n: int) -> int:
     return (n + 3) & ~3
 
 
-def cpio_names(data: bytes, pos: int = 0, *, file: Path | str = "<initramfs>") -> tuple[list[str], int]:
-    """The member names of the newc archives in ``data`` from ``pos`` on (the zeros after each trailer
+def cpio_names(data: bytes, *, file: Path | str = "<initramfs>") -> tuple[list[str], int]:
+    """The member names of the newc archives at the start of ``data`` (the zeros after each trailer
     skipped), and where the first thing that is not such an archive starts."""
     names: list[str] = []
-    end = len(data)
+    pos, end = 0, len(data)
     while pos + HEADER <= end and data[pos:pos + 6] in NEWC:
         try:
             filesize = int(data[pos + 54:pos + 62], 16)

@@ -185,7 +185,6 @@ def _first_boot(spec: DomainSpec, ctx: CheckContext, plan: CellPlan, accel: Acce
     bt = ctx.recipe.boot_test
     started = ctx.facts["started"]
     to_agent: float | None = None
-    stall: BootStalled | None = None
     with transient_domain(spec, reporter) as dom, _watching(ctx.ssh, started, ctx.deadline, reporter) as watch:
         agent = Agent(dom)
         ctx.dom, ctx.login_watch = dom, watch
@@ -206,12 +205,12 @@ def _first_boot(spec: DomainSpec, ctx: CheckContext, plan: CellPlan, accel: Acce
             screenshot(dom, logs / f"boot-screen-{plan.slug}.ppm")
             _keep_evidence(agent, plan, logs, seed_iso)
         if not passed or not cell_checks(ctx.recipe, plan.seed, second_boot=True):
-            return to_agent, stall, False
+            return to_agent, None, False
         reporter.info("powering the guest off for its second boot (seed still attached)")
         if not _power_off(dom, time.monotonic() + SHUTDOWN_SECONDS):
             checks.append(Check("second-boot", False, f"the guest did not power off within {SHUTDOWN_SECONDS}s"))
-            return to_agent, stall, False
-    return to_agent, stall, True
+            return to_agent, None, False
+    return to_agent, None, True
 
 
 def boot_cell(image: Path, recipe: Recipe, plan: CellPlan, *, accel: AccelChoice, work: Path, name: str,
