@@ -36,22 +36,27 @@ from .install.bootstrap import apt_cache_dir
 from .manifest import write_manifest, write_sha256sums
 from .recipe import Backend, Recipe, load_recipe, to_data
 from .run import require_tools, signals_raise, tool_versions_of
+from .settings import current
 from .stagecache import CacheOptions, StageCacheUse
 from .stages import StageRunner
 from .workspace import (
     Build,
+    Scratch,
     create_work_dir,
     destroy_domains,
+    memory_available,
     new_build_id,
     output_root,
     publish_output,
     remove_tree,
+    scratch_plan,
     work_root,
 )
 
 COMMON_TOOLS = {"qemu-img": "convert, check and overlay images",
                 "qemu-system-x86_64": "run guests (boot test, KVM probe, libguestfs appliance)",
                 "rm": "remove scratch trees", "umount": "release leftover mounts",
+                "mount": "a build's scratch space in memory (tmpfs)",
                 "zstd": "read the image's initramfs (initramfs-tools' default compression) in the post-check"}
 # the seeded cells of a cloud image's boot test
 SEED_TOOLS = {"xorriso": "write the cloud-init seeds (config drives, NoCloud)",
@@ -134,22 +139,30 @@ def _begin(recipe: Recipe, steps: list[cz.Step], opts: CacheOptions, reporter: R
     # the same umask (the user's comes back at the end)
     stack.callback(os.umask, os.umask(0o022))
     clean_stale(reporter)
-    check_free_space(work_root(), WORK_SPACE_GIB, "the build's scratch space")
+    scratch = scratch_plan(recipe.image.disk_gib, setting=current().work_tmpfs, keep_work=keep_work,
+                           available=memory_available())
+    if not scratch.tmpfs_bytes:
+        check_free_space(work_root(), WORK_SPACE_GIB, "the build's scratch space")
     check_free_space(output_root(), OUTPUT_SPACE_GIB, "the output")
     sc = StageCacheUse.open(recipe, steps, opts, reporter)
     build_id = new_build_id(recipe.name)
     sc.build_id = build_id
-    work = create_work_dir(build_id)
-    if not keep_work:
-        stack.callback(remove_tree, work, reporter)
     staging = output_root() / f".tmp-{build_id}"
     staging.mkdir()
     stack.callback(_keep_logs_on_failure, staging, build_id)
     reporter.attach(staging / "build.log", staging / "events.jsonl")
     stack.callback(reporter.close)
+    work = create_work_dir(build_id, scratch, reporter)
+    if not keep_work:
+        stack.callback(remove_tree, work, reporter)
+    if scratch.tmpfs_bytes and not os.path.ismount(work):
+        scratch = Scratch(None, "the tmpfs could not be mounted: build.log says why")
+        check_free_space(work_root(), WORK_SPACE_GIB, "the build's scratch space")
+    reporter.info(f"scratch space: {work} on {scratch.where} ({scratch.reason})")
     b = Build(recipe=recipe, build_id=build_id, work=work, output_dir=output_root() / recipe.name,
               staging=staging, reporter=reporter, stack=stack, stage_cache=sc)
     stack.push(_domains_destroyed_on_failure(b))
+    b.notes["scratch"] = scratch.where
     b.notes["started"], b.notes["t0"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
     reporter.info(f"build {build_id}: recipe {recipe.name} ({' <- '.join(Path(s).stem for s in recipe.sources)})")
     b.accel = choose_accel(reporter)
@@ -172,6 +185,7 @@ def _finish(b: Build, run: StageRunner, steps: list[cz.Step]) -> None:
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "recipe": to_data(b.recipe), "artifact": to_data(info), "boot_test": run.boot,
         "accelerator": str(b.accel.accel), "accelerator_reason": b.accel.reason,
+        "scratch": b.notes["scratch"],
         "stages": dict(reporter.stage_seconds), "cache": sc.record,
         "stages_beside": run.stages_beside,
         # seconds from the build's start: its end, and when the artifact was complete (the

@@ -26,6 +26,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VARIABLES = {
     "IMAGEBUILD_OUTPUT": "where finished builds go (default: output/ in the project)",
     "IMAGEBUILD_WORK": "scratch space for builds, ~4 GiB (default: work/ in the project)",
+    "IMAGEBUILD_WORK_TMPFS": "auto: each build's work dir is a tmpfs under IMAGEBUILD_WORK when the host's free "
+                             "memory holds its worst case with room for the guests (docs/speed.md); off: on disk "
+                             "(default: auto)",
     "IMAGEBUILD_CACHE": "what outlives builds: media, apt cache, KVM answer (default: $XDG_CACHE_HOME/imagebuild)",
     "IMAGEBUILD_CACHE_MAX": "size cap of the stage cache, least recently used entries go first (default: 20G)",
     "IMAGEBUILD_ACCEL": "force the accelerator: kvm or tcg (default: a bounded probe decides)",
@@ -46,6 +49,7 @@ VARIABLES = {
     "IMAGEBUILD_GLANCE_SIGNING_CERT_UUID": "that certificate's Barbican secret UUID (img_signature_certificate_uuid)",
 }
 ACCELS = ("kvm", "tcg")
+WORK_TMPFS_CHOICES = ("auto", "off")
 
 
 class SettingsError(ImageBuildError):
@@ -73,6 +77,7 @@ class Settings:
     mirrors: str
     cache_max: int = 20 * 1024**3       # bytes
     appliance_kernel: str = "pvh"       # appliance_kernel.KERNEL_CHOICES
+    work_tmpfs: str = "auto"            # WORK_TMPFS_CHOICES (workspace.scratch_plan)
     signing_key: Path | None = None     # attest.outputs.check_signing_key reads it (before any VM starts)
     verify_key: Path | None = None
     glance_signing_key: Path | None = None    # publish.signing loads the three before anything is hashed
@@ -103,6 +108,9 @@ class Settings:
         appliance_kernel = env.get("IMAGEBUILD_APPLIANCE_KERNEL") or "pvh"
         if appliance_kernel not in ("pvh", "packaged"):
             problems.append(f"IMAGEBUILD_APPLIANCE_KERNEL={appliance_kernel!r}: must be pvh or packaged")
+        work_tmpfs = env.get("IMAGEBUILD_WORK_TMPFS") or "auto"
+        if work_tmpfs not in WORK_TMPFS_CHOICES:
+            problems.append(f"IMAGEBUILD_WORK_TMPFS={work_tmpfs!r}: must be {' or '.join(WORK_TMPFS_CHOICES)}")
         cache_max = 20 * 1024**3
         if env.get("IMAGEBUILD_CACHE_MAX"):
             try:
@@ -123,6 +131,7 @@ class Settings:
             mirrors=env.get("IMAGEBUILD_MIRRORS", ""),
             cache_max=cache_max,
             appliance_kernel=appliance_kernel,
+            work_tmpfs=work_tmpfs,
             signing_key=_file(env.get("IMAGEBUILD_SIGNING_KEY")),
             verify_key=_file(env.get("IMAGEBUILD_VERIFY_KEY")),
             glance_signing_key=_file(env.get("IMAGEBUILD_GLANCE_SIGNING_KEY")),

@@ -4,6 +4,7 @@ assertions on what a user gets, read independently of the pipeline."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,9 @@ def test_manifest_records_what_was_built_and_proven(built_debian12, accel):
     assert m["schema"] == 1 and m["recipe"]["name"] == "debian12"
     assert m["accelerator"] == str(accel.accel) and m["boot_test"]["accelerator"] == str(accel.accel)
     assert m["boot_test"]["passed"] is True
+    # where the work dir was (workspace.scratch_plan), as the log said when the build began
+    assert m["scratch"] in ("tmpfs", "disk")
+    assert re.search(rf"scratch space: \S+ on {m['scratch']} \(", (built_debian12 / "build.log").read_text())
     cells = m["boot_test"]["cells"]
     assert [c["cell"] for c in cells] == ["bios/pc", "bios/q35", "uefi/q35", "secure-boot/q35"]
     macs = set()

@@ -78,6 +78,7 @@ def test_free_space_preflight_names_the_directory(tmp_path):
     ("IMAGEBUILD_ACCEL", "kvmm", "IMAGEBUILD_ACCEL='kvmm': must be kvm or tcg"),
     ("IMAGEBUILD_OUPUT", "/tmp/x", "IMAGEBUILD_OUPUT is not a setting; did you mean IMAGEBUILD_OUTPUT?"),
     ("IMAGEBUILD_WORK", " ", "IMAGEBUILD_WORK is set but empty"),
+    ("IMAGEBUILD_WORK_TMPFS", "yes", "IMAGEBUILD_WORK_TMPFS='yes': must be auto or off"),
 ])
 def test_bad_environment_is_an_error_before_anything_starts(env, var, value, message):
     res = run_invoke(["build", "debian12"], {**env, var: value})

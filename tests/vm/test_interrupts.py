@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from imagebuild.procs import processes_mentioning
-from imagebuild.workspace import DOMAIN_PREFIX, mounts_below
+from imagebuild.workspace import DOMAIN_PREFIX, memory_available, mounts_below, scratch_plan
 
 from ..conftest import ROOT, run_invoke
 
@@ -107,12 +107,18 @@ def test_signal_during_install_cleans_up(fresh_env, sig, moment):
 
 
 def test_killed_build_is_cleaned_by_the_next_clean(fresh_env):
+    # where this host puts the build's work dir (a tmpfs when its memory allows: workspace.scratch_plan)
+    plan = scratch_plan(3, setting="auto", keep_work=False, available=memory_available())
     p = start_invoke(["build", "debian12", "--rebuild", "install"], fresh_env)  # never the cached install
     _wait_for_mmdebstrap(fresh_env)
     p.kill()  # SIGKILL: nothing runs in-process; children get SIGTERM via PR_SET_PDEATHSIG
     p.communicate(timeout=30)
     work = Path(fresh_env["IMAGEBUILD_WORK"])
     assert list(work.iterdir()), "a killed build leaves its work dir for `clean` to find"
+    if plan.tmpfs_bytes:  # and its tmpfs, still mounted, holding the tree mmdebstrap was writing
+        (left,) = list(work.iterdir())
+        assert mounts_below(work) == [str(left.resolve())]
+        assert any(f.name == "rootfs" for f in left.iterdir())
     wait_for(lambda: processes_mentioning(str(work)) == [], 60, "the build's children to exit")
     res = run_invoke(["clean"], fresh_env, timeout=120)
     assert res.returncode == 0, res.stderr
