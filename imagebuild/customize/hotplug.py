@@ -43,7 +43,7 @@ HEADER = "# Installed by imagebuild: hot-added vCPUs (and, where the kernel does
 GRUB_SNIPPET = "/etc/default/grub.d/60-imagebuild-hotplug.cfg"
 MEMORY_ARGS = "memhp_default_state=online memory_hotplug.online_policy=auto-movable"
 INITRAMFS_DRIVERS = ("virtio_blk", "virtio_scsi", "virtio_net")
-# Debian's initramfs (either bootstrap policy, install/initramfs.py, or debian-installer's MODULES=most)
+# Debian's initramfs (any bootstrap policy, install/initramfs.py, or debian-installer's MODULES=most)
 # also holds the drivers of the disks other clouds and hypervisors give a guest: NVMe (AWS Nitro, GCP),
 # AHCI and PIIX (SATA/IDE), Xen (AWS's older types), Hyper-V (Azure), VMware's PVSCSI and LSI Logic
 # SPI, and ext4 for the root itself.

@@ -135,7 +135,7 @@ DATASOURCES = frozenset({
     "UpCloud", "VMware", "Vultr", "WSL", "None",
 })
 # The initramfs policies of a bootstrap build (install/initramfs.py says what each holds).
-INITRAMFS_MODULES = ("disk", "most")
+INITRAMFS_MODULES = ("virtual", "disk", "most")  # install/initramfs.py
 # Root disk buses the boot test attaches (virtio-blk, or virtio-scsi with discard as clouds use for TRIM).
 DISK_BUSES = ("virtio", "scsi")
 
@@ -165,7 +165,7 @@ class Bootstrap:
     include: tuple[str, ...] = ()      # system packages: kernel, bootloader, ssh, networking
     # what the initramfs holds (install/initramfs.py): "disk" (a root on any local disk: every storage
     # and filesystem driver, the clouds' paravirtual NICs) or "most" (Debian's default, every NIC too)
-    initramfs_modules: str = "disk"
+    initramfs_modules: str = "virtual"
 
 
 @dataclass(frozen=True)

@@ -93,13 +93,31 @@ def test_the_policy_files_as_initramfs_tools_reads_them(tmp_path):
     assert out.strip() == ""
 
 
+def test_the_virtual_policy_names_a_virtual_machines_drivers_and_no_category(tmp_path):
+    """The default: the disk controllers of every hypervisor and cloud, ext4, the paravirtual NICs and a
+    USB keyboard, by name (with their dependencies); none of initramfs-tools' whole categories."""
+    assert load_recipe("debian12").install.bootstrap.initramfs_modules == "virtual"
+    initramfs.stage("virtual", tmp_path)
+    assert "\nMODULES=list\n" in (tmp_path / initramfs.CONF.lstrip("/")).read_text()
+    text = (tmp_path / initramfs.HOOK.lstrip("/")).read_text()
+    assert "auto_add_modules" not in text
+    named = [m for ln in text.splitlines() if ln.startswith("manual_add_modules ") for m in ln.split()[1:]]
+    assert set(named) == {*initramfs.VIRTUAL_DISKS, "ext4", *initramfs.CLOUD_NICS, *initramfs.KEYBOARDS}
+    # the post-check's list of the clouds' disk drivers is part of it
+    from imagebuild.customize.hotplug import CLOUD_DISK_DRIVERS
+    assert set(CLOUD_DISK_DRIVERS) <= set(named)
+    assert text.index("manual_add_modules") < text.index("hidden_dep_add_modules\n")
+    import subprocess
+    subprocess.run(["sh", "-n", str(tmp_path / initramfs.HOOK.lstrip("/"))], check=True)
+
+
 def test_an_unknown_initramfs_policy_names_the_key(tmp_path):
     from imagebuild.errors import RecipeError
     path = recipe_file(tmp_path, '[install.bootstrap]\ninitramfs_modules = "dep"\n')
     with pytest.raises(RecipeError) as e:
         load_recipe(str(path))
     assert (e.value.file, e.value.key) == (str(path), "install.bootstrap.initramfs_modules")
-    assert "must be one of disk, most, not 'dep'" in str(e.value)
+    assert "must be one of virtual, disk, most, not 'dep'" in str(e.value)
 
 
 def test_mmdebstrap_s_build_time_settings_do_not_stay_in_the_image(tmp_path):
