@@ -21,9 +21,30 @@ from ..conftest import ROOT, run_invoke
 pytestmark = pytest.mark.vm
 
 
+STARTED: list[subprocess.Popen[str]] = []
+
+
 def start_invoke(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    STARTED.append(p)
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _no_build_outlives_its_test():
+    """A test that fails before it interrupts its build would leave that build running into the next
+    test (whose checks then see its guests): interrupted here, as a user's Ctrl-C would, and waited for."""
+    yield
+    while STARTED:
+        p = STARTED.pop()
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -77,13 +98,19 @@ def _wait_for_mmdebstrap(env: dict[str, str]) -> None:
 
 
 def _wait_for_the_initramfs_beside(env: dict[str, str]) -> None:
-    """Until update-initramfs runs in the background while mmdebstrap installs the other packages
-    (install/initramfs_beside.py): a process the hooks started, in the tree's chroot and mounts."""
+    """Until mkinitramfs runs in the background while mmdebstrap installs the other packages
+    (install/initramfs_beside.py): a process the hooks started, in the tree's chroot and mounts. Looked
+    for as soon as it starts: with the "virtual" module set it runs for a few seconds only."""
     work = Path(env["IMAGEBUILD_WORK"])
     wait_for(lambda: any(work.glob("*/initramfs-beside/started")), 300, "the initramfs to start beside the packages")
-    time.sleep(3)
-    assert any("mkinitramfs" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
-               for p in processes_mentioning("/boot/initrd.img-") if Path(f"/proc/{p}").exists())
+
+    def mkinitramfs() -> bool:
+        try:
+            return any("mkinitramfs" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+                       for p in processes_mentioning("/boot/initrd.img-"))
+        except OSError:  # a process gone between the listing and the read
+            return False
+    wait_for(mkinitramfs, 30, "mkinitramfs beside the packages")
 
 
 @pytest.mark.parametrize(("sig", "moment"), [(signal.SIGTERM, "extracting"), (signal.SIGINT, "initramfs")])
