@@ -8,7 +8,7 @@ A build's work dir is a tmpfs of its own when the host's memory allows (``scratc
 diskimage-builder builds in a tmpfs when it has the memory): the root tree mmdebstrap writes (~20 000
 files, dpkg renaming and unlinking each), the raw disks the seal reads and writes, and the boot test's
 overlays then never touch the host's filesystem, its journal or its discards. Measured alternately on
-debian12 (docs/speed.md): the build 0.86x of the same build on disk. The tmpfs is sized for the work's
+debian12 (docs/speed.md): the build 0.88x of the same build on disk. The tmpfs is sized for the work's
 worst case, ``3 x disk_gib + 1`` GiB (the tree and the raw disk during the install, the disk and its
 sealed copy during the seal, the cells' overlays), so it can never fill before a disk of that size
 would; it is used only when the memory available holds that and ``MEMORY_RESERVE_GIB`` more for the
